@@ -1,0 +1,553 @@
+"""Pure mapping: OpenTelemetry spans, span events and log records -> Altertable calls.
+
+Nothing here does I/O or keeps state between calls: the exporter feeds records in and gets
+JSON-ready payload dicts out, grouped by endpoint. Warnings are handed to a callback so the
+caller decides how (and how often) to log them.
+
+The skip path matters most: in a traced service nearly every span carries no analytics data,
+so :func:`_has_interest` looks only at attribute *keys* and returns before anything is built.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from .version import __version__
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs import ReadableLogRecord
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+
+LIB_NAME = "opentelemetry-exporter-altertable"
+LIB_VERSION = __version__
+
+#: Property names the API knows; any other ``$`` key makes it refuse the whole request.
+BUILT_IN_PROPERTIES = frozenset(
+    {
+        "$lib", "$lib_version", "$release", "$url", "$referer", "$viewport", "$ip",
+        "$user_agent", "$utm_source", "$utm_medium", "$utm_campaign", "$utm_term",
+        "$utm_content", "$app_name", "$app_version", "$app_build", "$app_namespace",
+        "$device", "$device_type", "$device_manufacturer", "$device_model", "$os",
+        "$os_version", "$screen_name",
+    }
+)  # fmt: skip
+
+_RESERVED_IDS_CASELESS = frozenset(
+    {
+        "anonymous_id", "anonymous", "distinct_id", "distinctid", "false", "guest", "id",
+        "not_authenticated", "true", "undefined", "user_id", "user", "visitor_id", "visitor",
+    }
+)  # fmt: skip
+_RESERVED_IDS_EXACT = frozenset({"[object Object]", "0", "NaN", "none", "None", "null"})
+
+EVENT_KEY = "analytics.event"
+ALIAS_KEY = "analytics.alias"
+_PROPERTIES_PREFIX = "analytics.properties."
+_TRAITS_PREFIX = "analytics.traits."
+
+# (payload field, attribute keys in order of preference)
+_DISTINCT_ID_KEYS = ("analytics.distinct_id", "user.id", "enduser.id")
+_ID_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("anonymous_id", ("analytics.anonymous_id", "enduser.pseudo.id")),
+    ("device_id", ("analytics.device_id", "device.id")),
+    ("session_id", ("analytics.session_id", "session.id")),
+)
+# (built-in property, attribute key): looked up on the record, then its span.
+_CONTEXT_FIELDS = (
+    ("$url", "url.full"),
+    ("$user_agent", "user_agent.original"),
+    ("$ip", "client.address"),
+    ("$referer", "http.request.header.referer"),
+)
+_TRAIT_KEYS = {
+    "user.email": "email",
+    "user.full_name": "name",
+    "user.name": "username",
+    "user.roles": "roles",
+}
+#: Attributes a row of the mapping consumes, so they are not copied into properties as well.
+_CONSUMED_KEYS = frozenset(
+    {"device.id", "session.id", "url.full", "user_agent.original", "client.address",
+     "http.request.header.referer"}
+)  # fmt: skip
+_NOT_PROPERTIES = ("analytics.", "user.", "enduser.")
+#: A record is worth a closer look only if one of its keys starts with one of these.
+_INTEREST_PREFIXES = ("analytics.", *_TRAIT_KEYS)
+
+_MAX_DEPTH = 32
+
+Attrs = Mapping[str, Any]
+Payload = dict[str, Any]
+WarningHook = Callable[[str, str], None]
+_EMPTY: Attrs = {}
+
+
+@dataclass(frozen=True)
+class MappingOptions:
+    """What the mapping needs from the exporter's configuration."""
+
+    environment: str | None = None
+    """Explicit environment (argument or env var); wins over the resource's."""
+    on_warning: WarningHook | None = None
+    """Called as ``(dedup_key, message)``; the caller logs each key once."""
+
+
+@dataclass
+class Calls:
+    """The API calls built from one batch, in the order they must be sent."""
+
+    identifies: list[Payload] = field(default_factory=list)
+    aliases: list[Payload] = field(default_factory=list)
+    tracks: list[Payload] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.identifies) + len(self.aliases) + len(self.tracks)
+
+    def by_endpoint(self) -> dict[str, list[Payload]]:
+        """Non-empty lists keyed by endpoint, identifies first, then aliases, then tracks."""
+        out: dict[str, list[Payload]] = {}
+        if self.identifies:
+            out["identify"] = self.identifies
+        if self.aliases:
+            out["alias"] = self.aliases
+        if self.tracks:
+            out["track"] = self.tracks
+        return out
+
+
+# --------------------------------------------------------------------------- values
+
+
+def is_reserved_id(value: str) -> bool:
+    """True for the placeholder ids the API must never receive as a user id."""
+    return value in _RESERVED_IDS_EXACT or value.lower() in _RESERVED_IDS_CASELESS
+
+
+def _clean_str(value: str) -> str:
+    """Replace lone surrogates (valid in Python, invalid in UTF-8) with U+FFFD."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
+def json_safe(value: Any, _depth: int = 0) -> Any:
+    """Turn an attribute or body value into something ``json.dumps(allow_nan=False)`` accepts.
+
+    Sequences become lists, NaN and infinities become ``None`` (JSON cannot carry them),
+    bytes are decoded, anything unknown becomes its ``str``; nesting is cut at 32 levels.
+    """
+    kind = type(value)
+    if kind is str:
+        return _clean_str(value)
+    if kind is bool or kind is int or value is None:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if _depth >= _MAX_DEPTH:
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, Mapping):
+        return {_clean_str(str(k)): json_safe(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, Sequence, set, frozenset)):
+        return [json_safe(v, _depth + 1) for v in value]
+    if isinstance(value, int):  # bool and int subclasses such as IntEnum
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    return _clean_str(str(value))
+
+
+@lru_cache(maxsize=256)
+def _format_seconds(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def format_timestamp(ns: int) -> str:
+    """Nanoseconds since the epoch -> ISO 8601 UTC with milliseconds, as the official SDKs send."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return f"{_format_seconds(seconds)}.{rest // 1_000_000:03d}Z"
+
+
+def _as_id(value: Any) -> str | None:
+    kind = type(value)
+    if kind is str:
+        return _clean_str(value) if value else None
+    if kind is int:
+        return str(value)
+    return None
+
+
+# --------------------------------------------------------------------------- resource
+
+
+def resolve_environment(resource: Resource | None, explicit: str | None) -> str:
+    """Explicit setting, else the resource's deployment environment, else ``production``."""
+    if explicit:
+        return explicit
+    if resource is not None:
+        attrs = resource.attributes
+        for key in ("deployment.environment.name", "deployment.environment"):
+            value = attrs.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return "production"
+
+
+@dataclass(frozen=True)
+class _ResourceInfo:
+    """What every record of one resource shares, computed once per batch."""
+
+    attrs: Attrs
+    environment: str
+    release: str | None
+    service_name: str | None
+    traits: dict[str, Any]
+
+
+def _resource_info(resource: Resource | None, options: MappingOptions) -> _ResourceInfo:
+    attrs: Attrs = resource.attributes if resource is not None else _EMPTY
+    release = attrs.get("service.version")
+    service = attrs.get("service.name")
+    return _ResourceInfo(
+        attrs=attrs,
+        environment=resolve_environment(resource, options.environment),
+        release=_clean_str(str(release)) if release is not None else None,
+        service_name=_clean_str(str(service)) if service is not None else None,
+        traits=_own_traits(attrs),
+    )
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _has_interest(attrs: Attrs | None) -> bool:
+    """Cheap key-only test: could this record produce any call? Most records answer no."""
+    if not attrs:
+        return False
+    for key in attrs:  # noqa: SIM110 (a plain loop beats any() on this hot path)
+        if key.startswith(_INTEREST_PREFIXES):
+            return True
+    return False
+
+
+def _own_traits(attrs: Attrs) -> dict[str, Any]:
+    traits: dict[str, Any] = {}
+    for key, value in attrs.items():
+        trait = _TRAIT_KEYS.get(key)
+        if trait is not None:
+            traits[trait] = json_safe(value)
+        elif key.startswith(_TRAITS_PREFIX):
+            traits[_clean_str(key[len(_TRAITS_PREFIX) :])] = json_safe(value)
+    return traits
+
+
+@dataclass
+class _Record:
+    """One span, span event or log record, reduced to what the mapping reads."""
+
+    name: str | None
+    attrs: Attrs
+    parent: Attrs  # the span's attributes for a span event, else empty
+    resource: _ResourceInfo
+    time_ns: int
+    trace_id: int
+    span_id: int
+    body: Mapping[Any, Any] | None = None
+
+
+class _Builder:
+    """Accumulates the calls of one batch; one instance per map call."""
+
+    def __init__(self, options: MappingOptions) -> None:
+        self.options = options
+        self.calls = Calls()
+        self._warn = options.on_warning
+        self._resources: dict[int, _ResourceInfo] = {}
+        self._identify_keys: set[tuple[Any, ...]] = set()
+
+    def warn(self, key: str, message: str) -> None:
+        if self._warn is not None:
+            self._warn(key, message)
+
+    def resource(self, resource: Resource | None, time_ns: int) -> _ResourceInfo:
+        info = self._resources.get(id(resource))
+        if info is None:
+            info = _resource_info(resource, self.options)
+            self._resources[id(resource)] = info
+            if info.traits:  # the resource itself names a user with traits
+                distinct_id = self.resolve(_DISTINCT_ID_KEYS, (info.attrs,), check_reserved=True)
+                if distinct_id is not None:
+                    anonymous_id = self.resolve(_ID_FIELDS[0][1], (info.attrs,))
+                    self.add_identify(info, distinct_id, anonymous_id, info.traits, time_ns)
+        return info
+
+    def resolve(
+        self, keys: tuple[str, ...], levels: Iterable[Attrs], *, check_reserved: bool = False
+    ) -> str | None:
+        for attrs in levels:
+            for key in keys:
+                value = attrs.get(key)
+                if value is None:
+                    continue
+                ident = _as_id(value)
+                if ident is None:
+                    continue
+                if check_reserved and is_reserved_id(ident):
+                    self.warn(
+                        f"reserved-id:{key}:{ident}",
+                        f"{key}={ident!r} is a reserved placeholder id and is never sent as "
+                        "distinct_id; the next identity source is used instead",
+                    )
+                    continue
+                return ident
+        return None
+
+    def add_identify(
+        self,
+        resource: _ResourceInfo,
+        distinct_id: str,
+        anonymous_id: str | None,
+        traits: dict[str, Any],
+        time_ns: int,
+    ) -> None:
+        key = (resource.environment, distinct_id, anonymous_id, _freeze(traits))
+        if key in self._identify_keys:
+            return
+        self._identify_keys.add(key)
+        payload: Payload = {
+            "environment": resource.environment,
+            "distinct_id": distinct_id,
+            "traits": traits,
+            "timestamp": format_timestamp(time_ns),
+        }
+        if anonymous_id is not None:
+            payload["anonymous_id"] = anonymous_id
+        self.calls.identifies.append(payload)
+
+    def add(self, record: _Record) -> None:
+        """Build every call this (interesting) record yields."""
+        attrs, parent, res = record.attrs, record.parent, record.resource
+        levels = (attrs, parent, res.attrs) if parent else (attrs, res.attrs)
+        distinct_id = self.resolve(_DISTINCT_ID_KEYS, levels, check_reserved=True)
+        ids: dict[str, str] = {}
+        for field_name, keys in _ID_FIELDS:
+            value = self.resolve(keys, levels)
+            if value is not None:
+                ids[field_name] = value
+
+        own_traits = _own_traits(attrs)
+        parent_traits = _own_traits(parent) if parent else {}
+        if distinct_id is not None and (own_traits or parent_traits):
+            traits = {**res.traits, **parent_traits, **own_traits}
+            self.add_identify(res, distinct_id, ids.get("anonymous_id"), traits, record.time_ns)
+
+        alias = attrs.get(ALIAS_KEY)
+        if alias is not None:
+            self._add_alias(record, distinct_id, alias)
+
+        event = attrs.get(EVENT_KEY)
+        if event is True:
+            event = record.name
+        if type(event) is str and event:
+            self._add_track(record, _clean_str(event), distinct_id, ids)
+
+    def _add_alias(self, record: _Record, distinct_id: str | None, alias: Any) -> None:
+        new_id = _as_id(alias)
+        if new_id is None or distinct_id is None:
+            self.warn(
+                "alias-unresolved",
+                "analytics.alias needs a non-empty id and a resolvable distinct_id "
+                "(analytics.distinct_id, user.id or enduser.id); the alias was skipped",
+            )
+            return
+        if is_reserved_id(new_id) or new_id == distinct_id:
+            self.warn(
+                f"alias-invalid:{new_id}",
+                f"analytics.alias={new_id!r} is reserved or equals the distinct_id; skipped",
+            )
+            return
+        self.calls.aliases.append(
+            {
+                "environment": record.resource.environment,
+                "distinct_id": distinct_id,
+                "new_user_id": new_id,
+                "timestamp": format_timestamp(record.time_ns),
+            }
+        )
+
+    def _add_track(
+        self, record: _Record, event: str, distinct_id: str | None, ids: dict[str, str]
+    ) -> None:
+        res = record.resource
+        properties: dict[str, Any] = {}
+        if record.body:
+            for key, value in record.body.items():
+                properties[_clean_str(str(key))] = json_safe(value)
+        overrides: dict[str, Any] | None = None
+        for key, value in record.attrs.items():
+            if key.startswith(_NOT_PROPERTIES):
+                if key.startswith(_PROPERTIES_PREFIX):
+                    if overrides is None:
+                        overrides = {}
+                    overrides[_clean_str(key[len(_PROPERTIES_PREFIX) :])] = json_safe(value)
+            elif key not in _CONSUMED_KEYS:
+                properties[_clean_str(key)] = json_safe(value)
+        if overrides:
+            properties.update(overrides)
+        if any(key.startswith("$") for key in properties):
+            properties = self._strip_unknown_builtins(properties)
+
+        parent = record.parent
+        for builtin, key in _CONTEXT_FIELDS:
+            if builtin in properties:
+                continue
+            value = record.attrs.get(key)
+            if value is None and parent:
+                value = parent.get(key)
+            if value is not None:
+                if not isinstance(value, str) and isinstance(value, Sequence):
+                    value = value[0] if value else None
+                if value is not None:
+                    properties[builtin] = json_safe(value)
+        properties.setdefault("$ip", 0)
+        if res.release is not None:
+            properties.setdefault("$release", res.release)
+        properties["$lib"] = LIB_NAME
+        properties["$lib_version"] = LIB_VERSION
+        if res.service_name is not None:
+            properties.setdefault("service.name", res.service_name)
+        if record.trace_id:
+            properties["otel.trace_id"] = format(record.trace_id, "032x")
+        if record.span_id:
+            properties["otel.span_id"] = format(record.span_id, "016x")
+
+        payload: Payload = {
+            "environment": res.environment,
+            "event": event,
+            "properties": properties,
+            "timestamp": format_timestamp(record.time_ns),
+        }
+        if distinct_id is not None:
+            payload["distinct_id"] = distinct_id
+        if ids:
+            payload.update(ids)
+        self.calls.tracks.append(payload)
+
+    def _strip_unknown_builtins(self, properties: dict[str, Any]) -> dict[str, Any]:
+        cleaned: dict[str, Any] = {}
+        renamed: list[tuple[str, Any]] = []
+        for key, value in properties.items():
+            if key.startswith("$") and key not in BUILT_IN_PROPERTIES:
+                self.warn(
+                    f"dollar-key:{key}",
+                    f"property {key!r} is not an Altertable built-in ($-prefixed names are "
+                    f"reserved); it is sent as {key[1:]!r}",
+                )
+                renamed.append((key[1:], value))
+            else:
+                cleaned[key] = value
+        for key, value in renamed:
+            if key and key not in cleaned:
+                cleaned[key] = value
+        return cleaned
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable stand-in for a JSON-ready value (for deduplication keys)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _span_attrs(span: ReadableSpan) -> Attrs:
+    return span.attributes or _EMPTY
+
+
+def span_has_analytics_data(span: ReadableSpan) -> bool:
+    """True when the span or one of its events could yield a track, identify or alias."""
+    if _has_interest(span.attributes):
+        return True
+    return any(_has_interest(event.attributes) for event in span.events)
+
+
+def map_spans(spans: Sequence[ReadableSpan], options: MappingOptions) -> Calls:
+    """Map spans and their events; records without analytics data cost a key scan."""
+    builder = _Builder(options)
+    last_resource: object = None
+    for span in spans:
+        if span.resource is not last_resource:  # a resource may itself carry identify data
+            last_resource = span.resource
+            builder.resource(span.resource, span.end_time or span.start_time or time.time_ns())
+        attrs = _span_attrs(span)
+        span_interesting = _has_interest(attrs)
+        events = span.events
+        tagged_events = [e for e in events if _has_interest(e.attributes)] if events else ()
+        if not span_interesting and not tagged_events:
+            continue
+        ctx = span.context
+        trace_id = ctx.trace_id if ctx is not None else 0
+        span_id = ctx.span_id if ctx is not None else 0
+        end_ns = span.end_time or span.start_time or time.time_ns()
+        res = builder.resource(span.resource, end_ns)
+        for event in tagged_events:
+            builder.add(
+                _Record(
+                    name=event.name,
+                    attrs=event.attributes or _EMPTY,
+                    parent=attrs,
+                    resource=res,
+                    time_ns=event.timestamp,
+                    trace_id=trace_id,
+                    span_id=span_id,
+                )
+            )
+        if span_interesting:
+            builder.add(_Record(span.name, attrs, _EMPTY, res, end_ns, trace_id, span_id))
+    return builder.calls
+
+
+def map_log_records(records: Sequence[ReadableLogRecord], options: MappingOptions) -> Calls:
+    """Map log records; a dict body is merged under the record's attributes."""
+    builder = _Builder(options)
+    last_resource: object = None
+    for readable in records:
+        record = readable.log_record
+        if readable.resource is not last_resource:
+            last_resource = readable.resource
+            builder.resource(readable.resource, record.timestamp or record.observed_timestamp)
+        attrs = record.attributes or _EMPTY
+        if not _has_interest(attrs):
+            continue
+        time_ns = record.timestamp or record.observed_timestamp or time.time_ns()
+        res = builder.resource(readable.resource, time_ns)
+        name = getattr(record, "event_name", None) or attrs.get("event.name")
+        body = record.body if isinstance(record.body, Mapping) else None
+        builder.add(
+            _Record(
+                name=name if isinstance(name, str) else None,
+                attrs=attrs,
+                parent=_EMPTY,
+                resource=res,
+                time_ns=time_ns,
+                trace_id=record.trace_id or 0,
+                span_id=record.span_id or 0,
+                body=body,
+            )
+        )
+    return builder.calls

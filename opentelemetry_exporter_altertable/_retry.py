@@ -1,0 +1,82 @@
+"""When to retry and how long to wait: a small, explicit policy object.
+
+The export's deadline bounds every wait; this policy only says how many attempts a batch may
+make and how the backoff grows. Defaults follow the official Altertable SDKs (exponential
+backoff with jitter) and add what they lack: ``Retry-After`` is honoured.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+#: HTTP statuses worth another attempt: the server may answer differently later.
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def is_retryable_status(status: int) -> bool:
+    return status in RETRYABLE_STATUSES or 500 <= status <= 599
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a batch is retried after a connection error, a timeout, 408, 429 or a 5xx.
+
+    ``total`` retries at most (so ``total + 1`` attempts), waiting
+    ``backoff_factor * 2**n`` seconds (capped at ``backoff_max``) scaled by a random factor in
+    ``[1 - jitter, 1 + jitter]``, or the server's ``Retry-After`` when it sends one. Whatever the
+    policy says, no wait outlives the export's deadline.
+    """
+
+    total: int = 5
+    backoff_factor: float = 0.5
+    backoff_max: float = 30.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.total < 0:
+            raise ValueError("RetryPolicy.total must be >= 0")
+        if self.backoff_factor < 0 or self.backoff_max < 0:
+            raise ValueError("RetryPolicy backoff values must be >= 0")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("RetryPolicy.jitter must be between 0 and 1")
+
+    def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before retry ``retry_number`` (0 for the first retry)."""
+        base = min(self.backoff_max, self.backoff_factor * 2.0**retry_number)
+        if self.jitter:
+            draw: float = (rng or random).uniform(1 - self.jitter, 1 + self.jitter)
+            base *= draw
+        return max(0.0, base)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date).
+
+    ``None`` when absent or malformed (the policy's own backoff applies); a date in the past
+    gives 0.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:  # not an integer as RFC 9110 wants, but unambiguous
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)

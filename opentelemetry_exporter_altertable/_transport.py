@@ -1,0 +1,354 @@
+"""HTTP delivery: chunking, the deadline, retries, splitting on 413, bisecting on 400/422.
+
+The transport knows payload dicts and endpoints, never OpenTelemetry objects. It sends what it
+is given, inside one deadline, and reports what was accepted, what the API refused for good
+(dropped) and what is still owed (for the spool): nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from . import environment_variables as ev
+from ._config import ExporterConfig
+from ._retry import is_retryable_status, parse_retry_after
+from ._stats import DropReporter, Stats
+from .version import __version__
+
+_logger = logging.getLogger(__name__)
+
+Payload = dict[str, Any]
+USER_AGENT = f"opentelemetry-exporter-altertable/{__version__}"
+
+#: Why the rest of an export was not sent: the key is wrong, the environment is unknown, or
+#: the endpoint does not exist. An operator can fix these; until then the calls are owed.
+CONFIG_ERRORS = frozenset({"auth", "environment-not-found", "endpoint-not-found"})
+
+
+@dataclass
+class DeliveryReport:
+    """What happened to the calls of one :meth:`Transport.deliver`."""
+
+    accepted: dict[str, int] = field(default_factory=dict)
+    rejected: int = 0
+    """Items the API refused for good (bad payloads): dropped, counted, logged."""
+    pending: dict[str, list[Payload]] = field(default_factory=dict)
+    """Items not delivered in time (outage, deadline, shutdown): owed, for the spool."""
+    pending_reason: str | None = None
+    """``"retryable"``, or one of :data:`CONFIG_ERRORS` when a setting must be fixed first."""
+
+    @property
+    def complete(self) -> bool:
+        return not self.rejected and not self.pending
+
+    def owe(self, endpoint: str, items: Sequence[Payload], reason: str) -> None:
+        self.pending.setdefault(endpoint, []).extend(items)
+        if self.pending_reason is None or reason in CONFIG_ERRORS:
+            self.pending_reason = reason
+
+
+def encode_json(items: Sequence[Payload]) -> bytes:
+    """Compact UTF-8 JSON; payloads are already JSON-safe (see ``_mapping.json_safe``)."""
+    return json.dumps(items, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def new_session(pool_size: int = 16) -> requests.Session:
+    """A pooled session that does no retrying of its own (the transport decides)."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+class _Stop(Exception):
+    """Internal: the rest of this delivery cannot be sent now."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Transport:
+    """Sends JSON arrays to ``{endpoint}/{track,identify,alias}`` within a deadline."""
+
+    def __init__(
+        self,
+        config: ExporterConfig,
+        session: requests.Session | None = None,
+        stats: Stats | None = None,
+        drops: DropReporter | None = None,
+    ) -> None:
+        self._config = config
+        self._own_session = session is None
+        self._session = session if session is not None else new_session()
+        self._stats = stats if stats is not None else Stats()
+        self._drops = drops if drops is not None else DropReporter()
+        self._headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        if config.api_key:
+            self._headers["X-API-Key"] = config.api_key
+        if config.compression == "gzip":
+            self._headers["Content-Encoding"] = "gzip"
+        query = "?sync=true" if config.sync else ""
+        self._urls = {
+            name: f"{config.endpoint}/{name}{query}" for name in ("identify", "alias", "track")
+        }
+        self._closing = threading.Event()
+        self._pid = os.getpid()
+        self._told: set[str] = set()
+        self._told_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def closed(self) -> bool:
+        return self._closing.is_set()
+
+    def close(self) -> None:
+        """Interrupt any backoff wait at once; later deliveries return everything as pending."""
+        self._closing.set()
+
+    def release(self) -> None:
+        """Close the pooled connections (only those of a session this transport created)."""
+        if self._own_session:
+            self._session.close()
+
+    def _after_fork(self) -> None:
+        """The child must not share the parent's sockets or locks."""
+        self._pid = os.getpid()
+        closing = self._closing.is_set()
+        self._closing = threading.Event()
+        if closing:
+            self._closing.set()
+        self._told_lock = threading.Lock()
+        if self._own_session:
+            self._session = new_session()
+        else:
+            for adapter in self._session.adapters.values():
+                adapter.close()
+
+    # ------------------------------------------------------------------ delivery
+
+    def deliver(self, calls: Mapping[str, Sequence[Payload]], deadline: float) -> DeliveryReport:
+        """Send every call before ``deadline`` (a ``time.monotonic()`` value)."""
+        if os.getpid() != self._pid:
+            self._after_fork()
+        report = DeliveryReport()
+        stopped: str | None = "retryable" if self._closing.is_set() else None
+        size = self._config.max_batch_size
+        for endpoint, items in calls.items():
+            for start in range(0, len(items), size):
+                chunk = items[start : start + size]
+                if stopped is not None:
+                    report.owe(endpoint, chunk, stopped)
+                else:
+                    stopped = self._send(endpoint, chunk, deadline, report)
+        return report
+
+    def _send(
+        self, endpoint: str, items: Sequence[Payload], deadline: float, report: DeliveryReport
+    ) -> str | None:
+        """Deliver one chunk, splitting it when the API refuses part of it.
+
+        Every item ends up accepted, rejected or owed in ``report``. Returns why delivery must
+        stop for now (the rest of the export is owed too), or ``None`` to go on.
+        """
+        try:
+            body = encode_json(items)
+        except (TypeError, ValueError):
+            return self._send_each_encodable(endpoint, items, deadline, report)
+        try:
+            status, error_code = self._post_with_retries(endpoint, body, deadline)
+        except _Stop as stop:
+            report.owe(endpoint, items, stop.reason)
+            return stop.reason
+        if 200 <= status < 300 and error_code is None:
+            report.accepted[endpoint] = report.accepted.get(endpoint, 0) + len(items)
+            self._stats.add("calls_exported", len(items))
+            return None
+        stop_reason = _config_error(status, error_code)
+        if stop_reason is not None:
+            self._tell_config_error(stop_reason, status, error_code)
+            report.owe(endpoint, items, stop_reason)
+            return stop_reason
+        # 413, 400, 422, "ok": false and other 4xx: the data, not the service, is at fault.
+        if len(items) > 1:
+            middle = len(items) // 2
+            stopped = self._send(endpoint, items[:middle], deadline, report)
+            if stopped is not None:
+                report.owe(endpoint, items[middle:], stopped)
+                return stopped
+            return self._send(endpoint, items[middle:], deadline, report)
+        reason = error_code or f"http-{status}"
+        report.rejected += 1
+        self._stats.drop(reason, 1)
+        item = items[0]
+        what = item.get("event") or item.get("distinct_id") or endpoint
+        self._drops.report(reason, 1, f"{endpoint} {what!r} refused with HTTP {status} {reason}")
+        return None
+
+    def _send_each_encodable(
+        self, endpoint: str, items: Sequence[Payload], deadline: float, report: DeliveryReport
+    ) -> str | None:
+        good: list[Payload] = []
+        for item in items:
+            try:
+                encode_json([item])
+            except (TypeError, ValueError):
+                report.rejected += 1
+                self._stats.drop("unencodable", 1)
+                self._drops.report("unencodable", 1, f"{endpoint} item is not JSON-encodable")
+            else:
+                good.append(item)
+        return self._send(endpoint, good, deadline, report) if good else None
+
+    def _post_with_retries(
+        self, endpoint: str, body: bytes, deadline: float
+    ) -> tuple[int, str | None]:
+        """POST until an answer that is not worth retrying; ``(status, error_code)``.
+
+        ``error_code`` is set for any refusal, including a 2xx whose body says ``"ok": false``
+        (reported as status 400, as the contract says).
+        """
+        if self._config.compression == "gzip":
+            body = gzip.compress(body, compresslevel=5)
+        url = self._urls[endpoint]
+        policy = self._config.retry
+        retry_number = 0
+        while True:
+            if self._closing.is_set():
+                raise _Stop("retryable")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Stop("retryable")
+            retry_after: float | None = None
+            failure: str
+            try:
+                response = self._session.post(
+                    url, data=body, headers=self._headers, timeout=remaining
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                failure = type(exc).__name__
+            except requests.RequestException as exc:  # invalid URL, proxy misconfiguration...
+                self._tell_once("request-error", "Altertable request failed: %s", exc)
+                raise _Stop("retryable") from None
+            else:
+                self._stats.add("requests")
+                status = response.status_code
+                if not is_retryable_status(status):
+                    return status, _error_code(response)
+                failure = f"HTTP {status}"
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                response.close()
+            if retry_number >= policy.total:
+                _logger.warning(
+                    "Altertable %s failed after %d attempt(s) (%s); the calls are kept for "
+                    "a later export if a spool is configured",
+                    endpoint,
+                    retry_number + 1,
+                    failure,
+                )
+                raise _Stop("retryable")
+            delay = retry_after if retry_after is not None else policy.backoff(retry_number)
+            if time.monotonic() + delay >= deadline:
+                _logger.debug("no time left for a retry of %s (%s)", endpoint, failure)
+                raise _Stop("retryable")
+            _logger.debug("retrying %s in %.2fs after %s", endpoint, delay, failure)
+            self._stats.add("retries")
+            if self._closing.wait(delay):
+                raise _Stop("retryable")
+            retry_number += 1
+
+    # ------------------------------------------------------------------ messages
+
+    def _tell_once(self, key: str, message: str, *args: object) -> None:
+        with self._told_lock:
+            if key in self._told:
+                first = False
+            else:
+                self._told.add(key)
+                first = True
+        if first:
+            _logger.error(message, *args)
+        else:
+            _logger.debug(message, *args)
+
+    def _tell_config_error(self, kind: str, status: int | None, error_code: str | None) -> None:
+        endpoint = self._config.endpoint
+        if kind == "auth":
+            self._tell_once(
+                kind,
+                "Altertable refused the API key (HTTP %s from %s). Set %s (or pass api_key=) to "
+                "a valid ingestion key (pk_live_... or pk_test_...) from your Altertable project.",
+                status,
+                endpoint,
+                ev.OTEL_EXPORTER_ALTERTABLE_API_KEY,
+            )
+        elif kind == "environment-not-found":
+            self._tell_once(
+                kind,
+                "Altertable has no such environment for this API key (HTTP %s, %s). Create it in "
+                "Altertable, or set %s (or the resource attribute deployment.environment.name) "
+                "to an existing environment such as 'production'.",
+                status,
+                error_code,
+                ev.OTEL_EXPORTER_ALTERTABLE_ENVIRONMENT,
+            )
+        else:
+            self._tell_once(
+                kind,
+                "%s answered HTTP %s to an Altertable call: is %s the API's base URL "
+                "(default https://api.altertable.ai)?",
+                endpoint,
+                status,
+                ev.OTEL_EXPORTER_ALTERTABLE_ENDPOINT,
+            )
+
+
+def _config_error(status: int, error_code: str | None) -> str | None:
+    """Which setting is wrong, if the answer says one is."""
+    if status in (401, 403):
+        return "auth"
+    if error_code == "environment-not-found":
+        return "environment-not-found"
+    if status in (404, 405):
+        return "endpoint-not-found"
+    return None
+
+
+def _error_code(response: requests.Response) -> str | None:
+    """The refusal's code, or ``None`` for an acceptance.
+
+    Reads ``error_code`` falling back to ``error`` (the two shapes the API family uses), and
+    treats a 2xx whose body says ``"ok": false`` as a refusal.
+    """
+    status = response.status_code
+    try:
+        data = response.json() if response.content else None
+    except ValueError:
+        data = None
+    code: str | None = None
+    ok: object = None
+    if isinstance(data, dict):
+        ok = data.get("ok")
+        raw = data.get("error_code") or data.get("error")
+        code = str(raw) if raw else None
+    if 200 <= status < 300:
+        if ok is False:
+            return code or "ok-false"
+        return None
+    return code or f"http-{status}"

@@ -1,0 +1,3 @@
+"""The package version, in one place: read by hatchling and sent as ``$lib_version``."""
+
+__version__ = "0.1.0"
