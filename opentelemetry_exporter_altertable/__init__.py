@@ -8,11 +8,13 @@ whole attribute mapping.
 from ._retry import RetryPolicy
 from .exporters import AltertableLogExporter, AltertableSpanExporter
 from .helpers import alias, identify, track
+from .processor import AltertableSpanProcessor
 from .version import __version__
 
 __all__ = [
     "AltertableLogExporter",
     "AltertableSpanExporter",
+    "AltertableSpanProcessor",
     "RetryPolicy",
     "__version__",
     "alias",

@@ -8,6 +8,7 @@ default, so a typo in a deployment never takes the host application down.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,8 +74,8 @@ def _env_number(
     except ValueError:
         _logger.warning("%s=%r is not a valid number; using the default", name, raw)
         return None
-    if value <= 0:
-        _logger.warning("%s=%r must be positive; using the default", name, raw)
+    if not (math.isfinite(value) and value > 0):
+        _logger.warning("%s=%r must be a positive finite number; using the default", name, raw)
         return None
     return value
 
@@ -109,8 +110,8 @@ def _compression(value: str | None, source: str) -> Compression:
 
 
 def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be positive, not {value!r}")
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, not {value!r}")
 
 
 def resolve_config(

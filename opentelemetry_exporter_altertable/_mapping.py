@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ from .version import __version__
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import ReadableLogRecord
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace import Event, ReadableSpan
 
 LIB_NAME = "opentelemetry-exporter-altertable"
 LIB_VERSION = __version__
@@ -52,8 +52,8 @@ _PROPERTIES_PREFIX = "analytics.properties."
 _TRAITS_PREFIX = "analytics.traits."
 
 # (payload field, attribute keys in order of preference)
-_DISTINCT_ID_KEYS = ("analytics.distinct_id", "user.id", "enduser.id")
 _ID_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("distinct_id", ("analytics.distinct_id", "user.id", "enduser.id")),
     ("anonymous_id", ("analytics.anonymous_id", "enduser.pseudo.id")),
     ("device_id", ("analytics.device_id", "device.id")),
     ("session_id", ("analytics.session_id", "session.id")),
@@ -81,6 +81,8 @@ _NOT_PROPERTIES = ("analytics.", "user.", "enduser.")
 _INTEREST_PREFIXES = ("analytics.", *_TRAIT_KEYS)
 
 _MAX_DEPTH = 32
+#: Python refuses to print integers of more than 4300 digits; longer ones become null.
+_INT_LIMIT = 10**4000
 
 Attrs = Mapping[str, Any]
 Payload = dict[str, Any]
@@ -149,10 +151,14 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
     kind = type(value)
     if kind is str:
         return _clean_str(value)
-    if kind is bool or kind is int or value is None:
+    if kind is bool or value is None:
         return value
+    if kind is int:
+        return value if -_INT_LIMIT < value < _INT_LIMIT else None
     if kind is float:
         return value if math.isfinite(value) else None
+    if isinstance(value, str):  # str subclasses (enums, tagged strings) stay strings
+        return _clean_str(str.__str__(value))
     if _depth >= _MAX_DEPTH:
         return None
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -161,8 +167,10 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
         return {_clean_str(str(k)): json_safe(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple, Sequence, set, frozenset)):
         return [json_safe(v, _depth + 1) for v in value]
-    if isinstance(value, int):  # bool and int subclasses such as IntEnum
-        return int(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):  # int subclasses such as IntEnum
+        return json_safe(int(value))
     if isinstance(value, float):
         return float(value) if math.isfinite(value) else None
     return _clean_str(str(value))
@@ -180,11 +188,10 @@ def format_timestamp(ns: int) -> str:
 
 
 def _as_id(value: Any) -> str | None:
-    kind = type(value)
-    if kind is str:
-        return _clean_str(value) if value else None
-    if kind is int:
-        return str(value)
+    if isinstance(value, str):
+        return _clean_str(str.__str__(value)) if value else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(int(value)) if -_INT_LIMIT < value < _INT_LIMIT else None
     return None
 
 
@@ -194,13 +201,13 @@ def _as_id(value: Any) -> str | None:
 def resolve_environment(resource: Resource | None, explicit: str | None) -> str:
     """Explicit setting, else the resource's deployment environment, else ``production``."""
     if explicit:
-        return explicit
+        return _clean_str(explicit)
     if resource is not None:
         attrs = resource.attributes
         for key in ("deployment.environment.name", "deployment.environment"):
             value = attrs.get(key)
             if isinstance(value, str) and value:
-                return value
+                return _clean_str(value)
     return "production"
 
 
@@ -213,19 +220,8 @@ class _ResourceInfo:
     release: str | None
     service_name: str | None
     traits: dict[str, Any]
-
-
-def _resource_info(resource: Resource | None, options: MappingOptions) -> _ResourceInfo:
-    attrs: Attrs = resource.attributes if resource is not None else _EMPTY
-    release = attrs.get("service.version")
-    service = attrs.get("service.name")
-    return _ResourceInfo(
-        attrs=attrs,
-        environment=resolve_environment(resource, options.environment),
-        release=_clean_str(str(release)) if release is not None else None,
-        service_name=_clean_str(str(service)) if service is not None else None,
-        traits=_own_traits(attrs),
-    )
+    ids: dict[str, str]
+    """Identity fields the resource itself provides: the last fallback of every record."""
 
 
 # --------------------------------------------------------------------------- records
@@ -283,35 +279,54 @@ class _Builder:
     def resource(self, resource: Resource | None, time_ns: int) -> _ResourceInfo:
         info = self._resources.get(id(resource))
         if info is None:
-            info = _resource_info(resource, self.options)
+            attrs: Attrs = _plain(resource.attributes) if resource is not None else _EMPTY
+            release = attrs.get("service.version")
+            service = attrs.get("service.name")
+            info = _ResourceInfo(
+                attrs=attrs,
+                environment=resolve_environment(resource, self.options.environment),
+                release=_clean_str(str(release)) if release is not None else None,
+                service_name=_clean_str(str(service)) if service is not None else None,
+                traits=_own_traits(attrs),
+                ids=self.identity((attrs,), {}),
+            )
             self._resources[id(resource)] = info
-            if info.traits:  # the resource itself names a user with traits
-                distinct_id = self.resolve(_DISTINCT_ID_KEYS, (info.attrs,), check_reserved=True)
-                if distinct_id is not None:
-                    anonymous_id = self.resolve(_ID_FIELDS[0][1], (info.attrs,))
-                    self.add_identify(info, distinct_id, anonymous_id, info.traits, time_ns)
+            distinct_id = info.ids.get("distinct_id")
+            if info.traits and distinct_id is not None:  # the resource itself names a user
+                anonymous_id = info.ids.get("anonymous_id")
+                self.add_identify(info, distinct_id, anonymous_id, info.traits, time_ns)
         return info
 
-    def resolve(
-        self, keys: tuple[str, ...], levels: Iterable[Attrs], *, check_reserved: bool = False
-    ) -> str | None:
-        for attrs in levels:
-            for key in keys:
-                value = attrs.get(key)
-                if value is None:
-                    continue
-                ident = _as_id(value)
-                if ident is None:
-                    continue
-                if check_reserved and is_reserved_id(ident):
-                    self.warn(
-                        f"reserved-id:{key}:{ident}",
-                        f"{key}={ident!r} is a reserved placeholder id and is never sent as "
-                        "distinct_id; the next identity source is used instead",
-                    )
-                    continue
-                return ident
-        return None
+    def identity(self, levels: tuple[Attrs, ...], fallback: dict[str, str]) -> dict[str, str]:
+        """Each identity field from the first level that has it, else from ``fallback``."""
+        ids: dict[str, str] = {}
+        for field_name, keys in _ID_FIELDS:
+            found: str | None = None
+            for attrs in levels:
+                for key in keys:
+                    raw = attrs.get(key)
+                    if raw is not None:
+                        found = self._identifier(field_name, key, raw)
+                        if found is not None:
+                            break
+                if found is not None:
+                    break
+            if found is None:
+                found = fallback.get(field_name)
+            if found is not None:
+                ids[field_name] = found
+        return ids
+
+    def _identifier(self, field_name: str, key: str, raw: Any) -> str | None:
+        ident = _as_id(raw)
+        if ident is not None and field_name == "distinct_id" and is_reserved_id(ident):
+            self.warn(
+                f"reserved-id:{key}:{ident}",
+                f"{key}={ident!r} is a reserved placeholder id and is never sent as "
+                "distinct_id; the next identity source is used instead",
+            )
+            return None
+        return ident
 
     def add_identify(
         self,
@@ -338,15 +353,16 @@ class _Builder:
     def add(self, record: _Record) -> None:
         """Build every call this (interesting) record yields."""
         attrs, parent, res = record.attrs, record.parent, record.resource
-        levels = (attrs, parent, res.attrs) if parent else (attrs, res.attrs)
-        distinct_id = self.resolve(_DISTINCT_ID_KEYS, levels, check_reserved=True)
-        ids: dict[str, str] = {}
-        for field_name, keys in _ID_FIELDS:
-            value = self.resolve(keys, levels)
-            if value is not None:
-                ids[field_name] = value
+        ids = self.identity((attrs, parent) if parent else (attrs,), res.ids)
+        distinct_id = ids.get("distinct_id")
 
-        own_traits = _own_traits(attrs)
+        tag = attrs.get(EVENT_KEY)
+        event = record.name if tag is True else tag if isinstance(tag, str) else None
+        properties: dict[str, Any] | None = None
+        if event:
+            properties, own_traits = _scan_track(record)
+        else:
+            own_traits = _own_traits(attrs)
         parent_traits = _own_traits(parent) if parent else {}
         if distinct_id is not None and (own_traits or parent_traits):
             traits = {**res.traits, **parent_traits, **own_traits}
@@ -355,12 +371,8 @@ class _Builder:
         alias = attrs.get(ALIAS_KEY)
         if alias is not None:
             self._add_alias(record, distinct_id, alias)
-
-        event = attrs.get(EVENT_KEY)
-        if event is True:
-            event = record.name
-        if type(event) is str and event:
-            self._add_track(record, _clean_str(event), distinct_id, ids)
+        if event and properties is not None:
+            self._add_track(record, _clean_str(str.__str__(event)), properties, ids)
 
     def _add_alias(self, record: _Record, distinct_id: str | None, alias: Any) -> None:
         new_id = _as_id(alias)
@@ -387,26 +399,17 @@ class _Builder:
         )
 
     def _add_track(
-        self, record: _Record, event: str, distinct_id: str | None, ids: dict[str, str]
+        self,
+        record: _Record,
+        event: str,
+        properties: dict[str, Any],
+        ids: dict[str, str],
     ) -> None:
         res = record.resource
-        properties: dict[str, Any] = {}
-        if record.body:
-            for key, value in record.body.items():
-                properties[_clean_str(str(key))] = json_safe(value)
-        overrides: dict[str, Any] | None = None
-        for key, value in record.attrs.items():
-            if key.startswith(_NOT_PROPERTIES):
-                if key.startswith(_PROPERTIES_PREFIX):
-                    if overrides is None:
-                        overrides = {}
-                    overrides[_clean_str(key[len(_PROPERTIES_PREFIX) :])] = json_safe(value)
-            elif key not in _CONSUMED_KEYS:
-                properties[_clean_str(key)] = json_safe(value)
-        if overrides:
-            properties.update(overrides)
-        if any(key.startswith("$") for key in properties):
-            properties = self._strip_unknown_builtins(properties)
+        for key in properties:
+            if key[:1] == "$" and key not in BUILT_IN_PROPERTIES:
+                properties = self._strip_unknown_builtins(properties)
+                break
 
         parent = record.parent
         for builtin, key in _CONTEXT_FIELDS:
@@ -438,8 +441,6 @@ class _Builder:
             "properties": properties,
             "timestamp": format_timestamp(record.time_ns),
         }
-        if distinct_id is not None:
-            payload["distinct_id"] = distinct_id
         if ids:
             payload.update(ids)
         self.calls.tracks.append(payload)
@@ -452,15 +453,52 @@ class _Builder:
                 self.warn(
                     f"dollar-key:{key}",
                     f"property {key!r} is not an Altertable built-in ($-prefixed names are "
-                    f"reserved); it is sent as {key[1:]!r}",
+                    f"reserved); it is sent as {key.lstrip('$')!r}",
                 )
-                renamed.append((key[1:], value))
+                renamed.append((key.lstrip("$"), value))
             else:
                 cleaned[key] = value
         for key, value in renamed:
             if key and key not in cleaned:
                 cleaned[key] = value
         return cleaned
+
+
+def _value(value: Any) -> Any:
+    """``json_safe`` with the common cases inlined (this runs for every property)."""
+    kind = type(value)
+    if kind is str:
+        return value if value.isascii() else _clean_str(value)
+    if kind is bool or (kind is int and -_INT_LIMIT < value < _INT_LIMIT):
+        return value
+    return json_safe(value)
+
+
+def _scan_track(record: _Record) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One pass over a tagged record's attributes: its properties and its own traits."""
+    properties: dict[str, Any] = {}
+    if record.body:
+        for key, value in record.body.items():
+            properties[_clean_str(str(key))] = json_safe(value)
+    overrides: dict[str, Any] | None = None
+    traits: dict[str, Any] = {}
+    for key, value in record.attrs.items():
+        if key.startswith(_NOT_PROPERTIES):
+            if key.startswith(_PROPERTIES_PREFIX):
+                if overrides is None:
+                    overrides = {}
+                overrides[_clean_str(key[len(_PROPERTIES_PREFIX) :])] = _value(value)
+            elif key.startswith(_TRAITS_PREFIX):
+                traits[_clean_str(key[len(_TRAITS_PREFIX) :])] = json_safe(value)
+            else:
+                trait = _TRAIT_KEYS.get(key)
+                if trait is not None:
+                    traits[trait] = json_safe(value)
+        elif key not in _CONSUMED_KEYS:
+            properties[key if key.isascii() else _clean_str(key)] = _value(value)
+    if overrides:
+        properties.update(overrides)
+    return properties, traits
 
 
 def _freeze(value: Any) -> Any:
@@ -475,15 +513,41 @@ def _freeze(value: Any) -> Any:
 # --------------------------------------------------------------------------- entry points
 
 
-def _span_attrs(span: ReadableSpan) -> Attrs:
-    return span.attributes or _EMPTY
+def _plain(attrs: Any) -> Attrs:
+    """The plain dict behind the SDK's ``BoundedAttributes``, else the mapping itself.
+
+    ``BoundedAttributes`` is a Python-level ``MutableMapping``: every ``get`` and every step of
+    iteration goes through a Python call. Reading its ``_dict`` (present in every supported SDK)
+    makes the mapping about twice as fast; when an SDK lacks it, the public mapping is used.
+    """
+    inner = getattr(attrs, "_dict", None)
+    if isinstance(inner, dict):
+        return inner
+    return attrs or _EMPTY
+
+
+def span_attributes(span: ReadableSpan) -> Attrs:
+    """A span's attributes without the read-only proxy the public property builds per call."""
+    raw = getattr(span, "_attributes", None)
+    if raw is None:
+        return span.attributes or _EMPTY
+    return _plain(raw)
+
+
+def span_events(span: ReadableSpan) -> Sequence[Event]:
+    """A span's events without the tuple copy the public property makes per call."""
+    raw = getattr(span, "_events", None)
+    if raw is None:
+        return span.events
+    events: Sequence[Event] = raw
+    return events
 
 
 def span_has_analytics_data(span: ReadableSpan) -> bool:
     """True when the span or one of its events could yield a track, identify or alias."""
-    if _has_interest(span.attributes):
+    if _has_interest(span_attributes(span)):
         return True
-    return any(_has_interest(event.attributes) for event in span.events)
+    return any(_has_interest(_plain(event.attributes)) for event in span_events(span))
 
 
 def map_spans(spans: Sequence[ReadableSpan], options: MappingOptions) -> Calls:
@@ -494,10 +558,10 @@ def map_spans(spans: Sequence[ReadableSpan], options: MappingOptions) -> Calls:
         if span.resource is not last_resource:  # a resource may itself carry identify data
             last_resource = span.resource
             builder.resource(span.resource, span.end_time or span.start_time or time.time_ns())
-        attrs = _span_attrs(span)
+        attrs = span_attributes(span)
         span_interesting = _has_interest(attrs)
-        events = span.events
-        tagged_events = [e for e in events if _has_interest(e.attributes)] if events else ()
+        events = span_events(span)
+        tagged_events = [e for e in events if _has_interest(_plain(e.attributes))] if events else ()
         if not span_interesting and not tagged_events:
             continue
         ctx = span.context
@@ -509,7 +573,7 @@ def map_spans(spans: Sequence[ReadableSpan], options: MappingOptions) -> Calls:
             builder.add(
                 _Record(
                     name=event.name,
-                    attrs=event.attributes or _EMPTY,
+                    attrs=_plain(event.attributes),
                     parent=attrs,
                     resource=res,
                     time_ns=event.timestamp,

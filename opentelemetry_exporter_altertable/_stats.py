@@ -8,9 +8,12 @@ once a minute, with counts, instead of once per item.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
+
+from opentelemetry.metrics import MeterProvider, get_meter_provider
 
 _logger = logging.getLogger(__name__)
 
@@ -87,3 +90,58 @@ class DropReporter:
 
     def reset_after_fork(self) -> None:
         self._lock = threading.Lock()
+
+
+class SelfMetrics:
+    """The SDK's exporter self-observability metrics, for this exporter.
+
+    Names follow OpenTelemetry's semantic conventions for SDK health
+    (``otel.sdk.exporter.span.exported`` and friends, ``error.type`` on failures), so the
+    dashboards built for the SDK's own exporters work for this one too.
+    """
+
+    def __init__(self, signal: str, component_name: str, meter_provider: MeterProvider) -> None:
+        unit = "{span}" if signal == "span" else "{log_record}"
+        meter = meter_provider.get_meter("opentelemetry-exporter-altertable")
+        component_type = f"altertable_{signal}_exporter"
+        self._attrs: dict[str, str] = {
+            "otel.component.type": component_type,
+            "otel.component.name": f"{component_type}/{component_name}",
+        }
+        self._exported = meter.create_counter(
+            f"otel.sdk.exporter.{signal}.exported",
+            unit=unit,
+            description="Items handed to the exporter, with error.type when not delivered",
+        )
+        self._inflight = meter.create_up_down_counter(
+            f"otel.sdk.exporter.{signal}.inflight",
+            unit=unit,
+            description="Items the exporter is working on",
+        )
+        self._duration = meter.create_histogram(
+            "otel.sdk.exporter.operation.duration",
+            unit="s",
+            description="Duration of one export, retries included",
+        )
+
+    def start(self, count: int) -> float:
+        self._inflight.add(count, self._attrs)
+        return time.perf_counter()
+
+    def finish(self, count: int, started: float, error_type: str | None) -> None:
+        self._inflight.add(-count, self._attrs)
+        attrs = self._attrs if error_type is None else {**self._attrs, "error.type": error_type}
+        self._exported.add(count, attrs)
+        self._duration.record(time.perf_counter() - started, attrs)
+
+
+def self_metrics(
+    signal: str, component_name: str, meter_provider: MeterProvider | None
+) -> SelfMetrics | None:
+    """Metrics when a meter provider is given or the SDK's internal-metrics switch is on."""
+    if meter_provider is None:
+        flag = os.environ.get("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "")
+        if flag.strip().lower() != "true":
+            return None
+        meter_provider = get_meter_provider()
+    return SelfMetrics(signal, component_name, meter_provider)

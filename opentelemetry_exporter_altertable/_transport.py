@@ -63,13 +63,76 @@ def encode_json(items: Sequence[Payload]) -> bytes:
     return json.dumps(items, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-def new_session(pool_size: int = 16) -> requests.Session:
-    """A pooled session that does no retrying of its own (the transport decides)."""
+def request_headers(config: ExporterConfig) -> dict[str, str]:
+    """Headers of every API request: the key goes in ``X-API-Key``, never in the URL."""
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    if config.api_key:
+        headers["X-API-Key"] = config.api_key
+    if config.compression == "gzip":
+        headers["Content-Encoding"] = "gzip"
+    return headers
+
+
+def endpoint_url(config: ExporterConfig, name: str, sync: bool | None = None) -> str:
+    query = "?sync=true" if (config.sync if sync is None else sync) else ""
+    return f"{config.endpoint}/{name}{query}"
+
+
+def new_session(endpoint: str, pool_size: int = 16) -> requests.Session:
+    """A pooled session that does no retrying of its own (the transport decides).
+
+    Proxy and CA settings (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``) are read from
+    the environment once, here, rather than by ``requests`` on every POST, where reading them
+    cost about a quarter of each request's client-side time.
+    """
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
+    session.proxies.update(requests.utils.get_environ_proxies(endpoint))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle:
+        session.verify = bundle
+    session.trust_env = False
     return session
+
+
+class _BodyTimeout(Exception):
+    """The answer's body did not arrive before the export's deadline."""
+
+
+def _read_body(response: requests.Response, deadline: float) -> None:
+    """Read a streamed answer whole, but never past ``deadline``.
+
+    ``requests`` applies its timeout to each socket read, so a server that trickles its answer
+    a byte at a time could hold an export forever. Reading with ``read1`` lets the clock be
+    checked (and the socket's timeout shortened) between reads.
+    """
+    raw = response.raw
+    read1 = getattr(raw, "read1", None)
+    if read1 is None:  # urllib3 < 2: no partial reads, the per-read timeout is all there is
+        response.content  # noqa: B018 (reads and caches the body)
+        return
+    chunks: list[bytes] = []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _BodyTimeout("the answer did not arrive before the deadline")
+            sock = getattr(getattr(raw, "connection", None), "sock", None)
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = read1(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except _BodyTimeout:
+        response.close()
+        raise
+    except OSError as exc:  # socket timeout or reset while reading
+        response.close()
+        raise _BodyTimeout(str(exc)) from exc
+    response._content = b"".join(chunks)  # what response.json() reads
 
 
 class _Stop(Exception):
@@ -92,21 +155,11 @@ class Transport:
     ) -> None:
         self._config = config
         self._own_session = session is None
-        self._session = session if session is not None else new_session()
+        self._session = session if session is not None else new_session(config.endpoint)
         self._stats = stats if stats is not None else Stats()
         self._drops = drops if drops is not None else DropReporter()
-        self._headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-        }
-        if config.api_key:
-            self._headers["X-API-Key"] = config.api_key
-        if config.compression == "gzip":
-            self._headers["Content-Encoding"] = "gzip"
-        query = "?sync=true" if config.sync else ""
-        self._urls = {
-            name: f"{config.endpoint}/{name}{query}" for name in ("identify", "alias", "track")
-        }
+        self._headers = request_headers(config)
+        self._urls = {name: endpoint_url(config, name) for name in ("identify", "alias", "track")}
         self._closing = threading.Event()
         self._pid = os.getpid()
         self._told: set[str] = set()
@@ -136,7 +189,7 @@ class Transport:
             self._closing.set()
         self._told_lock = threading.Lock()
         if self._own_session:
-            self._session = new_session()
+            self._session = new_session(self._config.endpoint)
         else:
             for adapter in self._session.adapters.values():
                 adapter.close()
@@ -238,10 +291,18 @@ class Transport:
             retry_after: float | None = None
             failure: str
             try:
+                # Redirects are not followed: requests would turn the POST into a bodiless GET
+                # (301-303) or re-send X-API-Key to whatever host the Location names (307/308).
                 response = self._session.post(
-                    url, data=body, headers=self._headers, timeout=remaining
+                    url,
+                    data=body,
+                    headers=self._headers,
+                    timeout=remaining,
+                    stream=True,
+                    allow_redirects=False,
                 )
-            except (requests.ConnectionError, requests.Timeout) as exc:
+                _read_body(response, deadline)
+            except (requests.ConnectionError, requests.Timeout, _BodyTimeout) as exc:
                 failure = type(exc).__name__
             except requests.RequestException as exc:  # invalid URL, proxy misconfiguration...
                 self._tell_once("request-error", "Altertable request failed: %s", exc)
@@ -253,7 +314,6 @@ class Transport:
                     return status, _error_code(response)
                 failure = f"HTTP {status}"
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                response.close()
             if retry_number >= policy.total:
                 _logger.warning(
                     "Altertable %s failed after %d attempt(s) (%s); the calls are kept for "
@@ -312,7 +372,8 @@ class Transport:
             self._tell_once(
                 kind,
                 "%s answered HTTP %s to an Altertable call: is %s the API's base URL "
-                "(default https://api.altertable.ai)?",
+                "(default https://api.altertable.ai)? Redirects are not followed: use the "
+                "final URL.",
                 endpoint,
                 status,
                 ev.OTEL_EXPORTER_ALTERTABLE_ENDPOINT,
@@ -325,7 +386,7 @@ def _config_error(status: int, error_code: str | None) -> str | None:
         return "auth"
     if error_code == "environment-not-found":
         return "environment-not-found"
-    if status in (404, 405):
+    if status in (404, 405) or 300 <= status < 400:
         return "endpoint-not-found"
     return None
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import requests
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
+from opentelemetry.metrics import MeterProvider
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 from opentelemetry.sdk.trace import ReadableSpan
@@ -27,7 +28,7 @@ from ._config import ExporterConfig, resolve_config
 from ._mapping import Calls, MappingOptions, Payload, _freeze, map_log_records, map_spans
 from ._retry import RetryPolicy
 from ._spool import Spool
-from ._stats import DropReporter, Stats
+from ._stats import DropReporter, Stats, self_metrics
 from ._transport import DeliveryReport, Transport
 
 _logger = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class _IdentifyCache:
 class _AltertableExporter:
     """What both exporters share: configuration, delivery, spool, counters, lifecycle."""
 
+    _signal = "span"
+
     def __init__(
         self,
         *,
@@ -110,6 +113,7 @@ class _AltertableExporter:
         spool_max_bytes: int | None = None,
         session: requests.Session | None = None,
         retry: RetryPolicy | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self._config: ExporterConfig = resolve_config(
             api_key=api_key,
@@ -124,6 +128,7 @@ class _AltertableExporter:
             retry=retry,
         )
         self._stats = Stats()
+        self._metrics = self_metrics(self._signal, f"{id(self):x}", meter_provider)
         self._drops = DropReporter()
         self._transport = Transport(self._config, session, self._stats, self._drops)
         self._identified = _IdentifyCache()
@@ -179,20 +184,26 @@ class _AltertableExporter:
         with self._idle:
             self._active += 1
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        started = self._metrics.start(count) if self._metrics is not None else 0.0
+        error_type: str | None = "exception"
         try:
             self._stats.add("records_seen", count)
             calls = build()
-            return self._deliver(calls)
+            error_type = self._deliver(calls)
+            return error_type is None
         except Exception:  # never raise into the SDK
             _logger.exception("Altertable export failed unexpectedly")
             return False
         finally:
+            if self._metrics is not None:
+                self._metrics.finish(count, started, error_type)
             detach(token)
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()
 
-    def _deliver(self, calls: Calls) -> bool:
+    def _deliver(self, calls: Calls) -> str | None:
+        """Send (after replaying the spool); ``None`` on full success, else why not."""
         deadline = time.monotonic() + self._config.timeout
         if calls.identifies:
             calls.identifies = self._identified.unseen(calls.identifies)
@@ -204,12 +215,14 @@ class _AltertableExporter:
                 self._disable_spool(exc)
         by_endpoint = calls.by_endpoint()
         if not by_endpoint:
-            return True
+            return None
         report = self._transport.deliver(by_endpoint, deadline)
         if calls.identifies and "identify" not in report.pending and not report.rejected:
             self._identified.remember(calls.identifies)
         self._keep_pending(report)
-        return report.complete
+        if report.pending:
+            return report.pending_reason or "retryable"
+        return "rejected" if report.rejected else None
 
     def _keep_pending(self, report: DeliveryReport) -> None:
         owed = sum(len(v) for v in report.pending.values())
@@ -316,6 +329,8 @@ class AltertableSpanExporter(_AltertableExporter, SpanExporter):
 
 class AltertableLogExporter(_AltertableExporter, LogRecordExporter):
     """Exports log records tagged with ``analytics.event`` as Altertable calls."""
+
+    _signal = "log"
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         # The exporter's own log lines, if a LoggingHandler captured them, are never exported.

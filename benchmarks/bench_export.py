@@ -1,0 +1,618 @@
+"""Export throughput, memory and burst behaviour, measured in one run on the same spans.
+
+    python benchmarks/bench_export.py            # full run (``make bench``)
+    python benchmarks/bench_export.py --quick    # smoke run, small counts, a few seconds
+    python benchmarks/bench_export.py --json out.json
+
+Every scenario uses the same spans, built once with the real SDK (512 per export batch), and
+the same loopback sink that answers like the Altertable API (``_sink.py``). Each timed
+scenario is warmed up, then repeated ``--rounds`` times; the table shows the best and the
+median round, and the ratios use the best round (the least disturbed by other processes).
+Everything runs in this process except the memory run, which needs a clean process to
+measure its peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from _sink import Sink
+from _spans import (
+    batches,
+    build_spans,
+    make_provider,
+    tagged_attributes,
+    track_payload,
+    untagged_attributes,
+)
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+from opentelemetry.trace import SpanKind
+
+BATCH = 512
+API_KEY = "pk_test_benchmark"
+ENVIRONMENT = "production"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each scenario does (per round)."""
+
+    rounds: int = 5
+    export_batches: int = 40  # 40 x 512 = 20,480 events per round
+    skip_batches: int = 200
+    sdk_events: int = 1000
+    receiver_batches: int = 10
+    receiver_events: int = 50_000
+    memory_events: int = 1_000_000
+    burst_untagged: int = 200_000
+    burst_tagged: int = 2_000
+
+
+QUICK = Sizes(
+    rounds=3,
+    export_batches=4,
+    skip_batches=20,
+    sdk_events=100,
+    receiver_batches=2,
+    receiver_events=5_000,
+    memory_events=20_000,
+    burst_untagged=20_000,
+    burst_tagged=200,
+)
+
+
+@dataclass
+class Result:
+    name: str
+    unit: str  # "events" or "spans"
+    per_round: int
+    rates: list[float] = field(default_factory=list)
+    bytes_per_item: float | None = None
+    note: str = ""
+
+    @property
+    def best(self) -> float:
+        return max(self.rates) if self.rates else 0.0
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates) if self.rates else 0.0
+
+
+def _timed(run_round: Callable[[], int], rounds: int) -> list[float]:
+    """Warm up with one round, then time ``rounds`` rounds; items per second of each."""
+    run_round()
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        items = run_round()
+        rates.append(items / (time.perf_counter() - start))
+    return rates
+
+
+def _ours(endpoint: str, max_batch_size: int, compression: str | None, **kwargs: Any) -> Any:
+    from opentelemetry_exporter_altertable.exporters import AltertableSpanExporter
+
+    extra: dict[str, Any] = {"compression": compression} if compression else {}
+    return AltertableSpanExporter(
+        api_key=API_KEY,
+        endpoint=endpoint,
+        environment=ENVIRONMENT,
+        max_batch_size=max_batch_size,
+        **extra,
+        **kwargs,
+    )
+
+
+def _export_rounds(
+    exporter: Any, pool: Sequence[list[ReadableSpan]], n_batches: int
+) -> Callable[[], int]:
+    def run_round() -> int:
+        done = 0
+        for k in range(n_batches):
+            batch = pool[k % len(pool)]
+            if exporter.export(batch) is not SpanExportResult.SUCCESS:
+                raise RuntimeError(f"{type(exporter).__name__}.export did not succeed")
+            done += len(batch)
+        return done
+
+    return run_round
+
+
+def _per_item(sink: Sink, path: str, items: int) -> float | None:
+    snap = sink.snapshot()
+    sent = snap["bytes"].get(path, 0)
+    return sent / items if items and sent else None
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+def bench_ours(sink: Sink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any) -> Result:
+    exporter = _ours(sink.url, args.max_batch_size, args.compression)
+    res = Result("ours: AltertableSpanExporter -> /track", "events", sizes.export_batches * BATCH)
+    try:
+        sink.reset()
+        res.rates = _timed(_export_rounds(exporter, pool, sizes.export_batches), sizes.rounds)
+        res.bytes_per_item = _per_item(sink, "/track", (sizes.rounds + 1) * res.per_round)
+    finally:
+        exporter.shutdown()
+    return res
+
+
+def bench_otlp(sink: Sink, pool: Sequence[list[ReadableSpan]], sizes: Sizes) -> Result:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    exporter: Any = OTLPSpanExporter(endpoint=f"{sink.url}/v1/traces")
+    res = Result("OTLP/HTTP protobuf exporter -> /v1/traces", "spans", sizes.export_batches * BATCH)
+    try:
+        sink.reset()
+        res.rates = _timed(_export_rounds(exporter, pool, sizes.export_batches), sizes.rounds)
+        res.bytes_per_item = _per_item(sink, "/v1/traces", (sizes.rounds + 1) * res.per_round)
+    finally:
+        exporter.shutdown()
+    return res
+
+
+def bench_sdk(sink: Sink, payloads: Sequence[dict[str, Any]], sizes: Sizes) -> Result:
+    from altertable import Altertable
+
+    client = Altertable(API_KEY, server_url=sink.url, environment=ENVIRONMENT)
+    res = Result("official altertable SDK: track() per event", "events", sizes.sdk_events)
+
+    def run_round() -> int:
+        for k in range(sizes.sdk_events):
+            p = payloads[k % len(payloads)]
+            client.track(
+                p["event"],
+                p["distinct_id"],
+                {"properties": p["properties"], "timestamp": p["timestamp"]},
+            )
+        return sizes.sdk_events
+
+    sink.reset()
+    try:
+        res.rates = _timed(run_round, sizes.rounds)
+        res.bytes_per_item = _per_item(sink, "/track", (sizes.rounds + 1) * res.per_round)
+    finally:
+        client.session.close()
+    return res
+
+
+def bench_floor(payloads: Sequence[dict[str, Any]], sizes: Sizes, max_batch_size: int) -> Result:
+    """json.dumps + encode of pre-built /track items, chunked like our requests; no HTTP."""
+    chunks = [list(payloads[i : i + max_batch_size]) for i in range(0, BATCH, max_batch_size)]
+    res = Result("floor: json.dumps of pre-built payloads", "events", sizes.export_batches * BATCH)
+    nbytes = 0
+
+    def run_round() -> int:
+        nonlocal nbytes
+        nbytes = 0
+        for _ in range(sizes.export_batches):
+            for chunk in chunks:
+                nbytes += len(json.dumps(chunk).encode())
+        return sizes.export_batches * BATCH
+
+    res.rates = _timed(run_round, sizes.rounds)
+    res.bytes_per_item = nbytes / res.per_round
+    return res
+
+
+def bench_skip(sink: Sink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any) -> Result:
+    exporter = _ours(sink.url, args.max_batch_size, args.compression)
+    res = Result("ours on untagged spans (skip path)", "spans", sizes.skip_batches * BATCH)
+    try:
+        sink.reset()
+        res.rates = _timed(_export_rounds(exporter, pool, sizes.skip_batches), sizes.rounds)
+        sent = sum(sink.snapshot()["requests"].values())
+        res.note = f"{sent} requests sent"
+    finally:
+        exporter.shutdown()
+    return res
+
+
+def bench_receiver(
+    pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any
+) -> dict[str, Result | str]:
+    """The local receiver, when the package ships one: its own ingest rate
+    (``measure_ingest``: pre-encoded bodies, no exporter) and ours -> receiver end to end."""
+    try:
+        from opentelemetry_exporter_altertable import receiver
+    except ImportError as exc:
+        note = f"skipped: receiver not importable ({exc})"
+        return {"receiver_ingest": note, "receiver_e2e": note}
+    out: dict[str, Result | str] = {}
+    measure = getattr(receiver, "measure_ingest", None)
+    if measure is None:
+        out["receiver_ingest"] = "skipped: receiver has no measure_ingest"
+    else:
+        res = Result("local receiver ingest (measure_ingest)", "events", sizes.receiver_events)
+        try:
+            measure(1000, 500)  # warm-up
+            rounds = max(2, sizes.rounds // 2)
+            res.rates = [measure(sizes.receiver_events, 500) for _ in range(rounds)]
+            res.note = "arrays of 500, 1 connection, stored count checked"
+            out["receiver_ingest"] = res
+        except Exception as exc:  # report, do not sink the whole run
+            out["receiver_ingest"] = f"skipped: measure_ingest failed ({type(exc).__name__}: {exc})"
+    local_receiver = getattr(receiver, "LocalReceiver", None)
+    if local_receiver is None:
+        out["receiver_e2e"] = "skipped: receiver has no LocalReceiver"
+        return out
+    res = Result("ours -> LocalReceiver (end to end)", "events", sizes.receiver_batches * BATCH)
+    try:
+        with local_receiver(db_path=None) as rec:
+            exporter = _ours(rec.endpoint, args.max_batch_size, args.compression)
+            try:
+                rounds = max(2, sizes.rounds // 2)
+                res.rates = _timed(_export_rounds(exporter, pool, sizes.receiver_batches), rounds)
+                rows = rec.query("SELECT count(*) FROM altertable.analytics.events")[0][0]
+            finally:
+                exporter.shutdown()
+        expected = (rounds + 1) * res.per_round
+        res.note = f"{rows} rows stored of {expected} sent"
+        if rows != expected:
+            res.note += " (MISMATCH)"
+        out["receiver_e2e"] = res
+    except Exception as exc:
+        out["receiver_e2e"] = f"skipped: receiver failed ({type(exc).__name__}: {exc})"
+    return out
+
+
+# --------------------------------------------------------------------------- burst
+
+
+def bench_burst(sizes: Sizes, args: Any) -> dict[str, Any]:
+    """A burst of untagged + tagged spans through BatchSpanProcessor vs ours, default queues.
+
+    Spans are created and ended by a real tracer on one thread, as fast as it can, with one
+    tagged span every ``total / tagged`` spans; the sink counts the /track items it receives.
+    Run once per sink latency (0 = loopback; a real API is a network round trip away).
+    """
+    from opentelemetry_exporter_altertable.processor import AltertableSpanProcessor
+
+    out: dict[str, Any] = {
+        "untagged": sizes.burst_untagged,
+        "tagged": sizes.burst_tagged,
+        "runs": [],
+    }
+    sdk_logger = logging.getLogger("opentelemetry.sdk")
+    level = sdk_logger.level
+    sdk_logger.setLevel(logging.ERROR)  # "Queue full, dropping Span." is what we measure
+    try:
+        for latency_ms in args.burst_latency_ms:
+            run: dict[str, Any] = {"sink_latency_ms": latency_ms}
+            for label, cls in (
+                ("BatchSpanProcessor", BatchSpanProcessor),
+                ("AltertableSpanProcessor", AltertableSpanProcessor),
+            ):
+                run[label] = _burst_once(cls, sizes, latency_ms, args)
+            out["runs"].append(run)
+    finally:
+        sdk_logger.setLevel(level)
+    return out
+
+
+def _burst_once(
+    cls: type[BatchSpanProcessor], sizes: Sizes, latency_ms: float, args: Any
+) -> dict[str, Any]:
+    tagged_pool = [tagged_attributes(i) for i in range(1000)]
+    untagged_pool = [untagged_attributes(i) for i in range(1000)]
+    total = sizes.burst_untagged + sizes.burst_tagged
+    every = max(1, total // sizes.burst_tagged)
+    with Sink(count_items=True, latency=latency_ms / 1000) as sink:
+        exporter = _ours(sink.url, args.max_batch_size, args.compression)
+        provider = make_provider(cls(exporter))
+        tracer = provider.get_tracer("shop.checkout")
+        tagged = untagged = 0
+        start = time.perf_counter()
+        for i in range(total):
+            if (i % every == every - 1 or untagged >= sizes.burst_untagged) and (
+                tagged < sizes.burst_tagged
+            ):
+                attrs = tagged_pool[tagged % 1000]
+                tagged += 1
+            else:
+                attrs = untagged_pool[untagged % 1000]
+                untagged += 1
+            tracer.start_span("GET /products/{sku}", kind=SpanKind.SERVER, attributes=attrs).end()
+        burst_s = time.perf_counter() - start
+        provider.shutdown()  # flushes what is still queued
+        flushed_s = time.perf_counter() - start
+        delivered = sink.snapshot()["items"].get("/track", 0)
+    return {
+        "tagged_delivered": delivered,
+        "tagged_lost": tagged - delivered,
+        "burst_seconds": round(burst_s, 3),
+        "spans_per_second_produced": round(total / burst_s),
+        "seconds_until_flushed": round(flushed_s, 3),
+    }
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _rss_kb() -> int:
+    """Current resident set size in KiB (Linux /proc; else the peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _peak_rss_kb() -> int:
+    """This process image's peak RSS in KiB (``VmHWM``).
+
+    ``ru_maxrss`` is not used for this: Linux folds the spawning process's peak into a child's
+    ``ru_maxrss`` at ``exec``, so a child of a large parent reports the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def memory_child(events: int, max_batch_size: int, compression: str | None) -> None:
+    """Runs in a subprocess: export ``events`` tagged events in batches of 512, print JSON."""
+    spans = build_spans(BATCH * 4, tagged=True)
+    pool = batches(spans, BATCH)
+    checkpoint = min(100_000, max(BATCH, events // 10))
+    with Sink() as sink:
+        exporter = _ours(sink.url, max_batch_size, compression)
+        rss_before = _rss_kb()
+        peak_before = _peak_rss_kb()
+        rss_checkpoint = None
+        done = 0
+        failures = 0
+        start = time.perf_counter()
+        k = 0
+        while done < events:
+            batch = pool[k % len(pool)][: events - done]
+            k += 1
+            if exporter.export(batch) is not SpanExportResult.SUCCESS:
+                failures += 1
+            done += len(batch)
+            if rss_checkpoint is None and done >= checkpoint:
+                rss_checkpoint = _rss_kb()
+        seconds = time.perf_counter() - start
+        exporter.shutdown()
+        rss_end = _rss_kb()
+        peak = _peak_rss_kb()
+        requests = sum(sink.snapshot()["requests"].values())
+    print(
+        json.dumps(
+            {
+                "events": done,
+                "failures": failures,
+                "requests": requests,
+                "seconds": round(seconds, 2),
+                "rss_before_export_kb": rss_before,
+                "peak_rss_before_export_kb": peak_before,
+                "checkpoint_events": checkpoint,
+                "rss_at_checkpoint_kb": rss_checkpoint,
+                "rss_at_end_kb": rss_end,
+                "peak_rss_kb": peak,
+            }
+        )
+    )
+
+
+def bench_memory(events: int, args: Any) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(events)]
+    cmd += ["--max-batch-size", str(args.max_batch_size)]
+    if args.compression:
+        cmd += ["--compression", args.compression]
+    parent_peak = _peak_rss_kb()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip()[-2000:]}
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Cross-check; it cannot be below the spawning process's own peak (see _peak_rss_kb), which
+    # is why main() runs this first, while the benchmark process is still small.
+    out["ru_maxrss_children_kb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    out["parent_peak_rss_at_spawn_kb"] = parent_peak
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in (
+        "opentelemetry-exporter-altertable",
+        "opentelemetry-sdk",
+        "opentelemetry-exporter-otlp-proto-http",
+        "altertable",
+        "requests",
+        "orjson",
+    ):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def print_report(report: dict[str, Any]) -> None:
+    meta = report["meta"]
+    print(f"\nopentelemetry-exporter-altertable export benchmark  {meta['date']}")
+    print(
+        f"Python {meta['versions']['python']} on {meta['platform']}, cpu_count={meta['cpu_count']}"
+    )
+    print("  " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if k != "python"))
+    print(
+        f"  {BATCH} spans per export batch, max_batch_size={meta['max_batch_size']}, "
+        f"compression={meta['compression'] or 'exporter default'}, "
+        f"{meta['rounds']} rounds after a warm-up round{', QUICK' if meta['quick'] else ''}\n"
+    )
+    head = f"{'scenario':<46} {'unit':<7} {'per round':>10} {'best /s':>11} {'median /s':>11}"
+    print(head + f" {'bytes/item':>10}  note")
+    print("-" * (len(head) + 18))
+    for r in report["scenarios"].values():
+        if isinstance(r, str):
+            continue
+        bpi = f"{r['bytes_per_item']:.0f}" if r["bytes_per_item"] else "-"
+        print(
+            f"{r['name']:<46} {r['unit']:<7} {r['per_round']:>10,} {_fmt_rate(r['best']):>11} "
+            f"{_fmt_rate(r['median']):>11} {bpi:>10}  {r['note']}"
+        )
+    for key, r in report["scenarios"].items():
+        if isinstance(r, str):
+            print(f"{key}: {r}")
+    print("\nratios (best rounds)")
+    for key, value in report["ratios"].items():
+        print(f"  {key:<14} {value:>8.2f}x" if value is not None else f"  {key:<14}      n/a")
+    mem = report.get("memory")
+    if mem:
+        print("\nmemory: ours, tagged events in batches of 512 into the sink (subprocess)")
+        if "error" in mem:
+            print(f"  failed: {mem['error']}")
+        else:
+            print(
+                f"  {mem['events']:,} events, {mem['requests']:,} requests, {mem['failures']} "
+                f"failed exports, {mem['seconds']} s ({mem['events'] / mem['seconds']:,.0f}/s)\n"
+                f"  RSS before export {mem['rss_before_export_kb'] / 1024:.1f} MiB, after "
+                f"{mem['checkpoint_events']:,} events {mem['rss_at_checkpoint_kb'] / 1024:.1f} MiB,"
+                f" at end {mem['rss_at_end_kb'] / 1024:.1f} MiB\n"
+                f"  peak RSS {mem['peak_rss_kb'] / 1024:.1f} MiB (VmHWM; "
+                f"{mem['peak_rss_before_export_kb'] / 1024:.1f} MiB already before exporting); "
+                f"RUSAGE_CHILDREN ru_maxrss {mem['ru_maxrss_children_kb'] / 1024:.1f} MiB "
+                f"(includes this process's {mem['parent_peak_rss_at_spawn_kb'] / 1024:.1f} MiB "
+                "at spawn)"
+            )
+    burst = report.get("burst")
+    if burst:
+        print(
+            f"\nburst: {burst['untagged']:,} untagged + {burst['tagged']:,} tagged spans from one "
+            "thread, default queue sizes (2048/512), tagged events that reached the sink"
+        )
+        for run in burst["runs"]:
+            print(f"  sink latency {run['sink_latency_ms']:g} ms")
+            for label in ("BatchSpanProcessor", "AltertableSpanProcessor"):
+                b = run[label]
+                print(
+                    f"    {label:<24} delivered {b['tagged_delivered']:>6,}  lost "
+                    f"{b['tagged_lost']:>6,}  (burst {b['burst_seconds']} s at "
+                    f"{b['spans_per_second_produced']:,} spans/s, all flushed after "
+                    f"{b['seconds_until_flushed']} s)"
+                )
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if isinstance(a, str) or isinstance(b, str) or a is None or b is None or not b.best:
+        return None
+    return float(a.best / b.best)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--rounds", type=int, help="timed rounds per scenario")
+    parser.add_argument("--memory-events", type=int, help="events in the memory run")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory run")
+    parser.add_argument("--no-burst", action="store_true", help="skip the burst scenario")
+    parser.add_argument(
+        "--burst-latency-ms",
+        type=float,
+        nargs="+",
+        default=[0.0, 50.0],
+        help="sink answer delays for the burst scenario, one run each (default: 0 50)",
+    )
+    parser.add_argument("--max-batch-size", type=int, default=100, help="items per request")
+    parser.add_argument("--compression", choices=("gzip", "none"), default=None)
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.memory_child is not None:
+        memory_child(args.memory_child, args.max_batch_size, args.compression)
+        return 0
+
+    sizes = QUICK if args.quick else Sizes()
+    if args.rounds:
+        sizes = replace(sizes, rounds=args.rounds)
+    if args.memory_events is not None:
+        sizes = replace(sizes, memory_events=args.memory_events)
+
+    # The memory run goes first, while this process is small (see bench_memory).
+    memory = None if args.no_memory else bench_memory(sizes.memory_events, args)
+
+    tagged = build_spans(BATCH * 4, tagged=True)
+    untagged = build_spans(BATCH * 4, tagged=False)
+    tagged_pool = batches(tagged, BATCH)
+    untagged_pool = batches(untagged, BATCH)
+    payloads = [track_payload(s, ENVIRONMENT) for s in tagged[:BATCH]]
+
+    scenarios: dict[str, Any] = {}
+    with Sink() as sink:
+        scenarios["ours"] = bench_ours(sink, tagged_pool, sizes, args)
+        scenarios["otlp"] = bench_otlp(sink, tagged_pool, sizes)
+        scenarios["sdk"] = bench_sdk(sink, payloads, sizes)
+        scenarios["floor"] = bench_floor(payloads, sizes, args.max_batch_size)
+        scenarios["skip"] = bench_skip(sink, untagged_pool, sizes, args)
+    scenarios.update(bench_receiver(tagged_pool, sizes, args))
+
+    ratios = {
+        "ours/OTLP": _ratio(scenarios["ours"], scenarios["otlp"]),
+        "ours/SDK": _ratio(scenarios["ours"], scenarios["sdk"]),
+        "ours/floor": _ratio(scenarios["ours"], scenarios["floor"]),
+        "skip/tagged": _ratio(scenarios["skip"], scenarios["ours"]),
+    }
+    report: dict[str, Any] = {
+        "meta": {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "versions": _versions(),
+            "quick": args.quick,
+            "rounds": sizes.rounds,
+            "statistic": "best round (median also shown)",
+            "max_batch_size": args.max_batch_size,
+            "compression": args.compression,
+            "sizes": asdict(sizes),
+        },
+        "scenarios": {
+            k: (v if isinstance(v, str) else {**asdict(v), "best": v.best, "median": v.median})
+            for k, v in scenarios.items()
+        },
+        "ratios": ratios,
+    }
+    if not args.no_burst:
+        report["burst"] = bench_burst(sizes, args)
+    if memory is not None:
+        report["memory"] = memory
+    print_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

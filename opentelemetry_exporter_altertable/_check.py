@@ -1,0 +1,109 @@
+"""``altertable-otel check``: one test event, and its answer explained in words.
+
+The same settings as the exporters (arguments, then ``OTEL_EXPORTER_ALTERTABLE_*``), so what
+``check`` says is what the exporter will meet.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import requests
+
+from . import environment_variables as ev
+from ._config import ExporterConfig
+from ._mapping import LIB_NAME, LIB_VERSION, format_timestamp
+from ._transport import endpoint_url, new_session, request_headers
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    summary: str
+    """One line: OK, wrong key, unknown environment, unreachable, TLS error..."""
+    detail: str = ""
+    """What to do about it."""
+
+
+def check_event(config: ExporterConfig, now_ns: int) -> dict[str, object]:
+    return {
+        "environment": config.environment or "production",
+        "event": "altertable-otel check",
+        "properties": {"$lib": LIB_NAME, "$lib_version": LIB_VERSION},
+        "distinct_id": "altertable-otel-check",
+        "timestamp": format_timestamp(now_ns),
+    }
+
+
+def run_check(
+    config: ExporterConfig, now_ns: int, session: requests.Session | None = None
+) -> CheckResult:
+    """Send one event with ``sync=true`` and explain the answer."""
+    if not config.api_key:
+        return CheckResult(
+            False,
+            "no API key",
+            f"Set {ev.OTEL_EXPORTER_ALTERTABLE_API_KEY} (or {ev.ALTERTABLE_API_KEY}) to your "
+            "Altertable ingestion key (pk_live_... or pk_test_...).",
+        )
+    environment = config.environment or "production"
+    url = endpoint_url(config, "track", sync=True)
+    body = json.dumps([check_event(config, now_ns)]).encode()
+    headers = {**request_headers(config)}
+    headers.pop("Content-Encoding", None)
+    own = session is None
+    http = session if session is not None else new_session(config.endpoint, pool_size=1)
+    try:
+        response = http.post(url, data=body, headers=headers, timeout=config.timeout)
+    except requests.exceptions.SSLError as exc:
+        return CheckResult(
+            False,
+            f"TLS error talking to {config.endpoint}",
+            f"The certificate could not be verified ({type(exc).__name__}). Behind a "
+            "TLS-intercepting proxy, point REQUESTS_CA_BUNDLE at its CA certificate.",
+        )
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        return CheckResult(
+            False,
+            f"{config.endpoint} is unreachable",
+            f"{type(exc).__name__}: check {ev.OTEL_EXPORTER_ALTERTABLE_ENDPOINT}, your network "
+            "and HTTPS_PROXY / NO_PROXY.",
+        )
+    finally:
+        if own:
+            http.close()
+    try:
+        data = response.json() if response.content else {}
+    except ValueError:
+        data = {}
+    code = None
+    if isinstance(data, dict):
+        code = data.get("error_code") or data.get("error")
+    status = response.status_code
+    if status in (401, 403):
+        return CheckResult(
+            False,
+            f"wrong API key (HTTP {status})",
+            f"Altertable refused the key: set {ev.OTEL_EXPORTER_ALTERTABLE_API_KEY} to a valid "
+            "ingestion key from your project settings.",
+        )
+    if code == "environment-not-found":
+        return CheckResult(
+            False,
+            f"unknown environment {environment!r}",
+            f"Create it in Altertable, or set {ev.OTEL_EXPORTER_ALTERTABLE_ENVIRONMENT} to an "
+            "existing one (e.g. production).",
+        )
+    if 200 <= status < 300 and not (isinstance(data, dict) and data.get("ok") is False):
+        task = data.get("task_id") if isinstance(data, dict) else None
+        return CheckResult(
+            True,
+            f"OK: {config.endpoint} accepted a test event in environment {environment!r}",
+            f"task {task}" if task else "",
+        )
+    return CheckResult(
+        False,
+        f"HTTP {status} from {url}" + (f" ({code})" if code else ""),
+        f"Is {ev.OTEL_EXPORTER_ALTERTABLE_ENDPOINT} the API's base URL?" if status == 404 else "",
+    )

@@ -1,0 +1,436 @@
+"""The ``altertable-otel`` command.
+
+``serve`` runs the local Altertable-compatible receiver; ``query`` runs SQL against it (over
+``POST /query``) or against its database file (``--db``); ``check`` sends one test event with
+the exporters' settings and explains the answer. Each subcommand is one
+``_add_<name>(subparsers)`` function that registers its arguments and its ``run`` function;
+``main`` only dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any, TextIO
+
+from .version import __version__
+
+__all__ = ["build_parser", "main"]
+
+PROG = "altertable-otel"
+DEFAULT_PORT = 15001
+DEFAULT_ENDPOINT = f"http://127.0.0.1:{DEFAULT_PORT}"
+DEFAULT_DB = "altertable-local.duckdb"
+LOCAL_API_KEY = "local"
+_API_KEY_VARIABLES = ("OTEL_EXPORTER_ALTERTABLE_API_KEY", "ALTERTABLE_API_KEY")
+
+
+class CommandError(Exception):
+    """A failure worth one clear line on stderr (and exit status 1), not a traceback."""
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+def _add_serve(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run a local Altertable-compatible receiver backed by DuckDB",
+        description=(
+            "Accept POST /track, /identify and /alias as the Altertable API does and store "
+            "them in DuckDB as altertable.analytics.events and .identities. Point an exporter "
+            f"at it with OTEL_EXPORTER_ALTERTABLE_ENDPOINT={DEFAULT_ENDPOINT}."
+        ),
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="port; 0 picks a free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--db",
+        default=DEFAULT_DB,
+        help="DuckDB file, created if missing; ':memory:' keeps nothing (default: ./%(default)s)",
+    )
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        metavar="KEY",
+        help="accept only this key (repeatable; default: any non-empty key)",
+    )
+    parser.add_argument(
+        "--environment",
+        action="append",
+        dest="environments",
+        metavar="NAME",
+        help="an environment that exists (repeatable; default: production, staging, development)",
+    )
+    parser.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .receiver import DEFAULT_ENVIRONMENTS, LocalReceiver
+
+    db_path = None if args.db == ":memory:" else os.path.abspath(args.db)
+    receiver = LocalReceiver(
+        db_path=db_path,
+        api_keys=args.api_keys,
+        environments=args.environments or DEFAULT_ENVIRONMENTS,
+        host=args.host,
+        port=args.port,
+        request_log_level=logging.INFO,
+    )
+    try:
+        receiver.start()
+    except ImportError as exc:
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
+            "(is another receiver running? pick another port with --port)"
+        ) from None
+    except Exception as exc:  # DuckDB refusing the file, typically a lock held elsewhere
+        raise CommandError(f"cannot open {db_path}: {_first_line(exc)}") from None
+
+    stop = threading.Event()
+    previous = _install_stop_handlers(stop)
+    package_logger, handler, level = _log_to_stderr()
+    try:
+        keys = (
+            "any non-empty key" if receiver.api_keys is None else f"{len(receiver.api_keys)} key(s)"
+        )
+        print(f"Altertable receiver listening on {receiver.endpoint}", flush=True)
+        print(f"  database:     {db_path or 'in memory (nothing is kept)'}", flush=True)
+        print(f"  environments: {', '.join(sorted(receiver.environments or ()))}", flush=True)
+        print(f"  API keys:     {keys}", flush=True)
+        print(
+            f"  export with:  OTEL_EXPORTER_ALTERTABLE_ENDPOINT={receiver.endpoint}\n"
+            f'  query with:   {PROG} query "SELECT * FROM altertable.analytics.events"\n'
+            "  Ctrl-C stops it.",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            pass
+    finally:
+        receiver.stop()  # before restoring the handlers: a second Ctrl-C cannot cut it short
+        _restore_handlers(previous)
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(level)
+    print("Receiver stopped.", flush=True)
+    return 0
+
+
+def _log_to_stderr() -> tuple[logging.Logger, logging.Handler, int]:
+    """Show the package's INFO lines (one per request) on stderr, for this command only."""
+    package_logger = logging.getLogger("opentelemetry_exporter_altertable")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    level = package_logger.level
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    return package_logger, handler, level
+
+
+def _install_stop_handlers(stop: threading.Event) -> dict[int, Any]:
+    """SIGINT and SIGTERM end ``serve`` cleanly (only possible from the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+# -- query ---------------------------------------------------------------------------------
+
+
+def _add_query(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "query",
+        help="run SQL against a local receiver or its database file",
+        description=(
+            "Run SQL (DuckDB dialect) against altertable.analytics.events / .identities, "
+            "asking a running receiver, or opening its database file with --db when none runs "
+            "(DuckDB lets only one process open a file)."
+        ),
+    )
+    parser.add_argument(
+        "sql", help='e.g. "SELECT event, count(*) FROM altertable.analytics.events GROUP BY ALL"'
+    )
+    parser.add_argument(
+        "--endpoint",
+        default=DEFAULT_ENDPOINT,
+        help="a running receiver's URL (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="key for the receiver (default: $OTEL_EXPORTER_ALTERTABLE_API_KEY, "
+        f"then $ALTERTABLE_API_KEY, then {LOCAL_API_KEY!r})",
+    )
+    parser.add_argument(
+        "--db", metavar="PATH", help="open this DuckDB file instead of asking a receiver"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help='print {"columns": [...], "rows": [...]}'
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-width",
+        type=int,
+        default=72,
+        metavar="N",
+        help="cut table cells longer than N characters; 0 keeps them whole (default: %(default)s)",
+    )
+    parser.set_defaults(run=_query)
+
+
+def _query(args: argparse.Namespace) -> int:
+    if args.db:
+        columns, rows = _query_file(args.db, args.sql)
+    else:
+        columns, rows = _query_endpoint(
+            args.endpoint, _api_key(args.api_key), args.sql, args.timeout
+        )
+    if args.json:
+        print(json.dumps({"columns": columns, "rows": rows}, ensure_ascii=False))
+    else:
+        _print_table(columns, rows, sys.stdout, max(0, args.max_width))
+    return 0
+
+
+def _api_key(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    for name in _API_KEY_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return LOCAL_API_KEY
+
+
+def _query_endpoint(
+    endpoint: str, api_key: str, sql: str, timeout: float
+) -> tuple[list[str], list[Any]]:
+    import requests
+
+    url = endpoint.rstrip("/") + "/query"
+    try:
+        response = requests.post(
+            url,
+            json={"statement": sql},
+            headers={"X-API-Key": api_key, "User-Agent": f"{PROG}/{__version__}"},
+            timeout=timeout,
+        )
+    except requests.ConnectionError:
+        raise CommandError(
+            f"no receiver answers at {endpoint}; start one with `{PROG} serve`, "
+            "or read a database file with --db PATH"
+        ) from None
+    except requests.RequestException as exc:
+        raise CommandError(f"request to {url} failed: {exc}") from None
+    if response.status_code == 401:
+        raise CommandError(
+            f"the receiver at {endpoint} refused the API key; pass one it accepts with --api-key "
+            "(or OTEL_EXPORTER_ALTERTABLE_API_KEY)"
+        )
+    if response.status_code in (404, 405):
+        raise CommandError(
+            f"{endpoint} has no POST /query: is it a receiver started with `{PROG} serve`?"
+        )
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise CommandError(f"unexpected answer from {url}: HTTP {response.status_code}")
+    if response.status_code != 200:
+        raise CommandError(f"query failed: {body.get('message') or body.get('error_code')}")
+    return list(body.get("columns") or []), list(body.get("rows") or [])
+
+
+def _query_file(path: str, sql: str) -> tuple[list[str], list[Any]]:
+    from .receiver._http import to_jsonable
+    from .receiver._store import import_duckdb
+
+    if not os.path.exists(path):
+        raise CommandError(f"no database file at {path}")
+    try:
+        duckdb = import_duckdb()
+    except ImportError as exc:
+        raise CommandError(str(exc)) from None
+    conn = duckdb.connect(":memory:")
+    try:
+        conn.execute("SET TimeZone = 'UTC'")
+        try:
+            conn.execute(f"ATTACH '{path.replace(chr(39), chr(39) * 2)}' AS altertable (READ_ONLY)")
+        except Exception as exc:
+            message = _first_line(exc)
+            if "lock" in message.lower():
+                raise CommandError(
+                    f"{path} is in use by a running receiver; ask it instead: "
+                    f'{PROG} query "..." (without --db)'
+                ) from None
+            raise CommandError(f"cannot open {path}: {message}") from None
+        try:
+            cursor = conn.execute(sql)
+        except Exception as exc:
+            raise CommandError(f"query failed: {exc}") from None
+        if cursor.description is None:
+            return [], []
+        columns = [d[0] for d in cursor.description]
+        return columns, to_jsonable([list(row) for row in cursor.fetchall()])
+    finally:
+        conn.close()
+
+
+def _cell(value: Any, max_width: int = 0) -> str:
+    if value is None:
+        return "NULL"
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+    if max_width and len(text) > max_width:
+        return text[: max_width - 1] + "…"
+    return text
+
+
+def _print_table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO, max_width: int = 0
+) -> None:
+    """Aligned plain text: numbers to the right, everything else to the left.
+
+    Cells longer than ``max_width`` are cut with an ellipsis (``--json`` never cuts).
+    """
+    if not columns:
+        print("OK", file=out)
+        return
+    cells = [[_cell(v, max_width) for v in row] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    numeric = [
+        bool(rows) and all(r[i] is None or _is_number(r[i]) for r in rows)
+        for i in range(len(columns))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    print(line(list(columns)), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in cells:
+        print(line(row), file=out)
+    print(f"({len(rows)} row{'' if len(rows) == 1 else 's'})", file=out)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+# -- check ---------------------------------------------------------------------------------
+
+
+def _add_check(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="send one test event with your exporter settings and explain the answer",
+        description=(
+            "Uses the exporters' settings (OTEL_EXPORTER_ALTERTABLE_API_KEY, _ENDPOINT, "
+            "_ENVIRONMENT, _TIMEOUT...; options override them), sends one event with "
+            "sync=true and says what the answer means: OK, wrong key, unknown environment, "
+            "unreachable endpoint, TLS error."
+        ),
+    )
+    parser.add_argument("--endpoint", help="API base URL (default: the exporters' setting)")
+    parser.add_argument("--api-key", help="ingestion key (default: the exporters' setting)")
+    parser.add_argument("--environment", help="environment (default: the exporters' setting)")
+    parser.add_argument("--timeout", type=float, help="seconds (default: the exporters' setting)")
+    parser.set_defaults(run=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    import time
+
+    from ._check import run_check
+    from ._config import resolve_config
+
+    try:
+        config = resolve_config(
+            api_key=args.api_key,
+            endpoint=args.endpoint,
+            environment=args.environment,
+            timeout=args.timeout,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    result = run_check(config, time.time_ns())
+    out = sys.stdout if result.ok else sys.stderr
+    print(("OK  " if result.ok else "FAIL ") + result.summary, file=out)
+    if result.detail:
+        print(f"     {result.detail}", file=out)
+    return 0 if result.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Tools for the OpenTelemetry exporter for Altertable product analytics.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add in (_add_serve, _add_query, _add_check):
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failure, 2 usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run = getattr(args, "run", None)
+    if run is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(run(args))
+    except CommandError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

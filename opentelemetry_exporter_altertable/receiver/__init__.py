@@ -1,0 +1,16 @@
+"""A local, Altertable-compatible ingestion API backed by DuckDB.
+
+``POST /track``, ``/identify`` and ``/alias`` behave as the API does (auth, validation, error
+codes, single or array bodies, ``sync``); rows land in ``altertable.analytics.events`` and
+``altertable.analytics.identities`` so the tracking guide's SQL runs verbatim. DuckDB is an
+optional dependency (``pip install 'opentelemetry-exporter-altertable[local]'``), imported
+only when a receiver starts.
+"""
+
+from __future__ import annotations
+
+from ._http import DEFAULT_ENVIRONMENTS, LocalReceiver
+from ._measure import measure_ingest
+from ._validation import BUILT_IN_PROPERTIES
+
+__all__ = ["BUILT_IN_PROPERTIES", "DEFAULT_ENVIRONMENTS", "LocalReceiver", "measure_ingest"]

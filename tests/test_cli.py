@@ -1,0 +1,251 @@
+"""``altertable-otel serve`` in a real subprocess, and ``query`` against it or its file."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from opentelemetry_exporter_altertable.cli import _print_table, main
+
+GUIDE_EVENTS_BY_CURRENCY = """SELECT
+event,
+properties->>'currency' AS currency,
+COUNT(*) AS total
+FROM altertable.analytics.events
+GROUP BY ALL
+ORDER BY total DESC;"""
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[str]
+    endpoint: str
+    db: Path
+    stderr_path: Path
+
+    def stop(self) -> tuple[int, str, str]:
+        """SIGTERM, then wait: returns (exit status, rest of stdout, all of stderr)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+            raise
+        return self.process.returncode, out, self.stderr_path.read_text()
+
+
+def _first_line(process: subprocess.Popen[str], timeout: float = 30.0) -> str:
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise AssertionError("the receiver printed nothing")
+    return process.stdout.readline()
+
+
+def start_serve(tmp_path: Path, *extra: str) -> Served:
+    db = tmp_path / "served.duckdb"
+    stderr_path = tmp_path / "serve.stderr"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "opentelemetry_exporter_altertable.cli", "serve"]
+    with stderr_path.open("w") as stderr:
+        process = subprocess.Popen(
+            [*command, "--port", "0", "--db", str(db), *extra],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+        )
+    line = _first_line(process)
+    if "listening on " not in line:
+        process.kill()
+        process.communicate()
+        raise AssertionError(f"unexpected first line {line!r}: {stderr_path.read_text()}")
+    return Served(process, line.rsplit(" ", 1)[1].strip(), db, stderr_path)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    running = start_serve(tmp_path)
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            running.stop()
+
+
+def send_purchases(endpoint: str, key: str = "local") -> None:
+    events = [
+        {
+            "environment": "production",
+            "event": "Purchase Completed",
+            "properties": {"amount": 10 * i, "currency": currency},
+            "distinct_id": f"u{i}",
+        }
+        for i, currency in enumerate(["USD", "USD", "EUR"])
+    ]
+    response = requests.post(
+        endpoint + "/track", json=events, headers={"X-API-Key": key}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_then_query_as_table_and_json(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    send_purchases(served.endpoint)
+
+    assert main(["query", "--endpoint", served.endpoint, GUIDE_EVENTS_BY_CURRENCY]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["event", "currency", "total"]
+    assert set(lines[1]) == {"-", " "}
+    assert lines[2].split() == ["Purchase", "Completed", "USD", "2"]
+    assert lines[3].split() == ["Purchase", "Completed", "EUR", "1"]
+    assert lines[4] == "(2 rows)"
+    # Columns line up: every value starts under its header.
+    assert lines[2].index("USD") == lines[0].index("currency")
+
+    assert main(["query", "--endpoint", served.endpoint, "--json", GUIDE_EVENTS_BY_CURRENCY]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "columns": ["event", "currency", "total"],
+        "rows": [["Purchase Completed", "USD", 2], ["Purchase Completed", "EUR", 1]],
+    }
+
+
+def test_serve_logs_each_request_and_stops_cleanly_on_sigterm(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    send_purchases(served.endpoint)
+    status, out, err = served.stop()
+    assert status == 0
+    assert "Receiver stopped." in out
+    request_lines = [line for line in err.splitlines() if '"POST /track' in line]
+    assert len(request_lines) == 1
+    assert " 200 " in request_lines[0] and "items=3" in request_lines[0]
+
+    # The file outlives the process and can be read directly.
+    sql = "SELECT count(*) AS n FROM altertable.analytics.events"
+    assert main(["query", "--db", str(served.db), "--json", sql]) == 0
+    assert json.loads(capsys.readouterr().out) == {"columns": ["n"], "rows": [[3]]}
+
+
+def test_serve_stops_on_ctrl_c(served: Served) -> None:
+    served.process.send_signal(signal.SIGINT)
+    assert served.process.wait(15) == 0
+    status, out, _ = served.stop()
+    assert status == 0
+    assert "Receiver stopped." in out
+
+
+def test_query_db_refuses_a_file_a_receiver_holds(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["query", "--db", str(served.db), "SELECT 1"]) == 1
+    err = capsys.readouterr().err
+    assert "in use by a running receiver" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_serve_with_api_keys_and_environments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = start_serve(tmp_path, "--api-key", "pk_a", "--api-key", "pk_b", "--environment", "qa")
+    try:
+        url = running.endpoint + "/track"
+        event = {"environment": "qa", "event": "E", "properties": {}}
+        for key in ("pk_a", "pk_b"):
+            response = requests.post(url, json=event, headers={"X-API-Key": key}, timeout=10)
+            assert response.status_code == 200
+        response = requests.post(url, json=event, headers={"X-API-Key": "local"}, timeout=10)
+        assert response.status_code == 401
+        production = {**event, "environment": "production"}
+        response = requests.post(url, json=production, headers={"X-API-Key": "pk_a"}, timeout=10)
+        assert response.json()["error_code"] == "environment-not-found"
+
+        assert main(["query", "--endpoint", running.endpoint, "SELECT 1"]) == 1
+        assert "refused the API key" in capsys.readouterr().err
+        sql = "SELECT count(*) FROM altertable.analytics.events"
+        assert main(["query", "--endpoint", running.endpoint, "--api-key", "pk_b", sql]) == 0
+        assert "2" in capsys.readouterr().out
+    finally:
+        status, out, _ = running.stop()
+    assert status == 0
+    assert "pk_a" not in out  # keys are never printed
+
+
+def test_query_bad_sql_is_one_line(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", "--endpoint", served.endpoint, "SELEC 1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("altertable-otel: query failed:")
+
+
+def test_query_without_a_receiver_says_how_to_start_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    assert main(["query", "--endpoint", endpoint, "SELECT 1"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "altertable-otel serve" in err and endpoint in err
+
+
+def test_query_db_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", "--db", str(tmp_path / "nope.duckdb"), "SELECT 1"]) == 1
+    assert "no database file" in capsys.readouterr().err
+
+
+def test_serve_on_a_busy_port_fails_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--db", ":memory:"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert "--port" in err
+
+
+def test_query_api_key_defaults_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = start_serve(tmp_path, "--api-key", "pk_env")
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_ALTERTABLE_API_KEY", "pk_env")
+        assert main(["query", "--endpoint", running.endpoint, "SELECT 42 AS answer"]) == 0
+        assert capsys.readouterr().out.splitlines()[2].strip() == "42"
+    finally:
+        running.stop()
+
+
+def test_no_command_prints_help() -> None:
+    assert main([]) == 2
+
+
+def test_table_alignment(capsys: pytest.CaptureFixture[str]) -> None:
+    _print_table(["name", "n", "tags"], [["a", 5, ["x"]], ["longer", 123, None]], sys.stdout)
+    assert capsys.readouterr().out.splitlines() == [
+        "name      n  tags",
+        "------  ---  -----",
+        'a         5  ["x"]',
+        "longer  123  NULL",
+        "(2 rows)",
+    ]

@@ -1,0 +1,700 @@
+"""Delivery when things go wrong: outages, slow and hung servers, refusals, bad settings.
+
+Every test runs a real exporter against a :class:`faultserver.FaultServer` on loopback and
+counts exactly what was delivered, what was lost or dropped, and, where it is deterministic,
+how many requests it took. Retries use ``FAST_RETRY`` (3 retries, 10 ms backoff, no jitter)
+unless a test needs a longer wait to tell one behaviour from another.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faultserver import (
+    Answer,
+    FaultServer,
+    Request,
+    bad_request,
+    body_larger_than,
+    close,
+    env_not_found_400,
+    env_not_found_422,
+    forbidden,
+    hang,
+    ok,
+    ok_false,
+    reject_items,
+    retry_later,
+    unauthorized,
+)
+from opentelemetry.sdk._logs.export import LogRecordExportResult
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+from otel_builders import emitted_log_records
+
+from opentelemetry_exporter_altertable import (
+    AltertableLogExporter,
+    AltertableSpanExporter,
+    RetryPolicy,
+)
+
+MakeExporter = Callable[..., AltertableSpanExporter]
+Spans = Callable[..., list[ReadableSpan]]
+
+PACKAGE = "opentelemetry_exporter_altertable"
+#: Headroom for thread scheduling on a loaded machine, on top of a promised bound.
+MARGIN = 0.5
+
+
+def seqs(items: list[Any]) -> list[int]:
+    return [item["properties"]["seq"] for item in items]
+
+
+def gap(first: Request, second: Request) -> float:
+    """Seconds between two requests' arrival at the server."""
+    return second.received_at - first.received_at
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Every log record of every logger, DEBUG and up."""
+    with caplog.at_level(logging.DEBUG):
+        yield caplog
+
+
+def package_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith(PACKAGE) and r.levelno >= level]
+
+
+def full_text(record: logging.LogRecord) -> str:
+    """The record as a handler would print it, traceback included."""
+    return logging.Formatter("%(name)s %(levelname)s %(message)s").format(record)
+
+
+# ---------------------------------------------------------------------------- retries
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 599, 408, 429])
+def test_a_retryable_status_uses_the_whole_retry_budget_then_fails(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, status: int
+) -> None:
+    server.set_default(Answer(status, body=b""))
+    exporter = make_exporter(retry=RetryPolicy(total=3, backoff_factor=0.01, jitter=0))
+
+    result = exporter.export(spans(5))
+
+    assert result is SpanExportResult.FAILURE
+    assert len(server.requests) == 4  # total=3 retries: 4 attempts
+    assert server.accepted_items("/track") == []
+    stats = exporter.stats()
+    assert stats["requests"] == 4
+    assert stats["retries"] == 3
+    assert stats["calls_exported"] == 0
+    assert stats["calls_dropped"] == 5
+    assert stats["dropped_by_reason"] == {"undelivered-retryable": 5}
+
+
+@pytest.mark.parametrize(("first", "second"), [(500, 502), (503, 504), (408, 429), (408, 500)])
+def test_success_after_two_failures(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, first: int, second: int
+) -> None:
+    server.script("/track", [Answer(first, body=b""), Answer(second, body=b"")])
+    exporter = make_exporter(retry=RetryPolicy(total=3, backoff_factor=0.01, jitter=0))
+
+    result = exporter.export(spans(5))
+
+    assert result is SpanExportResult.SUCCESS
+    assert [r.status for r in server.requests] == [first, second, 200]
+    assert seqs(server.accepted_items("/track")) == [0, 1, 2, 3, 4]
+    stats = exporter.stats()
+    assert stats["requests"] == 3
+    assert stats["retries"] == 2
+    assert stats["calls_exported"] == 5
+    assert stats["calls_dropped"] == 0
+
+
+def test_no_retries_at_all_with_total_zero(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    server.set_default(retry_later(503))
+    exporter = make_exporter(retry=RetryPolicy(total=0, backoff_factor=0.01, jitter=0))
+
+    assert exporter.export(spans(3)) is SpanExportResult.FAILURE
+    assert len(server.requests) == 1
+
+
+# ---------------------------------------------------------------------------- Retry-After
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_in_seconds_is_honoured(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, status: int
+) -> None:
+    server.script("/track", [retry_later(status, "1")])
+    exporter = make_exporter(timeout=3.0)
+
+    assert exporter.export(spans(2)) is SpanExportResult.SUCCESS
+
+    first, second = server.requests
+    assert 0.95 <= gap(first, second) < 1.0 + MARGIN  # not the 10 ms backoff
+    assert seqs(server.accepted_items("/track")) == [0, 1]
+
+
+def test_retry_after_as_an_http_date_is_honoured(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    # HTTP-dates have whole seconds: two seconds ahead means a wait of more than one second.
+    server.script("/track", [retry_later(503, formatdate(time.time() + 2, usegmt=True))])
+    exporter = make_exporter(timeout=4.0)
+
+    assert exporter.export(spans(2)) is SpanExportResult.SUCCESS
+
+    first, second = server.requests
+    assert 0.9 <= gap(first, second) < 2.0 + MARGIN
+    assert seqs(server.accepted_items("/track")) == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    ["0", formatdate(time.time() - 3600, usegmt=True)],
+    ids=["zero", "date-in-the-past"],
+)
+def test_retry_after_zero_or_past_retries_at_once(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, retry_after: str
+) -> None:
+    server.script("/track", [retry_later(429, retry_after)])
+    # A one-second backoff, so that falling back to it would show.
+    exporter = make_exporter(retry=RetryPolicy(total=3, backoff_factor=1.0, jitter=0))
+
+    assert exporter.export(spans(2)) is SpanExportResult.SUCCESS
+
+    first, second = server.requests
+    assert gap(first, second) < 0.5
+    assert exporter.stats()["retries"] == 1
+
+
+def test_a_retry_after_beyond_the_deadline_ends_the_export_by_its_timeout(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    server.set_default(retry_later(503, "3600"))
+    exporter = make_exporter(timeout=1.0)
+
+    started = time.monotonic()
+    result = exporter.export(spans(4))
+    elapsed = time.monotonic() - started
+
+    assert result is SpanExportResult.FAILURE
+    assert elapsed < 1.0 + MARGIN
+    assert len(server.requests) == 1  # waiting an hour is pointless: no second attempt
+    assert exporter.stats()["dropped_by_reason"] == {"undelivered-retryable": 4}
+
+
+@pytest.mark.parametrize("retry_after", ["soon", "-5", "nan", "Thu, 99 Foo 2024 99:00:00 GMT"])
+def test_a_malformed_retry_after_falls_back_to_the_backoff(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, retry_after: str
+) -> None:
+    server.script("/track", [retry_later(503, retry_after)])
+    exporter = make_exporter(retry=RetryPolicy(total=3, backoff_factor=0.2, jitter=0))
+
+    assert exporter.export(spans(2)) is SpanExportResult.SUCCESS
+
+    first, second = server.requests
+    assert 0.18 <= gap(first, second) < 0.2 + MARGIN
+    assert seqs(server.accepted_items("/track")) == [0, 1]
+
+
+# ---------------------------------------------------------------------------- connections
+
+
+def test_connections_closed_without_an_answer_are_retried(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    server.script("/track", [close(), close()])
+    exporter = make_exporter()
+
+    assert exporter.export(spans(6)) is SpanExportResult.SUCCESS
+
+    assert len(server.requests) == 3
+    assert [r.answered for r in server.requests] == [False, False, True]
+    assert server.connections_accepted == 3
+    assert seqs(server.accepted_items("/track")) == list(range(6))
+    stats = exporter.stats()
+    assert stats["retries"] == 2
+    assert stats["calls_exported"] == 6
+
+
+def test_a_server_that_always_hangs_up_costs_the_retry_budget(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    server.set_default(close())
+    exporter = make_exporter()
+
+    assert exporter.export(spans(6)) is SpanExportResult.FAILURE
+
+    assert len(server.requests) == 4
+    assert server.accepted_items("/track") == []
+    assert exporter.stats()["dropped_by_reason"] == {"undelivered-retryable": 6}
+
+
+def test_a_server_slower_than_the_deadline(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    server.set_default(hang(30))
+    exporter = make_exporter(timeout=0.5)
+
+    started = time.monotonic()
+    result = exporter.export(spans(3))
+    elapsed = time.monotonic() - started
+
+    assert result is SpanExportResult.FAILURE
+    assert elapsed < 0.5 + MARGIN
+    assert server.requests  # it did try
+    assert server.accepted_items("/track") == []
+    assert exporter.stats()["dropped_by_reason"] == {"undelivered-retryable": 3}
+
+
+def test_a_server_trickling_its_answer_cannot_hold_export_past_its_deadline(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    # 40 body bytes, one every 50 ms: two seconds, though no read ever waits 50 ms.
+    server.set_default(Answer(200, body=b'{"ok": true, "error_code": null, "x": 1}', trickle=0.05))
+    exporter = make_exporter(timeout=0.5)
+
+    started = time.monotonic()
+    exporter.export(spans(3))
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 0.5 + MARGIN
+
+
+def test_nobody_listening_fails_quickly_without_raising(
+    make_exporter: MakeExporter, spans: Spans
+) -> None:
+    # A bound socket that never listens: connections to its port are refused, and nothing
+    # else can take the port while the test runs.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        exporter = make_exporter(endpoint=f"http://127.0.0.1:{port}", timeout=2.0)
+
+        started = time.monotonic()
+        result = exporter.export(spans(5))
+        elapsed = time.monotonic() - started
+
+    assert result is SpanExportResult.FAILURE
+    assert elapsed < 1.0
+    stats = exporter.stats()
+    assert stats["requests"] == 0
+    assert stats["retries"] == 3
+    assert stats["dropped_by_reason"] == {"undelivered-retryable": 5}
+
+
+def test_shutdown_from_another_thread_interrupts_a_long_backoff(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    server.set_default(retry_later(503, "5"))
+    exporter = make_exporter(timeout=10.0)
+    batch = spans(3)
+    results: list[SpanExportResult] = []
+    worker = threading.Thread(target=lambda: results.append(exporter.export(batch)))
+    worker.start()
+    try:
+        assert server.wait_for_requests(1, timeout=5)
+        time.sleep(0.1)  # now inside the five-second wait
+
+        started = time.monotonic()
+        exporter.shutdown(timeout_millis=2000)
+        shutdown_took = time.monotonic() - started
+        worker.join(1.0)
+        export_done_after = time.monotonic() - started
+    finally:
+        worker.join(10)
+
+    assert shutdown_took < 1.0
+    assert export_done_after < 1.0
+    assert results == [SpanExportResult.FAILURE]
+    assert len(server.requests) == 1
+
+
+# ---------------------------------------------------------------------------- refusals
+
+
+def test_413_splits_the_batch_until_it_fits(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    batch = spans(64)
+    exporter = make_exporter(max_batch_size=64)
+    limit = 5000  # about a dozen of these items
+    server.add_rule(body_larger_than(limit))
+
+    assert exporter.export(batch) is SpanExportResult.SUCCESS
+
+    assert sorted(seqs(server.accepted_items("/track"))) == list(range(64))
+    assert len(server.accepted_items("/track")) == 64
+    statuses = [r.status for r in server.requests]
+    assert statuses[0] == 413
+    assert all(len(r.raw_body) <= limit for r in server.requests if r.status == 200)
+    assert len(server.requests) < 64  # halving, not one item per request
+    stats = exporter.stats()
+    assert stats["calls_exported"] == 64
+    assert stats["calls_dropped"] == 0
+
+
+def test_an_item_too_large_on_its_own_is_dropped_and_the_rest_delivered(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    server.add_rule(body_larger_than(2000))
+    exporter = make_exporter(max_batch_size=8)
+    batch = spans(7) + spans(1, start=7, blob="x" * 5000)
+
+    assert exporter.export(batch) is SpanExportResult.FAILURE
+
+    assert sorted(seqs(server.accepted_items("/track"))) == list(range(7))
+    stats = exporter.stats()
+    assert stats["calls_exported"] == 7
+    assert stats["calls_dropped"] == 1
+    assert sum(stats["dropped_by_reason"].values()) == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("status", [400, 422])
+def test_one_bad_item_among_fifty_is_found_and_dropped(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, status: int
+) -> None:
+    server.add_rule(reject_items(lambda item: item["event"] == "bad", status=status))
+    exporter = make_exporter(max_batch_size=50)
+    batch = spans(17) + spans(1, start=17, event="bad") + spans(32, start=18)
+
+    assert exporter.export(batch) is SpanExportResult.FAILURE
+
+    delivered = seqs(server.accepted_items("/track"))
+    assert sorted(delivered) == [s for s in range(50) if s != 17]
+    assert len(delivered) == 49
+    assert len(server.requests) <= 13  # bisection: about 2 * log2(50) + 1 requests
+    stats = exporter.stats()
+    assert stats["calls_exported"] == 49
+    assert stats["calls_dropped"] == 1
+    assert stats["dropped_by_reason"] == {"invalid-event": 1}
+
+
+@pytest.mark.parametrize("error_code", ["insert-failed", None])
+def test_ok_false_in_a_200_is_handled_as_a_400(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, error_code: str | None
+) -> None:
+    refusal = ok_false(error_code) if error_code else Answer(200, body={"ok": False})
+
+    def refuse_bad(request: Request) -> Answer | None:
+        return refusal if any(i["event"] == "bad" for i in request.items) else None
+
+    server.add_rule(refuse_bad)
+    exporter = make_exporter(max_batch_size=50)
+    batch = spans(30) + spans(1, start=30, event="bad") + spans(19, start=31)
+
+    assert exporter.export(batch) is SpanExportResult.FAILURE
+
+    assert sorted(seqs(server.accepted_items("/track"))) == [s for s in range(50) if s != 30]
+    assert len(server.requests) <= 13
+    stats = exporter.stats()
+    assert stats["calls_exported"] == 49
+    assert stats["calls_dropped"] == 1
+    if error_code:
+        assert stats["dropped_by_reason"] == {error_code: 1}
+
+
+@pytest.mark.parametrize("status", [301, 302, 303])
+def test_a_redirect_that_drops_the_body_is_not_a_delivery(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, status: int
+) -> None:
+    with FaultServer() as elsewhere:
+        server.set_default(
+            Answer(status, body=b"", headers={"Location": f"{elsewhere.endpoint}/track"})
+        )
+        exporter = make_exporter(retry=RetryPolicy(total=0))
+
+        result = exporter.export(spans(3))
+
+        assert elsewhere.accepted_items("/track") == []  # nothing was delivered anywhere...
+        assert result is SpanExportResult.FAILURE  # ...so the export cannot have succeeded
+        assert exporter.stats()["calls_exported"] == 0
+
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_the_key_never_follows_a_redirect_to_another_origin(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, status: int
+) -> None:
+    with FaultServer() as elsewhere:
+        server.set_default(
+            Answer(status, body=b"", headers={"Location": f"{elsewhere.endpoint}/track"})
+        )
+        exporter = make_exporter(retry=RetryPolicy(total=0))
+
+        exporter.export(spans(3))
+
+        assert all("x-api-key" not in r.headers for r in elsewhere.requests)
+
+
+# ---------------------------------------------------------------------------- bad settings
+
+
+@pytest.mark.parametrize("answer", [unauthorized(), forbidden()], ids=["401", "403"])
+def test_a_refused_key_is_reported_once_without_the_key(
+    server: FaultServer,
+    make_exporter: MakeExporter,
+    spans: Spans,
+    *,
+    api_key: str,
+    logs: pytest.LogCaptureFixture,
+    answer: Answer,
+) -> None:
+    server.set_default(answer)
+    exporter = make_exporter(max_batch_size=10)
+
+    results = [exporter.export(spans(20, start=20 * n)) for n in range(3)]
+
+    assert results == [SpanExportResult.FAILURE] * 3
+    assert len(server.requests) == 3  # one refusal stops the rest of that export
+    errors = package_records(logs, logging.ERROR)
+    assert len(errors) == 1
+    assert "OTEL_EXPORTER_ALTERTABLE_API_KEY" in errors[0].getMessage()
+    for record in logs.records:
+        assert api_key not in full_text(record)
+    assert api_key not in repr(exporter.config)
+    assert exporter.stats()["dropped_by_reason"] == {"undelivered-auth": 60}
+
+
+@pytest.mark.parametrize(
+    "answer", [env_not_found_400(), env_not_found_422()], ids=["400-error_code", "422-error"]
+)
+def test_an_unknown_environment_is_reported_once_with_the_fix(
+    server: FaultServer,
+    make_exporter: MakeExporter,
+    spans: Spans,
+    *,
+    api_key: str,
+    logs: pytest.LogCaptureFixture,
+    answer: Answer,
+) -> None:
+    server.set_default(answer)
+    exporter = make_exporter(environment="stagin", max_batch_size=10)
+
+    results = [exporter.export(spans(20, start=20 * n)) for n in range(2)]
+
+    assert results == [SpanExportResult.FAILURE] * 2
+    assert len(server.requests) == 2  # no bisecting: no item is at fault
+    assert {i["environment"] for i in server.items("/track")} == {"stagin"}
+    errors = package_records(logs, logging.ERROR)
+    assert len(errors) == 1
+    message = errors[0].getMessage()
+    assert "OTEL_EXPORTER_ALTERTABLE_ENVIRONMENT" in message
+    assert "environment-not-found" in message
+    assert "deployment.environment.name" in message
+    for record in logs.records:
+        assert api_key not in full_text(record)
+    assert exporter.stats()["dropped_by_reason"] == {"undelivered-environment-not-found": 40}
+
+
+NASTY_ANSWERS = {
+    "ok-false": ok_false(),
+    "400": bad_request(),
+    "401": unauthorized(),
+    "403": forbidden(),
+    "404": Answer(404, body="not found"),
+    "405": Answer(405, body=b""),
+    "413": Answer(413, body=b""),
+    "422-env": env_not_found_422(),
+    "500-json": Answer(500, body={"ok": False, "error_code": "internal-error"}),
+    "close": close(),
+    "200-not-json": Answer(200, body="<html>hello</html>"),
+    "200-array": Answer(200, body=[1, 2, 3]),
+    "200-truncated-json": Answer(200, body=b'{"ok": tr'),
+    "302-loop": Answer(302, body=b"", headers={"Location": "/track"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NASTY_ANSWERS))
+def test_export_never_raises(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, api_key: str, name: str
+) -> None:
+    server.set_default(NASTY_ANSWERS[name])
+    span_exporter = make_exporter(timeout=1.0, max_batch_size=4)
+    log_exporter = AltertableLogExporter(
+        api_key=api_key, endpoint=server.endpoint, timeout=1.0, retry=RetryPolicy(total=1)
+    )
+    try:
+        result = span_exporter.export(spans(9))
+        log_result = log_exporter.export(
+            emitted_log_records([{"attributes": {"analytics.event": "Seen", "user.id": "u1"}}])
+        )
+    finally:
+        log_exporter.shutdown()
+
+    assert isinstance(result, SpanExportResult)
+    assert isinstance(log_result, LogRecordExportResult)
+    assert server.requests
+
+
+# ---------------------------------------------------------------------------- lifecycle
+
+
+def test_export_after_shutdown_is_a_quiet_no_op(
+    server: FaultServer,
+    make_exporter: MakeExporter,
+    spans: Spans,
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    exporter = make_exporter()
+    batch = spans(3)
+    exporter.shutdown()
+    logs.clear()
+
+    result = exporter.export(batch)
+
+    assert result is SpanExportResult.FAILURE
+    assert server.requests == []
+    assert package_records(logs, logging.WARNING) == []
+    assert exporter.stats()["records_seen"] == 0
+
+
+def test_shutdown_twice_is_fine(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    exporter = make_exporter()
+    assert exporter.export(spans(2)) is SpanExportResult.SUCCESS
+
+    started = time.monotonic()
+    exporter.shutdown()
+    exporter.shutdown()
+    exporter.shutdown(timeout_millis=0)
+
+    assert time.monotonic() - started < 0.5
+    assert len(server.requests) == 1
+
+
+def test_sixteen_threads_through_one_exporter_deliver_every_item_once(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    exporter = make_exporter(max_batch_size=10, timeout=5.0)
+    batches = [spans(50, start=50 * t) for t in range(16)]
+    start_together = threading.Barrier(16)
+    results: list[SpanExportResult] = []
+    lock = threading.Lock()
+
+    def run(batch: list[ReadableSpan]) -> None:
+        start_together.wait()
+        result = exporter.export(batch)
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert results == [SpanExportResult.SUCCESS] * 16
+    delivered = seqs(server.accepted_items("/track"))
+    assert len(delivered) == 800
+    assert sorted(delivered) == list(range(800))
+    assert len(server.requests) == 80
+    assert server.connections_accepted <= 16  # the pool, not a connection per request
+    stats = exporter.stats()
+    assert stats["calls_exported"] == 800
+    assert stats["requests"] == 80
+
+
+def test_a_hung_server_cannot_hold_the_batch_processor(
+    server: FaultServer, make_exporter: MakeExporter
+) -> None:
+    server.set_default(hang())
+    exporter = make_exporter(timeout=0.5)
+    processor = BatchSpanProcessor(exporter, schedule_delay_millis=60_000)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("tests.faults")
+    try:
+        for seq in range(5):
+            tracer.start_span("checkout", attributes={"analytics.event": "Paid", "seq": seq}).end()
+        started = time.monotonic()
+        processor.force_flush(timeout_millis=1000)
+        flush_took = time.monotonic() - started
+
+        for seq in range(5):
+            tracer.start_span("again", attributes={"analytics.event": "Paid", "seq": seq}).end()
+        started = time.monotonic()
+        processor.shutdown()
+        shutdown_took = time.monotonic() - started
+    finally:
+        provider.shutdown()
+
+    assert flush_took < 1.0 + MARGIN
+    assert shutdown_took < 0.5 + 1.0 + MARGIN
+    assert len(server.requests) >= 2  # both batches were attempted
+    assert server.accepted_items("/track") == []
+
+
+# ---------------------------------------------------------------------------- spool
+
+
+def test_an_outage_is_spooled_and_delivered_once_the_server_recovers(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, tmp_path: Path
+) -> None:
+    server.script("/track", [ok()])  # the first batch gets through, then an outage
+    server.set_default(retry_later(503))
+    exporter = make_exporter(spool_dir=tmp_path / "spool", max_batch_size=10)
+
+    assert exporter.export(spans(30)) is SpanExportResult.FAILURE
+    assert exporter.export(spans(10, start=30)) is SpanExportResult.FAILURE
+
+    assert seqs(server.accepted_items("/track")) == list(range(10))
+    stats = exporter.stats()
+    assert stats["calls_spooled"] == 30
+    assert stats["calls_dropped"] == 0
+    assert stats["spool_files"] == 2
+    outage_requests = len(server.requests)
+
+    server.set_default(ok())
+    assert exporter.export(spans(5, start=40)) is SpanExportResult.SUCCESS
+
+    delivered = seqs(server.accepted_items("/track"))
+    assert delivered == list(range(45))  # oldest first, nothing lost, nothing twice
+    stats = exporter.stats()
+    assert stats["calls_replayed"] == 30
+    assert stats["calls_exported"] == 45
+    assert stats["calls_dropped"] == 0
+    assert stats["spool_files"] == 0
+    assert len(server.requests) - outage_requests == 3 + 1  # 2 + 1 spooled batches, 1 new
+
+
+def test_calls_pending_at_shutdown_are_delivered_by_the_next_exporter(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    server.set_default(retry_later(503, "5"))
+    first = make_exporter(spool_dir=spool, timeout=10.0)
+    batch = spans(12)
+    worker = threading.Thread(target=first.export, args=(batch,))
+    worker.start()
+    try:
+        assert server.wait_for_requests(1, timeout=5)
+        time.sleep(0.1)
+        first.shutdown(timeout_millis=2000)
+    finally:
+        worker.join(5)
+    assert not worker.is_alive()
+    assert first.stats()["calls_spooled"] == 12
+    assert server.accepted_items("/track") == []
+
+    server.set_default(ok())
+    second = make_exporter(spool_dir=spool)  # as a restarted process would
+    assert second.export([]) is SpanExportResult.SUCCESS
+
+    assert seqs(server.accepted_items("/track")) == list(range(12))
+    assert second.stats()["calls_replayed"] == 12
+    assert second.stats()["spool_files"] == 0
