@@ -15,6 +15,7 @@ import contextlib
 import gzip
 import itertools
 import json
+import multiprocessing
 import socket
 import socketserver
 import threading
@@ -208,3 +209,84 @@ class Sink:
     def _closed(self, sock: socket.socket) -> None:
         with self._lock:
             self._connections.discard(sock)
+
+
+def _serve_in_child(conn: Any, latency: float, count_items: bool) -> None:
+    """Child process: run a Sink and answer the parent's commands over a pipe."""
+    with Sink(latency=latency, count_items=count_items) as sink:
+        conn.send(sink.url)
+        while True:
+            command = conn.recv()
+            if command == "snapshot":
+                conn.send(sink.snapshot())
+            elif command == "reset":
+                sink.reset()
+                conn.send(None)
+            else:
+                conn.send(None)
+                return
+
+
+class ProcessSink:
+    """A :class:`Sink` in a process of its own, with the same ``url``/``snapshot``/``reset``.
+
+    The API being measured against runs on another machine in production; in the same process
+    the sink's request handling would compete for the exporter's GIL and bill the exporter for
+    the server's work. In its own process it has the second core.
+    """
+
+    def __init__(self, *, latency: float = 0.0, count_items: bool = False) -> None:
+        self.latency = latency
+        self.count_items = count_items
+        self._process: Any = None
+        self._conn: Any = None
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            raise RuntimeError("sink not started")
+        return self._url
+
+    def start(self) -> ProcessSink:
+        parent, child = multiprocessing.Pipe()
+        process = multiprocessing.get_context("spawn").Process(
+            target=_serve_in_child, args=(child, self.latency, self.count_items), daemon=True
+        )
+        process.start()
+        self._process = process
+        self._conn = parent
+        if not parent.poll(30):
+            self.stop()
+            raise RuntimeError("the sink process did not start")
+        self._url = parent.recv()
+        return self
+
+    def _ask(self, command: str) -> Any:
+        self._conn.send(command)
+        return self._conn.recv()
+
+    def snapshot(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._ask("snapshot")
+        return result
+
+    def reset(self) -> None:
+        self._ask("reset")
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        with contextlib.suppress(OSError, EOFError, BrokenPipeError):
+            self._ask("stop")
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
+        self._process = None
+        self._url = None
+
+    def __enter__(self) -> ProcessSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

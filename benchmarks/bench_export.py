@@ -31,7 +31,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from _sink import Sink
+from _sink import ProcessSink, Sink
+
+AnySink = Sink | ProcessSink
 from _spans import (
     batches,
     build_spans,
@@ -135,7 +137,7 @@ def _export_rounds(
     return run_round
 
 
-def _per_item(sink: Sink, path: str, items: int) -> float | None:
+def _per_item(sink: AnySink, path: str, items: int) -> float | None:
     snap = sink.snapshot()
     sent = snap["bytes"].get(path, 0)
     return sent / items if items and sent else None
@@ -144,7 +146,9 @@ def _per_item(sink: Sink, path: str, items: int) -> float | None:
 # --------------------------------------------------------------------------- scenarios
 
 
-def bench_ours(sink: Sink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any) -> Result:
+def bench_ours(
+    sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any
+) -> Result:
     exporter = _ours(sink.url, args.max_batch_size, args.compression)
     res = Result("ours: AltertableSpanExporter -> /track", "events", sizes.export_batches * BATCH)
     try:
@@ -156,7 +160,7 @@ def bench_ours(sink: Sink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, arg
     return res
 
 
-def bench_otlp(sink: Sink, pool: Sequence[list[ReadableSpan]], sizes: Sizes) -> Result:
+def bench_otlp(sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes) -> Result:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     exporter: Any = OTLPSpanExporter(endpoint=f"{sink.url}/v1/traces")
@@ -170,7 +174,7 @@ def bench_otlp(sink: Sink, pool: Sequence[list[ReadableSpan]], sizes: Sizes) -> 
     return res
 
 
-def bench_sdk(sink: Sink, payloads: Sequence[dict[str, Any]], sizes: Sizes) -> Result:
+def bench_sdk(sink: AnySink, payloads: Sequence[dict[str, Any]], sizes: Sizes) -> Result:
     from altertable import Altertable
 
     client = Altertable(API_KEY, server_url=sink.url, environment=ENVIRONMENT)
@@ -214,7 +218,9 @@ def bench_floor(payloads: Sequence[dict[str, Any]], sizes: Sizes, max_batch_size
     return res
 
 
-def bench_skip(sink: Sink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any) -> Result:
+def bench_skip(
+    sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any
+) -> Result:
     exporter = _ours(sink.url, args.max_batch_size, args.compression)
     res = Result("ours on untagged spans (skip path)", "spans", sizes.skip_batches * BATCH)
     try:
@@ -570,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     payloads = [track_payload(s, ENVIRONMENT) for s in tagged[:BATCH]]
 
     scenarios: dict[str, Any] = {}
-    with Sink() as sink:
+    with ProcessSink() as sink:
         scenarios["ours"] = bench_ours(sink, tagged_pool, sizes, args)
         scenarios["otlp"] = bench_otlp(sink, tagged_pool, sizes)
         scenarios["sdk"] = bench_sdk(sink, payloads, sizes)

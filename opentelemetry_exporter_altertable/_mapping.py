@@ -71,6 +71,7 @@ _TRAIT_KEYS = {
     "user.name": "username",
     "user.roles": "roles",
 }
+_CONTEXT_KEYS = {key: builtin for builtin, key in _CONTEXT_FIELDS}
 #: Attributes a row of the mapping consumes, so they are not copied into properties as well.
 _CONSUMED_KEYS = frozenset(
     {"device.id", "session.id", "url.full", "user_agent.original", "client.address",
@@ -80,6 +81,12 @@ _NOT_PROPERTIES = ("analytics.", "user.", "enduser.")
 #: A record is worth a closer look only if one of its keys starts with one of these.
 _INTEREST_PREFIXES = ("analytics.", *_TRAIT_KEYS)
 
+# How _scan_track treats an attribute key: decided once per key and batch (see _classify).
+_PROPERTY = 0  # copied to properties as is
+_SKIP = 1  # analytics.*, user.*, enduser.* keys no row maps, and identity keys
+_RENAMED, _OVERRIDE, _TRAIT, _CONTEXT = 2, 3, 4, 5  # (kind, name) tuples
+KeyClass = int | tuple[int, str]
+
 _MAX_DEPTH = 32
 #: Python refuses to print integers of more than 4300 digits; longer ones become null.
 _INT_LIMIT = 10**4000
@@ -88,6 +95,7 @@ Attrs = Mapping[str, Any]
 Payload = dict[str, Any]
 WarningHook = Callable[[str, str], None]
 _EMPTY: Attrs = {}
+_EMPTY_CONTEXT: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,8 @@ class Calls:
     identifies: list[Payload] = field(default_factory=list)
     aliases: list[Payload] = field(default_factory=list)
     tracks: list[Payload] = field(default_factory=list)
+    skipped: int = 0
+    """Records that carried no analytics data at all."""
 
     def __len__(self) -> int:
         return len(self.identifies) + len(self.aliases) + len(self.tracks)
@@ -248,7 +258,7 @@ def _own_traits(attrs: Attrs) -> dict[str, Any]:
     return traits
 
 
-@dataclass
+@dataclass(slots=True)
 class _Record:
     """One span, span event or log record, reduced to what the mapping reads."""
 
@@ -271,6 +281,7 @@ class _Builder:
         self._warn = options.on_warning
         self._resources: dict[int, _ResourceInfo] = {}
         self._identify_keys: set[tuple[Any, ...]] = set()
+        self._key_classes: dict[str, KeyClass] = {}
 
     def warn(self, key: str, message: str) -> None:
         if self._warn is not None:
@@ -318,7 +329,7 @@ class _Builder:
         return ids
 
     def _identifier(self, field_name: str, key: str, raw: Any) -> str | None:
-        ident = _as_id(raw)
+        ident = raw if type(raw) is str and raw.isascii() and raw else _as_id(raw)
         if ident is not None and field_name == "distinct_id" and is_reserved_id(ident):
             self.warn(
                 f"reserved-id:{key}:{ident}",
@@ -359,8 +370,9 @@ class _Builder:
         tag = attrs.get(EVENT_KEY)
         event = record.name if tag is True else tag if isinstance(tag, str) else None
         properties: dict[str, Any] | None = None
+        context: dict[str, Any] = _EMPTY_CONTEXT
         if event:
-            properties, own_traits = _scan_track(record)
+            properties, own_traits, context = _scan_track(record, self._key_classes)
         else:
             own_traits = _own_traits(attrs)
         parent_traits = _own_traits(parent) if parent else {}
@@ -372,7 +384,7 @@ class _Builder:
         if alias is not None:
             self._add_alias(record, distinct_id, alias)
         if event and properties is not None:
-            self._add_track(record, _clean_str(str.__str__(event)), properties, ids)
+            self._add_track(record, _clean_str(str.__str__(event)), properties, context, ids)
 
     def _add_alias(self, record: _Record, distinct_id: str | None, alias: Any) -> None:
         new_id = _as_id(alias)
@@ -403,26 +415,28 @@ class _Builder:
         record: _Record,
         event: str,
         properties: dict[str, Any],
+        context: dict[str, Any],
         ids: dict[str, str],
     ) -> None:
         res = record.resource
-        for key in properties:
-            if key[:1] == "$" and key not in BUILT_IN_PROPERTIES:
-                properties = self._strip_unknown_builtins(properties)
-                break
+        # "$" sorts before letters and digits: one C-level min() tells whether any key could
+        # be a "$" key, instead of a Python loop over every key.
+        if properties and min(properties)[:1] <= "$":
+            for key in properties:
+                if key[:1] == "$" and key not in BUILT_IN_PROPERTIES:
+                    properties = self._strip_unknown_builtins(properties)
+                    break
 
         parent = record.parent
-        for builtin, key in _CONTEXT_FIELDS:
-            if builtin in properties:
-                continue
-            value = record.attrs.get(key)
-            if value is None and parent:
-                value = parent.get(key)
-            if value is not None:
-                if not isinstance(value, str) and isinstance(value, Sequence):
-                    value = value[0] if value else None
+        if parent:  # a span event falls back to its span's context
+            for builtin, key in _CONTEXT_FIELDS:
+                if builtin not in context and key in parent:
+                    context[builtin] = parent[key]
+        for builtin, raw in context.items():
+            if builtin not in properties:  # an explicit analytics.properties.$url wins
+                value = _context_value(raw)
                 if value is not None:
-                    properties[builtin] = json_safe(value)
+                    properties[builtin] = value
         properties.setdefault("$ip", 0)
         if res.release is not None:
             properties.setdefault("$release", res.release)
@@ -465,40 +479,79 @@ class _Builder:
 
 
 def _value(value: Any) -> Any:
-    """``json_safe`` with the common cases inlined (this runs for every property)."""
+    """``json_safe`` with the common cases first (this runs for every property)."""
     kind = type(value)
     if kind is str:
         return value if value.isascii() else _clean_str(value)
     if kind is bool or (kind is int and -_INT_LIMIT < value < _INT_LIMIT):
         return value
+    if kind is float:
+        return value if math.isfinite(value) else None
     return json_safe(value)
 
 
-def _scan_track(record: _Record) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One pass over a tagged record's attributes: its properties and its own traits."""
+def _context_value(raw: Any) -> Any:
+    if type(raw) is str:
+        return raw if raw.isascii() else _clean_str(raw)
+    if isinstance(raw, Sequence):  # the referer header is an array in the conventions
+        return _value(raw[0]) if raw else None
+    return _value(raw)
+
+
+def _classify(key: str) -> KeyClass:
+    """What a record's attribute ``key`` contributes to a track call."""
+    if key.startswith(_NOT_PROPERTIES):
+        if key.startswith(_PROPERTIES_PREFIX):
+            return (_OVERRIDE, _clean_str(key[len(_PROPERTIES_PREFIX) :]))
+        if key.startswith(_TRAITS_PREFIX):
+            return (_TRAIT, _clean_str(key[len(_TRAITS_PREFIX) :]))
+        trait = _TRAIT_KEYS.get(key)
+        return (_TRAIT, trait) if trait is not None else _SKIP
+    builtin = _CONTEXT_KEYS.get(key)
+    if builtin is not None:
+        return (_CONTEXT, builtin)
+    if key in _CONSUMED_KEYS:
+        return _SKIP
+    return _PROPERTY if key.isascii() else (_RENAMED, _clean_str(key))
+
+
+def _scan_track(
+    record: _Record, classes: dict[str, KeyClass]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """One pass over a tagged record's attributes: its properties, traits and context.
+
+    ``classes`` caches :func:`_classify` for the batch: spans of one instrumentation share
+    their keys, so each key is classified once and then costs one dict lookup.
+    """
     properties: dict[str, Any] = {}
     if record.body:
         for key, value in record.body.items():
             properties[_clean_str(str(key))] = json_safe(value)
     overrides: dict[str, Any] | None = None
     traits: dict[str, Any] = {}
+    context: dict[str, Any] = {}
     for key, value in record.attrs.items():
-        if key.startswith(_NOT_PROPERTIES):
-            if key.startswith(_PROPERTIES_PREFIX):
+        kind = classes.get(key)
+        if kind is None:
+            kind = classes[key] = _classify(key)
+        if kind is _PROPERTY:
+            # _value() inlined for ASCII strings, the commonest case by far.
+            properties[key] = value if type(value) is str and value.isascii() else _value(value)
+        elif kind is not _SKIP:
+            tag, name = kind  # type: ignore[misc]
+            if tag is _OVERRIDE:
                 if overrides is None:
                     overrides = {}
-                overrides[_clean_str(key[len(_PROPERTIES_PREFIX) :])] = _value(value)
-            elif key.startswith(_TRAITS_PREFIX):
-                traits[_clean_str(key[len(_TRAITS_PREFIX) :])] = json_safe(value)
+                overrides[name] = _value(value)
+            elif tag is _CONTEXT:
+                context[name] = value
+            elif tag is _TRAIT:
+                traits[name] = json_safe(value)
             else:
-                trait = _TRAIT_KEYS.get(key)
-                if trait is not None:
-                    traits[trait] = json_safe(value)
-        elif key not in _CONSUMED_KEYS:
-            properties[key if key.isascii() else _clean_str(key)] = _value(value)
+                properties[name] = _value(value)
     if overrides:
         properties.update(overrides)
-    return properties, traits
+    return properties, traits, context
 
 
 def _freeze(value: Any) -> Any:
@@ -535,11 +588,15 @@ def span_attributes(span: ReadableSpan) -> Attrs:
 
 
 def span_events(span: ReadableSpan) -> Sequence[Event]:
-    """A span's events without the tuple copy the public property makes per call."""
+    """A span's events without the tuple copy the public property makes per call.
+
+    The SDK keeps them in a ``BoundedList`` whose ``len()`` is a Python call; its ``_dq``
+    deque answers in C.
+    """
     raw = getattr(span, "_events", None)
     if raw is None:
         return span.events
-    events: Sequence[Event] = raw
+    events: Sequence[Event] = getattr(raw, "_dq", raw)
     return events
 
 
@@ -554,21 +611,24 @@ def map_spans(spans: Sequence[ReadableSpan], options: MappingOptions) -> Calls:
     """Map spans and their events; records without analytics data cost a key scan."""
     builder = _Builder(options)
     last_resource: object = None
+    res: _ResourceInfo | None = None
     for span in spans:
-        if span.resource is not last_resource:  # a resource may itself carry identify data
-            last_resource = span.resource
-            builder.resource(span.resource, span.end_time or span.start_time or time.time_ns())
+        resource = span.resource
+        if resource is not last_resource or res is None:
+            # Once per resource: it may itself carry identify data.
+            last_resource = resource
+            res = builder.resource(resource, span.end_time or span.start_time or time.time_ns())
         attrs = span_attributes(span)
         span_interesting = _has_interest(attrs)
         events = span_events(span)
         tagged_events = [e for e in events if _has_interest(_plain(e.attributes))] if events else ()
         if not span_interesting and not tagged_events:
+            builder.calls.skipped += 1
             continue
         ctx = span.context
         trace_id = ctx.trace_id if ctx is not None else 0
         span_id = ctx.span_id if ctx is not None else 0
         end_ns = span.end_time or span.start_time or time.time_ns()
-        res = builder.resource(span.resource, end_ns)
         for event in tagged_events:
             builder.add(
                 _Record(

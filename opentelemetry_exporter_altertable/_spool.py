@@ -18,6 +18,7 @@ This module knows nothing of OpenTelemetry or HTTP; it stores JSON-ready dicts.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -209,6 +210,8 @@ class Spool:
         self._last_ns = 0
         self._io_warned_at = -_IO_WARNING_INTERVAL
         self._io_suppressed = 0
+        self.lost: collections.Counter[str] = collections.Counter()
+        """Events this spool dropped after accepting them, by reason (for the exporter's stats)."""
         # Refuse an unsafe existing directory now; a missing one is created on first put.
         with contextlib.suppress(OSError):
             self._inspect()
@@ -293,6 +296,7 @@ class Spool:
                 return None
             finally:
                 if expired[0]:
+                    self.lost["spool-expired"] += expired[1]
                     _log.warning(
                         "dropped %d spooled file(s) refused for authentication and older than "
                         "%g s; %d events lost",
@@ -433,6 +437,7 @@ class Spool:
             lost_files += 1
             lost_items += items
         if lost_files:
+            self.lost["spool-full"] += lost_items
             _log.warning(
                 "spool %s exceeded its limit of %d bytes: dropped the %d oldest file(s); "
                 "%d events lost",
@@ -498,6 +503,7 @@ class Spool:
                 os.rename(claimed, original)
             return None
         except _Damaged as exc:
+            self.lost["spool-damaged"] += items
             _log.warning(
                 "deleted damaged spool file %s (%s); %d events lost", original, exc, items
             )

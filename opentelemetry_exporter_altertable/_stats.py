@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 
@@ -50,10 +51,16 @@ class Stats:
                 self._counts["calls_dropped"] += count
                 self._dropped[reason] += count
 
-    def snapshot(self) -> dict[str, object]:
+    def snapshot(self, also_dropped: Mapping[str, int] | None = None) -> dict[str, object]:
+        """A plain dict; ``also_dropped`` adds drops counted elsewhere (the spool's)."""
         with self._lock:
-            out: dict[str, object] = {name: self._counts.get(name, 0) for name in COUNTERS}
-            out["dropped_by_reason"] = dict(self._dropped)
+            counts = Counter(self._counts)
+            dropped = Counter(self._dropped)
+        if also_dropped:
+            dropped.update(also_dropped)
+            counts["calls_dropped"] += sum(also_dropped.values())
+        out: dict[str, object] = {name: counts.get(name, 0) for name in COUNTERS}
+        out["dropped_by_reason"] = dict(dropped)
         return out
 
     def reset_after_fork(self) -> None:
@@ -62,30 +69,46 @@ class Stats:
 
 
 class DropReporter:
-    """Logs dropped calls at most once per ``interval`` seconds, with counts by reason."""
+    """Logs dropped calls at most once per ``interval`` seconds, with counts by reason.
+
+    Called once per export with that export's drops; counts held back by the interval are
+    carried into the next warning, or logged by :meth:`flush` at shutdown.
+    """
 
     def __init__(self, interval: float = 60.0) -> None:
         self._interval = interval
         self._lock = threading.Lock()
         self._pending: Counter[str] = Counter()
+        self._detail = ""
         self._last = -interval
 
-    def report(self, reason: str, count: int, detail: str = "") -> None:
-        if not count:
+    def report(self, counts: Mapping[str, int], detail: str = "") -> None:
+        if not any(counts.values()):
             return
         now = time.monotonic()
         with self._lock:
-            self._pending[reason] += count
+            self._pending.update(counts)
+            if detail:
+                self._detail = detail
             if now - self._last < self._interval:
                 return
-            pending, self._pending = self._pending, Counter()
             self._last = now
+        self.flush()
+
+    def flush(self) -> None:
+        """Log what is held back now (at shutdown, so no count goes unsaid)."""
+        with self._lock:
+            pending, self._pending = self._pending, Counter()
+            detail, self._detail = self._detail, ""
+        total = sum(pending.values())
+        if not total:
+            return
         summary = ", ".join(f"{n} {r}" for r, n in sorted(pending.items()))
         _logger.warning(
             "Altertable exporter dropped %d call(s) (%s)%s",
-            sum(pending.values()),
+            total,
             summary,
-            f"; last: {detail}" if detail else "",
+            f"; {detail}" if detail else "",
         )
 
     def reset_after_fork(self) -> None:
@@ -127,6 +150,10 @@ class SelfMetrics:
     def start(self, count: int) -> float:
         self._inflight.add(count, self._attrs)
         return time.perf_counter()
+
+    def refused(self, count: int, error_type: str) -> None:
+        """Items the exporter would not even try to send (no key, already shut down)."""
+        self._exported.add(count, {**self._attrs, "error.type": error_type})
 
     def finish(self, count: int, started: float, error_type: str | None) -> None:
         self._inflight.add(-count, self._attrs)

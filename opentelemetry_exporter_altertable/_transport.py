@@ -13,7 +13,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from requests.adapters import HTTPAdapter
 from . import environment_variables as ev
 from ._config import ExporterConfig
 from ._retry import is_retryable_status, parse_retry_after
-from ._stats import DropReporter, Stats
+from ._stats import Stats
 from .version import __version__
 
 _logger = logging.getLogger(__name__)
@@ -41,8 +42,10 @@ class DeliveryReport:
     """What happened to the calls of one :meth:`Transport.deliver`."""
 
     accepted: dict[str, int] = field(default_factory=dict)
-    rejected: int = 0
-    """Items the API refused for good (bad payloads): dropped, counted, logged."""
+    rejected: Counter[str] = field(default_factory=Counter)
+    """Items the API refused for good (bad payloads), by reason: dropped, counted, logged."""
+    detail: str = ""
+    """The last refusal, in words, for the log line."""
     pending: dict[str, list[Payload]] = field(default_factory=dict)
     """Items not delivered in time (outage, deadline, shutdown): owed, for the spool."""
     pending_reason: str | None = None
@@ -58,9 +61,33 @@ class DeliveryReport:
             self.pending_reason = reason
 
 
+Encoder = Callable[[Sequence[Payload]], bytes]
+
+
 def encode_json(items: Sequence[Payload]) -> bytes:
     """Compact UTF-8 JSON; payloads are already JSON-safe (see ``_mapping.json_safe``)."""
     return json.dumps(items, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def fast_encoder() -> Encoder | None:
+    """``orjson`` when installed (the ``fast`` extra): about 8x quicker than ``json``.
+
+    Its output is the same compact JSON; what it refuses (integers past 64 bits) falls back to
+    the standard library, so installing it never changes what is sent.
+    """
+    try:
+        import orjson
+    except ImportError:
+        return None
+    dumps = orjson.dumps
+
+    def encode(items: Sequence[Payload]) -> bytes:
+        try:
+            return dumps(items)
+        except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
+            return encode_json(items)
+
+    return encode
 
 
 def request_headers(config: ExporterConfig) -> dict[str, str]:
@@ -151,13 +178,12 @@ class Transport:
         config: ExporterConfig,
         session: requests.Session | None = None,
         stats: Stats | None = None,
-        drops: DropReporter | None = None,
     ) -> None:
         self._config = config
         self._own_session = session is None
         self._session = session if session is not None else new_session(config.endpoint)
         self._stats = stats if stats is not None else Stats()
-        self._drops = drops if drops is not None else DropReporter()
+        self._encode: Encoder = fast_encoder() or encode_json
         self._headers = request_headers(config)
         self._urls = {name: endpoint_url(config, name) for name in ("identify", "alias", "track")}
         self._closing = threading.Event()
@@ -221,7 +247,7 @@ class Transport:
         stop for now (the rest of the export is owed too), or ``None`` to go on.
         """
         try:
-            body = encode_json(items)
+            body = self._encode(items)
         except (TypeError, ValueError):
             return self._send_each_encodable(endpoint, items, deadline, report)
         try:
@@ -247,11 +273,11 @@ class Transport:
                 return stopped
             return self._send(endpoint, items[middle:], deadline, report)
         reason = error_code or f"http-{status}"
-        report.rejected += 1
+        report.rejected[reason] += 1
         self._stats.drop(reason, 1)
         item = items[0]
         what = item.get("event") or item.get("distinct_id") or endpoint
-        self._drops.report(reason, 1, f"{endpoint} {what!r} refused with HTTP {status} {reason}")
+        report.detail = f"last: {endpoint} {what!r} refused with HTTP {status} {reason}"
         return None
 
     def _send_each_encodable(
@@ -262,9 +288,9 @@ class Transport:
             try:
                 encode_json([item])
             except (TypeError, ValueError):
-                report.rejected += 1
+                report.rejected["unencodable"] += 1
                 self._stats.drop("unencodable", 1)
-                self._drops.report("unencodable", 1, f"{endpoint} item is not JSON-encodable")
+                report.detail = f"last: {endpoint} item is not JSON-encodable"
             else:
                 good.append(item)
         return self._send(endpoint, good, deadline, report) if good else None

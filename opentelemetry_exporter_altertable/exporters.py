@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,7 +29,7 @@ from ._mapping import Calls, MappingOptions, Payload, _freeze, map_log_records, 
 from ._retry import RetryPolicy
 from ._spool import Spool
 from ._stats import DropReporter, Stats, self_metrics
-from ._transport import DeliveryReport, Transport
+from ._transport import CONFIG_ERRORS, DeliveryReport, Transport
 
 _logger = logging.getLogger(__name__)
 _PACKAGE = __name__.rpartition(".")[0]
@@ -130,7 +130,7 @@ class _AltertableExporter:
         self._stats = Stats()
         self._metrics = self_metrics(self._signal, f"{id(self):x}", meter_provider)
         self._drops = DropReporter()
-        self._transport = Transport(self._config, session, self._stats, self._drops)
+        self._transport = Transport(self._config, session, self._stats)
         self._identified = _IdentifyCache()
         self._warn_once = _WarnOnce()
         self._options = MappingOptions(
@@ -163,21 +163,21 @@ class _AltertableExporter:
 
     def stats(self) -> dict[str, object]:
         """Counters since construction, as a plain dict (see the README for each key)."""
-        snapshot = self._stats.snapshot()
-        if self._spool is not None:
-            files, size = self._spool.pending()
-            snapshot["spool_files"] = files
-            snapshot["spool_bytes"] = size
+        if self._spool is None:
+            return self._stats.snapshot()
+        snapshot = self._stats.snapshot(also_dropped=self._spool.lost)
+        snapshot["spool_files"], snapshot["spool_bytes"] = self._spool.pending()
         return snapshot
 
     # ------------------------------------------------------------------ export
 
     def _run(self, count: int, build: Callable[[], Calls]) -> bool:
         """Map, send, spool: True only when every call built was accepted."""
-        if self._shutdown:
-            _logger.debug("export after shutdown ignored (%d records)", count)
-            return False
-        if not self._config.api_key:
+        if self._shutdown or not self._config.api_key:
+            if self._shutdown:
+                _logger.debug("export after shutdown ignored (%d records)", count)
+            if self._metrics is not None:
+                self._metrics.refused(count, "shutdown" if self._shutdown else "no-api-key")
             return False
         if os.getpid() != self._pid:
             self._after_fork()
@@ -189,6 +189,7 @@ class _AltertableExporter:
         try:
             self._stats.add("records_seen", count)
             calls = build()
+            self._stats.add("records_skipped", calls.skipped)
             error_type = self._deliver(calls)
             return error_type is None
         except Exception:  # never raise into the SDK
@@ -225,28 +226,31 @@ class _AltertableExporter:
         return "rejected" if report.rejected else None
 
     def _keep_pending(self, report: DeliveryReport) -> None:
+        """Spool what is still owed, or count it lost; then log this export's drops once."""
+        dropped = Counter(report.rejected)
         owed = sum(len(v) for v in report.pending.values())
-        if not owed:
-            return
-        reason = report.pending_reason or "retryable"
-        kept = 0
-        if self._spool is not None:
-            try:
-                kept = self._spool.put(report.pending, reason=reason)
-            except ValueError as exc:
-                self._disable_spool(exc)
-        if self._spool is not None:
-            self._spool_may_have_files = self._spool_may_have_files or kept > 0
-            self._stats.add("calls_spooled", kept)
-            if kept < owed:
-                self._stats.drop("spool-refused", owed - kept)
-            return
-        self._stats.drop(f"undelivered-{reason}", owed)
-        self._drops.report(
-            f"undelivered ({reason})",
-            owed,
-            f"set {ev.OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR} to keep undelivered calls on disk",
-        )
+        detail = report.detail
+        if owed:
+            reason = report.pending_reason or "retryable"
+            kept = 0
+            if self._spool is not None:
+                try:
+                    kept = self._spool.put(report.pending, reason=_spool_reason(reason))
+                except ValueError as exc:
+                    self._disable_spool(exc)
+                else:
+                    self._spool_may_have_files = self._spool_may_have_files or kept > 0
+                    self._stats.add("calls_spooled", kept)
+                    if kept < owed:
+                        self._stats.drop("spool-refused", owed - kept)
+                        dropped["spool-refused"] += owed - kept
+            if self._spool is None:
+                self._stats.drop(f"undelivered-{reason}", owed)
+                dropped[f"undelivered ({reason})"] += owed
+                detail = (
+                    f"set {ev.OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR} to keep undelivered calls on disk"
+                )
+        self._drops.report(dropped, detail)
 
     def _disable_spool(self, exc: Exception) -> None:
         _logger.error("Altertable spool disabled: %s", exc)
@@ -264,11 +268,15 @@ class _AltertableExporter:
                 return
             report = self._transport.deliver(claim.calls, deadline)
             self._stats.add("calls_replayed", sum(report.accepted.values()))
+            self._drops.report(report.rejected, report.detail)
             if report.pending:
                 if sum(report.accepted.values()) or report.rejected:
                     # Part went through: keep only what is still owed, in a fresh file.
                     claim.done()
-                    self._spool.put(report.pending, reason=report.pending_reason or claim.reason)
+                    reason = report.pending_reason
+                    self._spool.put(
+                        report.pending, reason=_spool_reason(reason) if reason else claim.reason
+                    )
                 else:
                     claim.release()
                 return
@@ -302,6 +310,7 @@ class _AltertableExporter:
             return
         self._shutdown = True
         self._transport.close()
+        self._drops.flush()
         deadline = time.monotonic() + max(0.0, timeout_millis) / 1000
         with self._idle:
             while self._active:
@@ -343,6 +352,11 @@ class AltertableLogExporter(_AltertableExporter, LogRecordExporter):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return True
+
+
+def _spool_reason(reason: str) -> str:
+    """Calls refused for a setting the operator can fix are kept only for a while ("auth")."""
+    return "auth" if reason in CONFIG_ERRORS else "retryable"
 
 
 def _is_own_record(record: ReadableLogRecord) -> bool:

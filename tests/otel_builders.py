@@ -11,6 +11,7 @@ test's outcome.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord
 from opentelemetry.context import Context
-from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler, ReadableLogRecord
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -193,7 +194,12 @@ def logging_bridge_records(
     exporter = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
     provider = LoggerProvider(resource=make_resource(resource), shutdown_on_exit=False)
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
-    handler = LoggingHandler(logger_provider=provider)
+    # Imported here: newer SDKs deprecate this handler in favour of the instrumentation package's.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from opentelemetry.sdk._logs import LoggingHandler
+
+        handler = LoggingHandler(logger_provider=provider)
     std_logger = logging.getLogger("tests.otel_builders.bridge")
     std_logger.setLevel(logging.INFO)
     std_logger.propagate = False

@@ -533,7 +533,7 @@ def test_int_ids_become_strings(field: str, key: str) -> None:
     assert log_track({key: 12345})[field] == "12345"
 
 
-@pytest.mark.parametrize("bad", [1.5, ("u1", "u2"), True, b"u1"])
+@pytest.mark.parametrize("bad", [1.5, ("u1", "u2"), True, (1, 2)])
 def test_non_id_types_are_ignored(bad: Any) -> None:
     track = span_track({"analytics.distinct_id": bad, "enduser.id": "u2"})
     assert track["distinct_id"] == "u2"

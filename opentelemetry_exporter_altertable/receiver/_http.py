@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
 
 from ..version import __version__
+from ._faults import Fault, FaultInjector, FaultPlan
 from ._store import Store, StoreError, new_uuid7
 from ._validation import (
     AliasItem,
@@ -76,6 +77,7 @@ class _Response:
     body: bytes = b""
     items: int | None = None
     close: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def _json_response(status: int, payload: Any, items: int | None = None) -> _Response:
@@ -84,6 +86,11 @@ def _json_response(status: int, payload: Any, items: int | None = None) -> _Resp
 
 def _error_response(error: ApiError, items: int | None = None) -> _Response:
     return _json_response(error.status, error.body(), items)
+
+
+def _fault_response(fault: Fault) -> _Response:
+    error = ApiError(fault.status, fault.error_code, "fault injected by the local receiver")
+    return _Response(fault.status, _error_response(error).body, headers=fault.headers)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -248,7 +255,14 @@ class _Handler(BaseHTTPRequestHandler):
             body = _error_response(exc.error).body
             self._finish(path, _Response(exc.error.status, body, close=True), started)
             return
-        if path == "/health":
+        faults = self._server.faults
+        fault = faults.decide(path) if faults is not None and path in _INGEST_PATHS else None
+        if fault is not None and fault.drop:
+            self.close_connection = True  # no answer at all: the client sees the socket close
+            return
+        if fault is not None:
+            response = _fault_response(fault)
+        elif path == "/health":
             response = _json_response(405, _not_allowed(path, "GET"))
         elif path not in _POST_PATHS:
             response = _json_response(404, _not_found(path))
@@ -327,6 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
         lines.append(f"Content-Length: {len(response.body)}")
         if response.status == 405:
             lines.append("Allow: GET" if path == "/health" else "Allow: POST")
+        lines.extend(f"{name}: {value}" for name, value in response.headers)
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -365,6 +380,7 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     request_queue_size = 128
+    faults: FaultInjector | None = None
 
     def __init__(
         self,
@@ -476,6 +492,7 @@ class LocalReceiver:
     ``altertable.analytics.events`` / ``identities``. ``api_keys=None`` accepts any non-empty
     key; ``environments=None`` accepts any environment. Request lines are logged on the
     ``opentelemetry_exporter_altertable.receiver`` logger at ``request_log_level``.
+    ``faults`` (a ``FaultPlan``) makes ingestion requests fail on purpose, for delivery tests.
     """
 
     def __init__(
@@ -489,6 +506,7 @@ class LocalReceiver:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         request_log_level: int = logging.DEBUG,
         idle_timeout: float = 60.0,
+        faults: FaultPlan | FaultInjector | None = None,
     ) -> None:
         self.db_path = db_path
         self.api_keys = _as_tuple(api_keys, "api_keys")
@@ -499,6 +517,8 @@ class LocalReceiver:
         self.max_body_bytes = max_body_bytes
         self.request_log_level = request_log_level
         self.idle_timeout = idle_timeout
+        self.faults = FaultInjector(faults) if isinstance(faults, FaultPlan) else faults
+        """Injects the given :class:`FaultPlan` into ingestion requests (see ``_faults``)."""
         self._lock = threading.Lock()
         self._store: Store | None = None
         self._server: _Server | None = None
@@ -518,6 +538,9 @@ class LocalReceiver:
             except BaseException:
                 store.close()
                 raise
+            server.faults = self.faults
+            if self.faults is not None:
+                self.faults.begin()
             thread = threading.Thread(
                 target=server.serve,
                 name=f"altertable-receiver-{server.server_port}",
