@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from _sink import ProcessSink, Sink
-
-AnySink = Sink | ProcessSink
 from _spans import (
     batches,
     build_spans,
@@ -77,6 +75,8 @@ QUICK = Sizes(
     burst_untagged=20_000,
     burst_tagged=200,
 )
+
+AnySink = Sink | ProcessSink
 
 
 @dataclass
