@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 LIB_NAME = "opentelemetry-exporter-altertable"
 LIB_VERSION = __version__
+_LIB_PROPERTIES = {"$lib": LIB_NAME, "$lib_version": LIB_VERSION}
 
 #: Property names the API knows; any other ``$`` key makes it refuse the whole request.
 BUILT_IN_PROPERTIES = frozenset(
@@ -58,6 +59,7 @@ _ID_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("device_id", ("analytics.device_id", "device.id")),
     ("session_id", ("analytics.session_id", "session.id")),
 )
+_ID_KEYS = frozenset(key for _, keys in _ID_FIELDS for key in keys)
 # (built-in property, attribute key): looked up on the record, then its span.
 _CONTEXT_FIELDS = (
     ("$url", "url.full"),
@@ -241,6 +243,8 @@ def _has_interest(attrs: Attrs | None) -> bool:
     """Cheap key-only test: could this record produce any call? Most records answer no."""
     if not attrs:
         return False
+    if EVENT_KEY in attrs:  # the common interesting case, in one lookup
+        return True
     for key in attrs:  # noqa: SIM110 (a plain loop beats any() on this hot path)
         if key.startswith(_INTEREST_PREFIXES):
             return True
@@ -310,6 +314,8 @@ class _Builder:
 
     def identity(self, levels: tuple[Attrs, ...], fallback: dict[str, str]) -> dict[str, str]:
         """Each identity field from the first level that has it, else from ``fallback``."""
+        if len(levels) == 1 and _ID_KEYS.isdisjoint(levels[0]):  # one C-level test
+            return dict(fallback)
         ids: dict[str, str] = {}
         for field_name, keys in _ID_FIELDS:
             found: str | None = None
@@ -434,14 +440,13 @@ class _Builder:
                     context[builtin] = parent[key]
         for builtin, raw in context.items():
             if builtin not in properties:  # an explicit analytics.properties.$url wins
-                value = _context_value(raw)
+                value = raw if type(raw) is str and raw.isascii() else _context_value(raw)
                 if value is not None:
                     properties[builtin] = value
         properties.setdefault("$ip", 0)
         if res.release is not None:
             properties.setdefault("$release", res.release)
-        properties["$lib"] = LIB_NAME
-        properties["$lib_version"] = LIB_VERSION
+        properties.update(_LIB_PROPERTIES)
         if res.service_name is not None:
             properties.setdefault("service.name", res.service_name)
         if record.trace_id:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from .._mapping import BUILT_IN_PROPERTIES as _MAPPING_BUILT_INS
+
 __all__ = [
     "BUILT_IN_PROPERTIES",
     "AliasItem",
@@ -46,34 +48,8 @@ __all__ = [
     "parse_track",
 ]
 
-BUILT_IN_PROPERTIES = frozenset(
-    {
-        "$lib",
-        "$lib_version",
-        "$release",
-        "$url",
-        "$referer",
-        "$viewport",
-        "$ip",
-        "$user_agent",
-        "$utm_source",
-        "$utm_medium",
-        "$utm_campaign",
-        "$utm_term",
-        "$utm_content",
-        "$app_name",
-        "$app_version",
-        "$app_build",
-        "$app_namespace",
-        "$device",
-        "$device_type",
-        "$device_manufacturer",
-        "$device_model",
-        "$os",
-        "$os_version",
-        "$screen_name",
-    }
-)
+# The API's built-in property names: one list, shared with the exporter's mapping.
+BUILT_IN_PROPERTIES = _MAPPING_BUILT_INS
 """Property names starting with ``$`` that the API knows; any other ``$`` key is refused."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -1,0 +1,104 @@
+"""Hostile values end to end: every one is delivered as valid JSON, none breaks a batch.
+
+NaN and infinities, NUL, lone surrogates, 1 MB strings, huge integers, deeply nested log
+bodies and reserved ids, exported over real HTTP into the local receiver, whose strict JSON
+parser refuses anything invalid (so a bad byte would show as a refused request).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from opentelemetry.sdk._logs.export import LogRecordExportResult
+from opentelemetry.sdk.trace.export import SpanExportResult
+from otel_builders import emitted_log_record, finished_spans
+
+from opentelemetry_exporter_altertable import (
+    AltertableLogExporter,
+    AltertableSpanExporter,
+    RetryPolicy,
+)
+from opentelemetry_exporter_altertable.receiver import LocalReceiver
+
+KEY = "pk_test_hostile"
+ONE_MB = "x" * (1024 * 1024)
+
+
+def _props(receiver: LocalReceiver, event: str) -> dict[str, Any]:
+    rows = receiver.query(
+        f"SELECT properties FROM altertable.analytics.events WHERE event = '{event}'"
+    )
+    assert len(rows) == 1, rows
+    value = rows[0][0]
+    loaded: dict[str, Any] = json.loads(value) if isinstance(value, str) else value
+    return loaded
+
+
+def test_hostile_span_attributes_are_delivered_as_valid_json() -> None:
+    hostile = {
+        "nan": math.nan,
+        "inf": math.inf,
+        "ninf": -math.inf,
+        "nul": "a\x00b",
+        "surrogate": "x\ud800y",
+        "big": ONE_MB,
+        "floats": [1.5, math.nan, math.inf],
+        "huge_int": 2**62,
+        "$private": "kept without the dollar",
+    }
+    spans = finished_spans(
+        [
+            ("hostile", {"analytics.event": "Hostile", "user.id": "u1", **hostile}, (), 0, 1),
+            ("fine", {"analytics.event": "Fine", "user.id": "u2"}, (), 0, 1),
+            ("reserved", {"analytics.event": "Reserved", "user.id": "anonymous",
+                          "enduser.id": "u3"}, (), 0, 1),
+        ]
+    )  # fmt: skip
+    with LocalReceiver(api_keys=[KEY]) as receiver:
+        exporter = AltertableSpanExporter(
+            api_key=KEY, endpoint=receiver.endpoint, timeout=10, retry=RetryPolicy(total=0)
+        )
+        try:
+            assert exporter.export(spans) is SpanExportResult.SUCCESS
+        finally:
+            exporter.shutdown()
+        props = _props(receiver, "Hostile")
+        assert props["nan"] is None and props["inf"] is None and props["ninf"] is None
+        assert props["nul"] == "a\x00b"
+        assert props["surrogate"] == "x\ufffdy"
+        assert props["big"] == ONE_MB
+        assert props["floats"] == [1.5, None, None]
+        assert props["huge_int"] == 2**62
+        assert props["private"] == "kept without the dollar"
+        assert "$private" not in props
+        ids = dict(receiver.query("SELECT event, distinct_id FROM altertable.analytics.events"))
+        assert ids == {"Hostile": "u1", "Fine": "u2", "Reserved": "u3"}
+
+
+def test_deeply_nested_log_body_is_cut_not_fatal() -> None:
+    deep: Any = "bottom"
+    for _ in range(200):
+        deep = {"down": [deep]}
+    record = emitted_log_record(
+        attributes={"analytics.event": "Deep", "user.id": "u1"},
+        body={"deep": deep, "huge": 10**5000, "bytes": b"\xff\xfe"},
+    )
+    with LocalReceiver(api_keys=[KEY]) as receiver:
+        exporter = AltertableLogExporter(
+            api_key=KEY, endpoint=receiver.endpoint, timeout=10, retry=RetryPolicy(total=0)
+        )
+        try:
+            assert exporter.export([record]) is LogRecordExportResult.SUCCESS
+        finally:
+            exporter.shutdown()
+        props = _props(receiver, "Deep")
+    assert props["huge"] is None  # too long for Python to print: null, not a crash
+    assert props["bytes"] == "\ufffd\ufffd"
+    depth, node = 0, props["deep"]
+    while isinstance(node, dict):
+        node = node["down"][0]
+        depth += 1
+    assert node is None  # cut at the nesting limit
+    assert 10 <= depth < 200
