@@ -160,6 +160,28 @@ def bench_ours(
     return res
 
 
+def bench_ours_stdlib_json(
+    sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any
+) -> Result:
+    """Ours without orjson (the ``fast`` extra): the standard library's ``json`` encodes."""
+    from opentelemetry_exporter_altertable import _transport
+
+    chosen = _transport.fast_encoder
+    _transport.fast_encoder = lambda: None  # as if orjson were not installed
+    try:
+        exporter = _ours(sink.url, args.max_batch_size, args.compression)
+    finally:
+        _transport.fast_encoder = chosen
+    res = Result("ours, stdlib json (no orjson)", "events", sizes.export_batches * BATCH)
+    try:
+        sink.reset()
+        res.rates = _timed(_export_rounds(exporter, pool, sizes.export_batches), sizes.rounds)
+        res.bytes_per_item = _per_item(sink, "/track", (sizes.rounds + 1) * res.per_round)
+    finally:
+        exporter.shutdown()
+    return res
+
+
 def bench_otlp(sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes) -> Result:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -578,6 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios: dict[str, Any] = {}
     with ProcessSink() as sink:
         scenarios["ours"] = bench_ours(sink, tagged_pool, sizes, args)
+        scenarios["ours_stdlib"] = bench_ours_stdlib_json(sink, tagged_pool, sizes, args)
         scenarios["otlp"] = bench_otlp(sink, tagged_pool, sizes)
         scenarios["sdk"] = bench_sdk(sink, payloads, sizes)
         scenarios["floor"] = bench_floor(payloads, sizes, args.max_batch_size)
@@ -589,6 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ours/SDK": _ratio(scenarios["ours"], scenarios["sdk"]),
         "ours/floor": _ratio(scenarios["ours"], scenarios["floor"]),
         "skip/tagged": _ratio(scenarios["skip"], scenarios["ours"]),
+        "orjson/stdlib": _ratio(scenarios["ours"], scenarios["ours_stdlib"]),
     }
     report: dict[str, Any] = {
         "meta": {

@@ -1,7 +1,7 @@
 """Soak test: N tagged spans through the SDK into a faulty receiver; count what arrived.
 
     python benchmarks/soak.py --events 1000000        # make soak
-    python benchmarks/soak.py --quick                 # 20,000 events, 2 s outage, ~10 s
+    python benchmarks/soak.py --quick                 # 20,000 events, 2 s outage, ~5 s
     python benchmarks/soak.py --events 200000 --outage-seconds 10 --seed 7 --json soak.json
 
 What runs where:
@@ -519,6 +519,7 @@ def format_report(result: SoakResult) -> str:
     ex, dr = result.exporter_stats, result.drain_stats
     rate = result.events_ended / result.wall_s if result.wall_s else 0.0
     outage = faults.get("outage_errors", 0) + faults.get("outage_drops", 0)
+    reasons = {**(ex.get("dropped_by_reason") or {}), **(dr.get("dropped_by_reason") or {})}
     lines = [
         f"Altertable soak: {result.events_ended:,} events, seed {cfg['seed']}",
         f"  plan        {cfg['error_rate']:.0%} -> 503 ({cfg['retry_after_rate']:.0%} of them with "
@@ -555,7 +556,7 @@ def format_report(result: SoakResult) -> str:
         f"  calls replayed        {_stat(ex, 'calls_replayed'):>11,}  while running, "
         f"{_stat(dr, 'calls_replayed'):,} in the final drain ({result.drain_exports} exports)",
         f"  calls dropped         {_stat(ex, 'calls_dropped') + _stat(dr, 'calls_dropped'):>11,}"
-        f"  {ex.get('dropped_by_reason') or ''}",
+        + (f"  {reasons}" if reasons else ""),
         f"  spool files left      {result.spool_files_left:>11,}",
         "",
         f"  wall time             {result.wall_s:>10.1f}s  (produce {result.produce_s:.1f}s, "

@@ -140,7 +140,7 @@ class _AltertableExporter:
         self._spool_may_have_files = False
         if self._config.spool_dir:
             try:
-                self._spool = Spool(self._config.spool_dir, max_bytes=self._config.spool_max_bytes)
+                self._spool = self._open_spool()
             except ValueError as exc:  # a directory we must not write to: say so, go on without
                 _logger.error("Altertable spool disabled: %s", exc)
             else:
@@ -156,6 +156,14 @@ class _AltertableExporter:
                 ev.OTEL_EXPORTER_ALTERTABLE_API_KEY,
                 ev.ALTERTABLE_API_KEY,
             )
+
+    def _open_spool(self) -> Spool:
+        # A claim must outlive any export that could still be sending it.
+        return Spool(
+            self._config.spool_dir or "",
+            max_bytes=self._config.spool_max_bytes,
+            stale_claim_age=max(600.0, 4 * self._config.timeout),
+        )
 
     @property
     def config(self) -> ExporterConfig:
@@ -299,10 +307,12 @@ class _AltertableExporter:
         self._identified.reset_after_fork()
         self._warn_once.reset_after_fork()
         if self._spool is not None:
-            self._spool = Spool(
-                self._config.spool_dir or "", max_bytes=self._config.spool_max_bytes
-            )
-            self._spool_may_have_files = True
+            try:
+                self._spool = self._open_spool()
+            except ValueError as exc:
+                self._disable_spool(exc)
+            else:
+                self._spool_may_have_files = True
 
     def _shutdown_exporter(self, timeout_millis: float = 30_000) -> None:
         """Stop: interrupt backoff waits at once, let running exports spool what they owe."""

@@ -91,3 +91,19 @@ def test_the_soak_sees_losses_when_the_spool_cannot_keep_them(soak: Any) -> None
     assert dropped.get("spool-refused", 0) == result.lost, report
     assert not result.passed
     assert "RESULT: FAIL" in report
+
+
+@pytest.mark.slow
+def test_what_shutdown_leaves_in_the_spool_is_replayed_by_the_final_drain(soak: Any) -> None:
+    """The outage outlasts the producer and the provider's shutdown: only the drain delivers."""
+    config = soak.SoakConfig.quick(events=1_000, outage_start=0.0, outage_seconds=3.0)
+    result = soak.run_soak(config)
+    report = soak.format_report(result)
+
+    assert result.lost == 0, report
+    assert result.stored_distinct == 1_000, report
+    assert result.spool_files_left == 0, report
+    assert _stat(result.exporter_stats, "calls_spooled") == 1_000, report
+    assert _stat(result.exporter_stats, "calls_replayed") == 0, report
+    assert _stat(result.drain_stats, "calls_replayed") == 1_000, report
+    assert result.drain_exports >= 2, report  # the first ones still met the outage
