@@ -63,7 +63,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import SpanKind
 
 from opentelemetry_exporter_altertable import AltertableSpanExporter, RetryPolicy
-from opentelemetry_exporter_altertable.receiver._faults import FaultPlan
+from opentelemetry_exporter_altertable.receiver import FaultPlan
 
 API_KEY = "pk_test_soak"
 EVENTS_TABLE = "altertable.analytics.events"
