@@ -147,32 +147,27 @@ def _per_item(sink: AnySink, path: str, items: int) -> float | None:
 
 
 def bench_ours(
-    sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any
+    sink: AnySink,
+    pool: Sequence[list[ReadableSpan]],
+    sizes: Sizes,
+    args: Any,
+    *,
+    stdlib_json: bool = False,
 ) -> Result:
-    exporter = _ours(sink.url, args.max_batch_size, args.compression)
-    res = Result("ours: AltertableSpanExporter -> /track", "events", sizes.export_batches * BATCH)
-    try:
-        sink.reset()
-        res.rates = _timed(_export_rounds(exporter, pool, sizes.export_batches), sizes.rounds)
-        res.bytes_per_item = _per_item(sink, "/track", (sizes.rounds + 1) * res.per_round)
-    finally:
-        exporter.shutdown()
-    return res
-
-
-def bench_ours_stdlib_json(
-    sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any
-) -> Result:
-    """Ours without orjson (the ``fast`` extra): the standard library's ``json`` encodes."""
+    """Ours on tagged spans; ``stdlib_json`` as if orjson (the ``fast`` extra) were absent."""
     from opentelemetry_exporter_altertable import _transport
 
     chosen = _transport.fast_encoder
-    _transport.fast_encoder = lambda: None  # as if orjson were not installed
+    if stdlib_json:
+        _transport.fast_encoder = lambda: None
     try:
         exporter = _ours(sink.url, args.max_batch_size, args.compression)
     finally:
         _transport.fast_encoder = chosen
-    res = Result("ours, stdlib json (no orjson)", "events", sizes.export_batches * BATCH)
+    name = (
+        "ours, stdlib json (no orjson)" if stdlib_json else "ours: AltertableSpanExporter -> /track"
+    )
+    res = Result(name, "events", sizes.export_batches * BATCH)
     try:
         sink.reset()
         res.rates = _timed(_export_rounds(exporter, pool, sizes.export_batches), sizes.rounds)
@@ -600,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios: dict[str, Any] = {}
     with ProcessSink() as sink:
         scenarios["ours"] = bench_ours(sink, tagged_pool, sizes, args)
-        scenarios["ours_stdlib"] = bench_ours_stdlib_json(sink, tagged_pool, sizes, args)
+        scenarios["ours_stdlib"] = bench_ours(sink, tagged_pool, sizes, args, stdlib_json=True)
         scenarios["otlp"] = bench_otlp(sink, tagged_pool, sizes)
         scenarios["sdk"] = bench_sdk(sink, payloads, sizes)
         scenarios["floor"] = bench_floor(payloads, sizes, args.max_batch_size)

@@ -23,7 +23,6 @@ DEFAULT_ENDPOINT = "https://api.altertable.ai"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_BATCH_SIZE = 100
 DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024
-DEFAULT_SPOOL_AUTH_MAX_AGE = 24 * 3600.0
 
 Compression = Literal["gzip"] | None
 _TRUE = frozenset({"1", "true", "yes", "on"})

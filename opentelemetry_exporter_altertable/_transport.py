@@ -51,10 +51,6 @@ class DeliveryReport:
     pending_reason: str | None = None
     """``"retryable"``, or one of :data:`CONFIG_ERRORS` when a setting must be fixed first."""
 
-    @property
-    def complete(self) -> bool:
-        return not self.rejected and not self.pending
-
     def owe(self, endpoint: str, items: Sequence[Payload], reason: str) -> None:
         self.pending.setdefault(endpoint, []).extend(items)
         if self.pending_reason is None or reason in CONFIG_ERRORS:
@@ -70,7 +66,7 @@ def encode_json(items: Sequence[Payload]) -> bytes:
 
 
 def fast_encoder() -> Encoder | None:
-    """``orjson`` when installed (the ``fast`` extra): about 8x quicker than ``json``.
+    """``orjson`` when installed (the ``fast`` extra): about 4x quicker than ``json`` here.
 
     Its output is the same compact JSON; what it refuses (integers past 64 bits) falls back to
     the standard library, so installing it never changes what is sent.

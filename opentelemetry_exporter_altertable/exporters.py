@@ -314,7 +314,11 @@ class _AltertableExporter:
             else:
                 self._spool_may_have_files = True
 
-    def _shutdown_exporter(self, timeout_millis: float = 30_000) -> None:
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Nothing is buffered here (the processor batches), so there is nothing to wait for."""
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **_: Any) -> None:
         """Stop: interrupt backoff waits at once, let running exports spool what they owe."""
         if self._shutdown:
             return
@@ -338,12 +342,6 @@ class AltertableSpanExporter(_AltertableExporter, SpanExporter):
         ok = self._run(len(spans), lambda: map_spans(spans, self._options))
         return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
 
-    def shutdown(self, timeout_millis: float = 30_000, **_: Any) -> None:
-        self._shutdown_exporter(timeout_millis)
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Nothing is buffered here (the processor batches), so there is nothing to wait for."""
-        return True
 
 
 class AltertableLogExporter(_AltertableExporter, LogRecordExporter):
@@ -356,12 +354,6 @@ class AltertableLogExporter(_AltertableExporter, LogRecordExporter):
         records = [r for r in batch if not _is_own_record(r)]
         ok = self._run(len(records), lambda: map_log_records(records, self._options))
         return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
-
-    def shutdown(self, timeout_millis: float = 30_000, **_: Any) -> None:
-        self._shutdown_exporter(timeout_millis)
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return True
 
 
 def _spool_reason(reason: str) -> str:

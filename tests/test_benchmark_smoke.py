@@ -1,0 +1,32 @@
+"""The benchmark still runs end to end (its figures are read by people, not asserted here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_benchmark_produces_every_scenario(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_export.py"), "--quick",
+         "--no-memory", "--no-burst", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert {"ours", "ours_stdlib", "otlp", "sdk", "floor", "skip"} <= set(report["scenarios"])
+    for name in ("ours", "otlp", "sdk", "floor", "skip"):
+        assert max(report["scenarios"][name]["rates"]) > 0, name
+    assert set(report["ratios"]) >= {"ours/OTLP", "ours/SDK", "ours/floor", "skip/tagged"}
+    assert "ours/OTLP" in result.stdout
