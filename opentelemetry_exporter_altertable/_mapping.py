@@ -97,7 +97,6 @@ Attrs = Mapping[str, Any]
 Payload = dict[str, Any]
 WarningHook = Callable[[str, str], None]
 _EMPTY: Attrs = {}
-_EMPTY_CONTEXT: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -376,7 +375,7 @@ class _Builder:
         tag = attrs.get(EVENT_KEY)
         event = record.name if tag is True else tag if isinstance(tag, str) else None
         properties: dict[str, Any] | None = None
-        context: dict[str, Any] = _EMPTY_CONTEXT
+        context: dict[str, Any] = {}
         if event:
             properties, own_traits, context = _scan_track(record, self._key_classes)
         else:

@@ -13,12 +13,10 @@ import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-#: HTTP statuses worth another attempt: the server may answer differently later.
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-
 
 def is_retryable_status(status: int) -> bool:
-    return status in RETRYABLE_STATUSES or 500 <= status <= 599
+    """408, 429 and every 5xx: the server may answer differently later."""
+    return status in (408, 429) or 500 <= status <= 599
 
 
 @dataclass(frozen=True)
