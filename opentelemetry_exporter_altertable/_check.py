@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import requests
 
 from . import environment_variables as ev
+from ._api import LIB_NAME, LIB_VERSION
 from ._config import ExporterConfig
-from ._mapping import LIB_NAME, LIB_VERSION, format_timestamp
+from ._mapping import format_timestamp
 from ._transport import endpoint_url, new_session, request_headers
 
 

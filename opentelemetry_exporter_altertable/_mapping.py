@@ -17,35 +17,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from .version import __version__
+from ._api import BUILT_IN_PROPERTIES, LIB_NAME, LIB_VERSION, is_reserved_id
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import ReadableLogRecord
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import Event, ReadableSpan
 
-LIB_NAME = "opentelemetry-exporter-altertable"
-LIB_VERSION = __version__
 _LIB_PROPERTIES = {"$lib": LIB_NAME, "$lib_version": LIB_VERSION}
-
-#: Property names the API knows; any other ``$`` key makes it refuse the whole request.
-BUILT_IN_PROPERTIES = frozenset(
-    {
-        "$lib", "$lib_version", "$release", "$url", "$referer", "$viewport", "$ip",
-        "$user_agent", "$utm_source", "$utm_medium", "$utm_campaign", "$utm_term",
-        "$utm_content", "$app_name", "$app_version", "$app_build", "$app_namespace",
-        "$device", "$device_type", "$device_manufacturer", "$device_model", "$os",
-        "$os_version", "$screen_name",
-    }
-)  # fmt: skip
-
-_RESERVED_IDS_CASELESS = frozenset(
-    {
-        "anonymous_id", "anonymous", "distinct_id", "distinctid", "false", "guest", "id",
-        "not_authenticated", "true", "undefined", "user_id", "user", "visitor_id", "visitor",
-    }
-)  # fmt: skip
-_RESERVED_IDS_EXACT = frozenset({"[object Object]", "0", "NaN", "none", "None", "null"})
 
 EVENT_KEY = "analytics.event"
 ALIAS_KEY = "analytics.alias"
@@ -135,11 +114,6 @@ class Calls:
 
 
 # --------------------------------------------------------------------------- values
-
-
-def is_reserved_id(value: str) -> bool:
-    """True for the placeholder ids the API must never receive as a user id."""
-    return value in _RESERVED_IDS_EXACT or value.lower() in _RESERVED_IDS_CASELESS
 
 
 def _clean_str(value: str) -> str:

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 
+from ._api import LIB_NAME
+
 _logger = logging.getLogger(__name__)
 
 #: Counter names, for documentation and for ``stats()`` keys that always exist.
@@ -125,7 +127,7 @@ class SelfMetrics:
 
     def __init__(self, signal: str, component_name: str, meter_provider: MeterProvider) -> None:
         unit = "{span}" if signal == "span" else "{log_record}"
-        meter = meter_provider.get_meter("opentelemetry-exporter-altertable")
+        meter = meter_provider.get_meter(LIB_NAME)
         component_type = f"altertable_{signal}_exporter"
         self._attrs: dict[str, str] = {
             "otel.component.type": component_type,

@@ -21,16 +21,16 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from . import _api
 from . import environment_variables as ev
 from ._config import ExporterConfig
 from ._retry import is_retryable_status, parse_retry_after
 from ._stats import Stats
-from .version import __version__
 
 _logger = logging.getLogger(__name__)
 
 Payload = dict[str, Any]
-USER_AGENT = f"opentelemetry-exporter-altertable/{__version__}"
+USER_AGENT = _api.USER_AGENT
 
 #: Why the rest of an export was not sent: the key is wrong, the environment is unknown, or
 #: the endpoint does not exist. An operator can fix these; until then the calls are owed.

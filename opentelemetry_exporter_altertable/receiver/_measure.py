@@ -10,6 +10,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from .._api import LIB_NAME
 from ..version import __version__
 
 __all__ = ["measure_ingest"]
@@ -35,7 +36,7 @@ def _events(n_events: int) -> list[dict[str, Any]]:
                     "service.name": "checkout",
                     "otel.trace_id": f"{i:032x}",
                     "otel.span_id": f"{i:016x}",
-                    "$lib": "opentelemetry-exporter-altertable",
+                    "$lib": LIB_NAME,
                     "$lib_version": __version__,
                     "$ip": 0,
                 },

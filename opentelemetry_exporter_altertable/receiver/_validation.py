@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .._mapping import BUILT_IN_PROPERTIES as _MAPPING_BUILT_INS
+from .._api import BUILT_IN_PROPERTIES as _MAPPING_BUILT_INS
 
 __all__ = [
     "BUILT_IN_PROPERTIES",
