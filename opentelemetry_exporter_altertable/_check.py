@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import requests
 
 from . import environment_variables as ev
+from ._answers import read_answer
 from ._api import LIB_NAME, LIB_VERSION
 from ._config import ExporterConfig
 from ._mapping import format_timestamp
@@ -74,30 +75,25 @@ def run_check(
     finally:
         if own:
             http.close()
-    try:
-        data = response.json() if response.content else {}
-    except ValueError:
-        data = {}
-    code = None
-    if isinstance(data, dict):
-        code = data.get("error_code") or data.get("error")
-    status = response.status_code
-    if status in (401, 403):
+    answer = read_answer(response.status_code, response.content)
+    code = answer.code
+    status = answer.status
+    if answer.setting_error == "auth":
         return CheckResult(
             False,
             f"wrong API key (HTTP {status})",
             f"Altertable refused the key: set {ev.OTEL_EXPORTER_ALTERTABLE_API_KEY} to a valid "
             "ingestion key from your project settings.",
         )
-    if code == "environment-not-found":
+    if answer.setting_error == "environment-not-found":
         return CheckResult(
             False,
             f"unknown environment {environment!r}",
             f"Create it in Altertable, or set {ev.OTEL_EXPORTER_ALTERTABLE_ENVIRONMENT} to an "
             "existing one (e.g. production).",
         )
-    if 200 <= status < 300 and not (isinstance(data, dict) and data.get("ok") is False):
-        task = data.get("task_id") if isinstance(data, dict) else None
+    if answer.accepted:
+        task = answer.data.get("task_id") if answer.data is not None else None
         return CheckResult(
             True,
             f"OK: {config.endpoint} accepted a test event in environment {environment!r}",

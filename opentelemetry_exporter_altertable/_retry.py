@@ -1,7 +1,9 @@
-"""When to retry and how long to wait: a small, explicit policy object.
+"""The retry policy and the one classification of transient errors.
 
-The export's deadline bounds every wait; this policy only says how many attempts a batch may
-make and how the backoff grows. Defaults follow the official Altertable SDKs (exponential
+Whether a failure is worth another attempt is decided here and nowhere else: the transport asks
+:func:`is_retryable_status` of an answer and :func:`is_transient_error` of an exception. The
+export's deadline bounds every wait; :class:`RetryPolicy` only says how many attempts a batch
+may make and how the backoff grows. Defaults follow the official Altertable SDKs (exponential
 backoff with jitter) and add what they lack: ``Retry-After`` is honoured.
 """
 
@@ -13,10 +15,35 @@ import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
+import requests
+
+#: Statuses that say "not now" rather than "not this": the request timed out (408), the
+#: client is throttled (429), or the server failed (5xx).
+RETRYABLE_STATUSES = frozenset({408, 429, *range(500, 600)})
+
+
+class AnswerTimeout(TimeoutError):
+    """Our own timeout: the answer's body did not arrive before the export's deadline."""
+
 
 def is_retryable_status(status: int) -> bool:
-    """408, 429 and every 5xx: the server may answer differently later."""
-    return status in (408, 429) or 500 <= status <= 599
+    """True when an answer with this status may come out differently if sent again.
+
+    408, 429 and every 5xx. Every other status is final for this request: a 2xx is accepted,
+    a 4xx is about the request or its items and would only be refused again.
+    """
+    return status in RETRYABLE_STATUSES
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """True when an exception raised while sending means "try again later".
+
+    The connection could not be made or broke (``requests.ConnectionError``), the server was
+    too slow (``requests.Timeout``), or the answer trickled past the deadline
+    (:class:`AnswerTimeout`). Anything else (an invalid URL, a proxy misconfiguration) will
+    fail the same way on every attempt.
+    """
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, AnswerTimeout))
 
 
 @dataclass(frozen=True)

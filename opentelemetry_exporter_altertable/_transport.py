@@ -23,8 +23,9 @@ from requests.adapters import HTTPAdapter
 
 from . import _api
 from . import environment_variables as ev
+from ._answers import CONFIG_ERRORS, config_error, read_answer
 from ._config import ExporterConfig
-from ._retry import is_retryable_status, parse_retry_after
+from ._retry import AnswerTimeout, is_retryable_status, is_transient_error, parse_retry_after
 from ._stats import Stats
 
 _logger = logging.getLogger(__name__)
@@ -32,9 +33,7 @@ _logger = logging.getLogger(__name__)
 Payload = dict[str, Any]
 USER_AGENT = _api.USER_AGENT
 
-#: Why the rest of an export was not sent: the key is wrong, the environment is unknown, or
-#: the endpoint does not exist. An operator can fix these; until then the calls are owed.
-CONFIG_ERRORS = frozenset({"auth", "environment-not-found", "endpoint-not-found"})
+__all__ = ["CONFIG_ERRORS", "DeliveryReport", "Transport"]
 
 
 @dataclass
@@ -120,10 +119,6 @@ def new_session(endpoint: str, pool_size: int = 16) -> requests.Session:
     return session
 
 
-class _BodyTimeout(Exception):
-    """The answer's body did not arrive before the export's deadline."""
-
-
 def _read_body(response: requests.Response, deadline: float) -> None:
     """Read a streamed answer whole, but never past ``deadline``.
 
@@ -141,7 +136,7 @@ def _read_body(response: requests.Response, deadline: float) -> None:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise _BodyTimeout("the answer did not arrive before the deadline")
+                raise AnswerTimeout("the answer did not arrive before the deadline")
             sock = getattr(getattr(raw, "connection", None), "sock", None)
             if sock is not None:
                 sock.settimeout(left)
@@ -149,12 +144,12 @@ def _read_body(response: requests.Response, deadline: float) -> None:
             if not chunk:
                 break
             chunks.append(chunk)
-    except _BodyTimeout:
+    except AnswerTimeout:
         response.close()
         raise
     except OSError as exc:  # socket timeout or reset while reading
         response.close()
-        raise _BodyTimeout(str(exc)) from exc
+        raise AnswerTimeout(str(exc)) from exc
     response._content = b"".join(chunks)  # what response.json() reads
 
 
@@ -255,7 +250,7 @@ class Transport:
             report.accepted[endpoint] = report.accepted.get(endpoint, 0) + len(items)
             self._stats.add("calls_exported", len(items))
             return None
-        stop_reason = _config_error(status, error_code)
+        stop_reason = config_error(status, error_code)
         if stop_reason is not None:
             self._tell_config_error(stop_reason, status, error_code)
             report.owe(endpoint, items, stop_reason)
@@ -324,16 +319,16 @@ class Transport:
                     allow_redirects=False,
                 )
                 _read_body(response, deadline)
-            except (requests.ConnectionError, requests.Timeout, _BodyTimeout) as exc:
+            except (requests.RequestException, AnswerTimeout) as exc:
+                if not is_transient_error(exc):  # invalid URL, proxy misconfiguration...
+                    self._tell_once("request-error", "Altertable request failed: %s", exc)
+                    raise _Stop("retryable") from None
                 failure = type(exc).__name__
-            except requests.RequestException as exc:  # invalid URL, proxy misconfiguration...
-                self._tell_once("request-error", "Altertable request failed: %s", exc)
-                raise _Stop("retryable") from None
             else:
                 self._stats.add("requests")
                 status = response.status_code
                 if not is_retryable_status(status):
-                    return status, _error_code(response)
+                    return status, read_answer(status, response.content).error_code
                 failure = f"HTTP {status}"
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if retry_number >= policy.total:
@@ -400,38 +395,3 @@ class Transport:
                 status,
                 ev.OTEL_EXPORTER_ALTERTABLE_ENDPOINT,
             )
-
-
-def _config_error(status: int, error_code: str | None) -> str | None:
-    """Which setting is wrong, if the answer says one is."""
-    if status in (401, 403):
-        return "auth"
-    if error_code == "environment-not-found":
-        return "environment-not-found"
-    if status in (404, 405) or 300 <= status < 400:
-        return "endpoint-not-found"
-    return None
-
-
-def _error_code(response: requests.Response) -> str | None:
-    """The refusal's code, or ``None`` for an acceptance.
-
-    Reads ``error_code`` falling back to ``error`` (the two shapes the API family uses), and
-    treats a 2xx whose body says ``"ok": false`` as a refusal.
-    """
-    status = response.status_code
-    try:
-        data = response.json() if response.content else None
-    except ValueError:
-        data = None
-    code: str | None = None
-    ok: object = None
-    if isinstance(data, dict):
-        ok = data.get("ok")
-        raw = data.get("error_code") or data.get("error")
-        code = str(raw) if raw else None
-    if 200 <= status < 300:
-        if ok is False:
-            return code or "ok-false"
-        return None
-    return code or f"http-{status}"

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, TextIO
 
+from . import environment_variables as ev
 from .version import __version__
 
 __all__ = ["build_parser", "main"]
@@ -29,7 +30,7 @@ DEFAULT_PORT = 15001
 DEFAULT_ENDPOINT = f"http://127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_DB = "altertable-local.duckdb"
 LOCAL_API_KEY = "local"
-_API_KEY_VARIABLES = ("OTEL_EXPORTER_ALTERTABLE_API_KEY", "ALTERTABLE_API_KEY")
+_API_KEY_VARIABLES = (ev.OTEL_EXPORTER_ALTERTABLE_API_KEY, ev.ALTERTABLE_API_KEY)
 
 
 class CommandError(Exception):
@@ -46,7 +47,7 @@ def _add_serve(subparsers: Any) -> None:
         description=(
             "Accept POST /track, /identify and /alias as the Altertable API does and store "
             "them in DuckDB as altertable.analytics.events and .identities. Point an exporter "
-            f"at it with OTEL_EXPORTER_ALTERTABLE_ENDPOINT={DEFAULT_ENDPOINT}."
+            f"at it with {ev.OTEL_EXPORTER_ALTERTABLE_ENDPOINT}={DEFAULT_ENDPOINT}."
         ),
     )
     parser.add_argument(
@@ -116,7 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"  environments: {', '.join(sorted(receiver.environments or ()))}", flush=True)
         print(f"  API keys:     {keys}", flush=True)
         print(
-            f"  export with:  OTEL_EXPORTER_ALTERTABLE_ENDPOINT={receiver.endpoint}\n"
+            f"  export with:  {ev.OTEL_EXPORTER_ALTERTABLE_ENDPOINT}={receiver.endpoint}\n"
             f'  query with:   {PROG} query "SELECT * FROM altertable.analytics.events"\n'
             "  Ctrl-C stops it.",
             flush=True,
@@ -186,8 +187,8 @@ def _add_query(subparsers: Any) -> None:
     parser.add_argument(
         "--api-key",
         default=None,
-        help="key for the receiver (default: $OTEL_EXPORTER_ALTERTABLE_API_KEY, "
-        f"then $ALTERTABLE_API_KEY, then {LOCAL_API_KEY!r})",
+        help=f"key for the receiver (default: ${ev.OTEL_EXPORTER_ALTERTABLE_API_KEY}, "
+        f"then ${ev.ALTERTABLE_API_KEY}, then {LOCAL_API_KEY!r})",
     )
     parser.add_argument(
         "--db", metavar="PATH", help="open this DuckDB file instead of asking a receiver"
@@ -255,7 +256,7 @@ def _query_endpoint(
     if response.status_code == 401:
         raise CommandError(
             f"the receiver at {endpoint} refused the API key; pass one it accepts with --api-key "
-            "(or OTEL_EXPORTER_ALTERTABLE_API_KEY)"
+            f"(or {ev.OTEL_EXPORTER_ALTERTABLE_API_KEY})"
         )
     if response.status_code in (404, 405):
         raise CommandError(
@@ -367,7 +368,7 @@ def _add_check(subparsers: Any) -> None:
         "check",
         help="send one test event with your exporter settings and explain the answer",
         description=(
-            "Uses the exporters' settings (OTEL_EXPORTER_ALTERTABLE_API_KEY, _ENDPOINT, "
+            f"Uses the exporters' settings ({ev.OTEL_EXPORTER_ALTERTABLE_API_KEY}, _ENDPOINT, "
             "_ENVIRONMENT, _TIMEOUT...; options override them), sends one event with "
             "sync=true and says what the answer means: OK, wrong key, unknown environment, "
             "unreachable endpoint, TLS error."

@@ -1,8 +1,8 @@
-"""The two exporters: mapping in, transport (and spool) out; thin on purpose.
+"""The two exporters: configuration, the export run and the lifecycle; thin on purpose.
 
-``export`` never raises into the SDK and never runs past ``timeout``: every failure becomes a
-log line, a counter and a ``FAILURE`` result, and what is still owed goes to the spool when one
-is configured.
+Records go through the mapping into calls, the calls through the transport, and whatever is
+still owed to the backlog (spool). ``export`` never raises into the SDK and never runs past
+``timeout``: every failure becomes a log line, a counter and a ``FAILURE`` result.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,18 +24,15 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from . import environment_variables as ev
+from ._backlog import Backlog
 from ._config import ExporterConfig, resolve_config
 from ._mapping import Calls, MappingOptions, Payload, _freeze, map_log_records, map_spans
 from ._retry import RetryPolicy
-from ._spool import Spool
 from ._stats import DropReporter, Stats, self_metrics
-from ._transport import CONFIG_ERRORS, DeliveryReport, Transport
+from ._transport import Transport
 
 _logger = logging.getLogger(__name__)
 _PACKAGE = __name__.rpartition(".")[0]
-
-#: How many spooled files one export may replay before sending its own calls.
-_REPLAY_FILES_PER_EXPORT = 8
 
 
 class _WarnOnce:
@@ -95,7 +92,7 @@ class _IdentifyCache:
 
 
 class _AltertableExporter:
-    """What both exporters share: configuration, delivery, spool, counters, lifecycle."""
+    """What both exporters share: configuration, the export run, counters, lifecycle."""
 
     _signal = "span"
 
@@ -136,15 +133,7 @@ class _AltertableExporter:
         self._options = MappingOptions(
             environment=self._config.environment, on_warning=self._warn_once
         )
-        self._spool: Spool | None = None
-        self._spool_may_have_files = False
-        if self._config.spool_dir:
-            try:
-                self._spool = self._open_spool()
-            except ValueError as exc:  # a directory we must not write to: say so, go on without
-                _logger.error("Altertable spool disabled: %s", exc)
-            else:
-                self._spool_may_have_files = True
+        self._backlog = Backlog(self._config, self._stats, self._drops)
         self._shutdown = False
         self._idle = threading.Condition()
         self._active = 0
@@ -157,25 +146,13 @@ class _AltertableExporter:
                 ev.ALTERTABLE_API_KEY,
             )
 
-    def _open_spool(self) -> Spool:
-        # A claim must outlive any export that could still be sending it.
-        return Spool(
-            self._config.spool_dir or "",
-            max_bytes=self._config.spool_max_bytes,
-            stale_claim_age=max(600.0, 4 * self._config.timeout),
-        )
-
     @property
     def config(self) -> ExporterConfig:
         return self._config
 
     def stats(self) -> dict[str, object]:
         """Counters since construction, as a plain dict (see the README for each key)."""
-        if self._spool is None:
-            return self._stats.snapshot()
-        snapshot = self._stats.snapshot(also_dropped=self._spool.lost)
-        snapshot["spool_files"], snapshot["spool_bytes"] = self._spool.pending()
-        return snapshot
+        return self._backlog.stats(self._stats)
 
     # ------------------------------------------------------------------ export
 
@@ -217,78 +194,17 @@ class _AltertableExporter:
         if calls.identifies:
             calls.identifies = self._identified.unseen(calls.identifies)
         self._stats.add("calls_built", len(calls))
-        if self._spool is not None and self._spool_may_have_files:
-            try:
-                self._replay(deadline)
-            except ValueError as exc:  # the spool directory became unsafe to use
-                self._disable_spool(exc)
+        self._backlog.replay(self._transport, deadline)
         by_endpoint = calls.by_endpoint()
         if not by_endpoint:
             return None
         report = self._transport.deliver(by_endpoint, deadline)
         if calls.identifies and "identify" not in report.pending and not report.rejected:
             self._identified.remember(calls.identifies)
-        self._keep_pending(report)
+        self._backlog.keep(report)
         if report.pending:
             return report.pending_reason or "retryable"
         return "rejected" if report.rejected else None
-
-    def _keep_pending(self, report: DeliveryReport) -> None:
-        """Spool what is still owed, or count it lost; then log this export's drops once."""
-        dropped = Counter(report.rejected)
-        owed = sum(len(v) for v in report.pending.values())
-        detail = report.detail
-        if owed:
-            reason = report.pending_reason or "retryable"
-            kept = 0
-            if self._spool is not None:
-                try:
-                    kept = self._spool.put(report.pending, reason=_spool_reason(reason))
-                except ValueError as exc:
-                    self._disable_spool(exc)
-                else:
-                    self._spool_may_have_files = self._spool_may_have_files or kept > 0
-                    self._stats.add("calls_spooled", kept)
-                    if kept < owed:
-                        self._stats.drop("spool-refused", owed - kept)
-                        dropped["spool-refused"] += owed - kept
-            if self._spool is None:
-                self._stats.drop(f"undelivered-{reason}", owed)
-                dropped[f"undelivered ({reason})"] += owed
-                detail = (
-                    f"set {ev.OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR} to keep undelivered calls on disk"
-                )
-        self._drops.report(dropped, detail)
-
-    def _disable_spool(self, exc: Exception) -> None:
-        _logger.error("Altertable spool disabled: %s", exc)
-        self._spool = None
-
-    def _replay(self, deadline: float) -> None:
-        """Re-send spooled calls, oldest first, while the API accepts them."""
-        assert self._spool is not None
-        for _ in range(_REPLAY_FILES_PER_EXPORT):
-            if time.monotonic() >= deadline or self._transport.closed:
-                return
-            claim = self._spool.claim()
-            if claim is None:
-                self._spool_may_have_files = False
-                return
-            report = self._transport.deliver(claim.calls, deadline)
-            self._stats.add("calls_replayed", sum(report.accepted.values()))
-            self._drops.report(report.rejected, report.detail)
-            if report.pending:
-                if sum(report.accepted.values()) or report.rejected:
-                    # Part went through: keep only what is still owed, in a fresh file.
-                    claim.done()
-                    reason = report.pending_reason
-                    self._spool.put(
-                        report.pending, reason=_spool_reason(reason) if reason else claim.reason
-                    )
-                else:
-                    claim.release()
-                return
-            claim.done()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -306,13 +222,7 @@ class _AltertableExporter:
         self._drops.reset_after_fork()
         self._identified.reset_after_fork()
         self._warn_once.reset_after_fork()
-        if self._spool is not None:
-            try:
-                self._spool = self._open_spool()
-            except ValueError as exc:
-                self._disable_spool(exc)
-            else:
-                self._spool_may_have_files = True
+        self._backlog.after_fork()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Nothing is buffered here (the processor batches), so there is nothing to wait for."""
@@ -354,11 +264,6 @@ class AltertableLogExporter(_AltertableExporter, LogRecordExporter):
         records = [r for r in batch if not _is_own_record(r)]
         ok = self._run(len(records), lambda: map_log_records(records, self._options))
         return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
-
-
-def _spool_reason(reason: str) -> str:
-    """Calls refused for a setting the operator can fix are kept only for a while ("auth")."""
-    return "auth" if reason in CONFIG_ERRORS else "retryable"
 
 
 def _is_own_record(record: ReadableLogRecord) -> bool:

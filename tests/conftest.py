@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -76,6 +77,14 @@ def spans() -> Callable[..., list[ReadableSpan]]:
 def api_key() -> str:
     """The key every ``make_exporter`` exporter uses (distinctive, to search logs for it)."""
     return FAKE_API_KEY
+
+
+@pytest.fixture
+def no_altertable_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``OTEL_EXPORTER_ALTERTABLE_*`` / ``ALTERTABLE_*`` setting leaks in from the shell."""
+    for name in list(os.environ):
+        if name.startswith(("OTEL_EXPORTER_ALTERTABLE_", "ALTERTABLE_")):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)

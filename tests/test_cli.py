@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from loopback import closed_port
 
 from opentelemetry_exporter_altertable.cli import _print_table, main
 
@@ -101,12 +102,6 @@ def send_purchases(endpoint: str, key: str = "local") -> None:
         endpoint + "/track", json=events, headers={"X-API-Key": key}, timeout=10
     )
     assert response.status_code == 200, response.text
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_serve_then_query_as_table_and_json(

@@ -7,14 +7,13 @@ SDK's own finished spans are kept too, to see what the helpers wrote on them.
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from faultserver import FaultServer
+from loopback import answered
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -25,26 +24,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
 from opentelemetry_exporter_altertable import AltertableSpanExporter, alias, identify, track
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("OTEL_EXPORTER_ALTERTABLE_", "ALTERTABLE_")):
-            monkeypatch.delenv(name)
-
-
-def answered(
-    receiver: LocalReceiver, path: str, expected: int, timeout: float = 2.0
-) -> int:
-    """Requests the receiver answered on ``path`` with 200, once it has counted ``expected``.
-
-    The receiver counts a request just after writing its response, so right after an export
-    the count may still lag by one: wait (briefly) for it to settle.
-    """
-    deadline = time.monotonic() + timeout
-    while receiver.requests[(path, 200)] < expected and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return receiver.requests[(path, 200)]
+pytestmark = pytest.mark.usefixtures("no_altertable_settings")
 
 
 @dataclass

@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 import requests
 from faultserver import FaultServer
+from loopback import answered, refusing_endpoint
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_builders import finished_spans
@@ -37,19 +37,13 @@ SUBPROCESS_TIMEOUT = 60.0
 NO_RETRY = RetryPolicy(total=0)
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("OTEL_EXPORTER_ALTERTABLE_", "ALTERTABLE_")):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_altertable_settings")
 
 
 @pytest.fixture
 def closed_endpoint() -> Iterator[str]:
-    """A loopback port that refuses connections: bound (so no one else takes it), not listening."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with refusing_endpoint() as endpoint:
+        yield endpoint
 
 
 def _spans(*names: str, **attributes: Any) -> list[ReadableSpan]:
@@ -70,20 +64,6 @@ def _spool_files(directory: Path) -> list[Path]:
 def _events(receiver: LocalReceiver) -> Counter[str]:
     rows = receiver.query("SELECT event FROM altertable.analytics.events")
     return Counter(row[0] for row in rows)
-
-
-def answered(
-    receiver: LocalReceiver, path: str, expected: int, timeout: float = 2.0
-) -> int:
-    """Requests the receiver answered on ``path`` with 200, once it has counted ``expected``.
-
-    The receiver counts a request just after writing its response, so right after an export
-    the count may still lag by one: wait (briefly) for it to settle.
-    """
-    deadline = time.monotonic() + timeout
-    while receiver.requests[(path, 200)] < expected and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return receiver.requests[(path, 200)]
 
 
 def _wait_for_child(pid: int, timeout: float) -> int:

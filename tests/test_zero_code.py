@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from faultserver import FaultServer, hang
+from loopback import answered
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
@@ -58,20 +59,6 @@ EMPTY_APP = "print('done')\n"
 def receiver() -> Iterator[LocalReceiver]:
     with LocalReceiver() as r:
         yield r
-
-
-def answered(
-    receiver: LocalReceiver, path: str, expected: int, timeout: float = 2.0
-) -> int:
-    """Requests the receiver answered on ``path`` with 200, once it has counted ``expected``.
-
-    The receiver counts a request just after writing its response, so right after an export
-    the count may still lag by one: wait (briefly) for it to settle.
-    """
-    deadline = time.monotonic() + timeout
-    while receiver.requests[(path, 200)] < expected and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return receiver.requests[(path, 200)]
 
 
 def _clean_environment() -> dict[str, str]:

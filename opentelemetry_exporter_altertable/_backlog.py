@@ -1,0 +1,137 @@
+"""What is owed: the spool, replaying it, keeping the calls an export could not deliver.
+
+The exporter hands every :class:`DeliveryReport` here. Calls still owed go to the spool when one
+is configured (and safe to use), else they are counted as dropped; spooled calls are re-sent,
+oldest first, before an export sends its own. A spool directory that turns unsafe disables the
+spool for good, with one error, rather than failing exports.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+from . import environment_variables as ev
+from ._answers import CONFIG_ERRORS
+from ._config import ExporterConfig
+from ._spool import Spool
+from ._stats import DropReporter, Stats
+from ._transport import DeliveryReport, Transport
+
+_logger = logging.getLogger(__name__)
+
+#: How many spooled files one export may replay before sending its own calls.
+REPLAY_FILES_PER_EXPORT = 8
+
+
+def spool_reason(reason: str) -> str:
+    """Calls refused for a setting the operator can fix are kept only for a while ("auth")."""
+    return "auth" if reason in CONFIG_ERRORS else "retryable"
+
+
+class Backlog:
+    """The calls an exporter still owes, and the spool that keeps them across exports."""
+
+    def __init__(self, config: ExporterConfig, stats: Stats, drops: DropReporter) -> None:
+        self._config = config
+        self._stats = stats
+        self._drops = drops
+        self._spool: Spool | None = None
+        self._may_have_files = False
+        if config.spool_dir:
+            self._open()
+
+    def _open(self) -> None:
+        try:
+            # A claim must outlive any export that could still be sending it.
+            self._spool = Spool(
+                self._config.spool_dir or "",
+                max_bytes=self._config.spool_max_bytes,
+                stale_claim_age=max(600.0, 4 * self._config.timeout),
+            )
+        except ValueError as exc:  # a directory we must not write to: say so, go on without
+            self._disable(exc)
+        else:
+            self._may_have_files = True
+
+    def _disable(self, exc: Exception) -> None:
+        _logger.error("Altertable spool disabled: %s", exc)
+        self._spool = None
+
+    @property
+    def spool(self) -> Spool | None:
+        """The spool in use, or ``None`` (not configured, or disabled)."""
+        return self._spool
+
+    def stats(self, stats: Stats) -> dict[str, object]:
+        """``stats``' snapshot with the spool's own figures (its losses, what it holds)."""
+        if self._spool is None:
+            return stats.snapshot()
+        snapshot = stats.snapshot(also_dropped=self._spool.lost)
+        snapshot["spool_files"], snapshot["spool_bytes"] = self._spool.pending()
+        return snapshot
+
+    def replay(self, transport: Transport, deadline: float) -> None:
+        """Re-send spooled calls, oldest first, while the API accepts them."""
+        if self._spool is None or not self._may_have_files:
+            return
+        try:
+            self._replay(self._spool, transport, deadline)
+        except ValueError as exc:  # the spool directory became unsafe to use
+            self._disable(exc)
+
+    def _replay(self, spool: Spool, transport: Transport, deadline: float) -> None:
+        for _ in range(REPLAY_FILES_PER_EXPORT):
+            if time.monotonic() >= deadline or transport.closed:
+                return
+            claim = spool.claim()
+            if claim is None:
+                self._may_have_files = False
+                return
+            report = transport.deliver(claim.calls, deadline)
+            self._stats.add("calls_replayed", sum(report.accepted.values()))
+            self._drops.report(report.rejected, report.detail)
+            if report.pending:
+                if sum(report.accepted.values()) or report.rejected:
+                    # Part went through: keep only what is still owed, in a fresh file.
+                    claim.done()
+                    reason = report.pending_reason
+                    spool.put(
+                        report.pending, reason=spool_reason(reason) if reason else claim.reason
+                    )
+                else:
+                    claim.release()
+                return
+            claim.done()
+
+    def keep(self, report: DeliveryReport) -> None:
+        """Spool what is still owed, or count it lost; then log this export's drops once."""
+        dropped = Counter(report.rejected)
+        owed = sum(len(v) for v in report.pending.values())
+        detail = report.detail
+        if owed:
+            reason = report.pending_reason or "retryable"
+            if self._spool is not None:
+                try:
+                    kept = self._spool.put(report.pending, reason=spool_reason(reason))
+                except ValueError as exc:
+                    self._disable(exc)
+                else:
+                    self._may_have_files = self._may_have_files or kept > 0
+                    self._stats.add("calls_spooled", kept)
+                    if kept < owed:
+                        self._stats.drop("spool-refused", owed - kept)
+                        dropped["spool-refused"] += owed - kept
+            if self._spool is None:
+                self._stats.drop(f"undelivered-{reason}", owed)
+                dropped[f"undelivered ({reason})"] += owed
+                detail = (
+                    f"set {ev.OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR} to keep undelivered calls on disk"
+                )
+        self._drops.report(dropped, detail)
+
+    def after_fork(self) -> None:
+        """A forked child opens its own spool handle (fresh locks, its own claims)."""
+        if self._spool is not None:
+            self._open()
