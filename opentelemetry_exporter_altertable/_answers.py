@@ -1,20 +1,39 @@
-"""Reading one API answer: its status and body become one verdict.
+"""Reading one API answer: its body off the wire, then status and body as one verdict.
 
 The transport (to decide what to do with a chunk) and ``altertable-otel check`` (to explain the
 answer in words) both read answers here, so they can never disagree about what the API said.
+A body is read with its ``Content-Encoding`` undone (a gzipped ``{"ok": false}`` is still a
+refusal), within the export's deadline, and never past :data:`MAX_ANSWER_BYTES` once decoded.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from . import _api
+import requests
 
-#: Why the rest of an export was not sent: the key is wrong, the environment is unknown, or
-#: the endpoint does not exist. An operator can fix these; until then the calls are owed.
-CONFIG_ERRORS = frozenset({"auth", _api.ENVIRONMENT_NOT_FOUND, "endpoint-not-found"})
+from . import _api
+from ._retry import AnswerTimeout
+
+_logger = logging.getLogger(__name__)
+
+#: The API answers with a few hundred bytes; an answer larger than this (on the wire or once
+#: decoded) is not one of its answers, and is not read further (a decompression bomb cannot
+#: cost more than this).
+MAX_ANSWER_BYTES = 1024 * 1024
+
+#: The encodings :func:`read_body` undoes; sent as ``Accept-Encoding``, so no other arrives.
+ACCEPT_ENCODING = "gzip, deflate"
+
+#: Why the rest of an export was not sent: the key is wrong, the environment is unknown, the
+#: endpoint does not exist, or TLS fails (certificate, plain-HTTP port). An operator can fix
+#: these; until then the calls are owed.
+CONFIG_ERRORS = frozenset({"auth", _api.ENVIRONMENT_NOT_FOUND, "endpoint-not-found", "tls"})
 
 
 @dataclass(frozen=True)
@@ -76,3 +95,103 @@ def read_answer(status: int, body: bytes) -> Answer:
         except ValueError:  # not JSON, or not UTF-8
             data = None
     return Answer(status, data if isinstance(data, dict) else None)
+
+
+class _TooLarge(Exception):
+    """The answer exceeded :data:`MAX_ANSWER_BYTES`."""
+
+
+class _Decoder:
+    """Undoes one ``Content-Encoding`` incrementally, never producing more than ``limit``."""
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        self._limit = limit
+        self._out: list[bytes] = []
+        self._size = 0
+        self._encoding = encoding
+        self._raw_deflate_tried = False
+        self._zlib: Any = None
+        if encoding in ("gzip", "x-gzip"):
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":  # zlib-wrapped as the RFC says, raw deflate as some send
+            self._zlib = zlib.decompressobj()
+        elif encoding not in ("", "identity"):
+            raise ValueError(f"unsupported Content-Encoding {encoding[:40]!r}")
+
+    def feed(self, data: bytes) -> None:
+        if self._zlib is None:
+            self._keep(data)
+            return
+        try:
+            out = self._zlib.decompress(data, self._limit - self._size + 1)
+        except zlib.error:
+            if self._encoding != "deflate" or self._raw_deflate_tried or self._size:
+                raise
+            self._raw_deflate_tried = True
+            self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+            out = self._zlib.decompress(data, self._limit - self._size + 1)
+        self._keep(out)
+        if self._zlib.unconsumed_tail:
+            raise _TooLarge
+
+    def _keep(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._limit:
+            raise _TooLarge
+        self._out.append(data)
+
+    def result(self) -> bytes:
+        if self._zlib is not None:
+            self._keep(self._zlib.flush())
+        return b"".join(self._out)
+
+
+def read_body(
+    response: requests.Response, deadline: float, limit: int = MAX_ANSWER_BYTES
+) -> bytes:
+    """Read a streamed answer whole, decoded, but never past ``deadline`` nor ``limit``.
+
+    ``requests`` applies its timeout to each socket read, so a server that trickles its answer
+    a byte at a time could hold an export forever: the clock is checked (and the socket's
+    timeout shortened) between reads. Raises :class:`AnswerTimeout` past the deadline and lets
+    network errors through (the caller classifies them); a body that is too large, or that
+    cannot be decoded, reads as empty (the status alone then decides).
+    """
+    raw = response.raw
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    read1 = getattr(raw, "read1", None)
+    try:
+        decoder = _Decoder(encoding, limit)
+    except ValueError as exc:
+        _logger.debug("answer not decoded: %s", exc)
+        response.close()
+        return b""
+    received = 0
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AnswerTimeout("the answer did not arrive before the deadline")
+            sock = getattr(getattr(raw, "connection", None), "sock", None)
+            if sock is not None:
+                sock.settimeout(left)
+            if read1 is not None:
+                chunk = read1(65536, decode_content=False)
+            else:  # urllib3 < 2: no partial reads, the per-read timeout is all there is
+                chunk = raw.read(65536, decode_content=False)
+            if not chunk:
+                break
+            received += len(chunk)
+            if received > limit:
+                raise _TooLarge
+            decoder.feed(chunk)
+        body = decoder.result()
+    except (_TooLarge, zlib.error) as exc:
+        _logger.debug("answer body ignored (%s)", type(exc).__name__)
+        response.close()  # the rest is not read: this connection cannot be reused
+        return b""
+    except BaseException:
+        response.close()
+        raise
+    response._content = body  # what response.json() and .text read
+    return body

@@ -74,8 +74,8 @@ class Backlog:
 
     def replay(self, transport: Transport, deadline: float) -> None:
         """Re-send spooled calls, oldest first, while the API accepts them."""
-        if self._spool is None or not self._may_have_files:
-            return
+        if self._spool is None or not self._may_have_files or transport.exiting:
+            return  # at exit, the little time left is for this export's own calls
         try:
             self._replay(self._spool, transport, deadline)
         except ValueError as exc:  # the spool directory became unsafe to use
@@ -92,18 +92,33 @@ class Backlog:
             report = transport.deliver(claim.calls, deadline)
             self._stats.add("calls_replayed", sum(report.accepted.values()))
             self._drops.report(report.rejected, report.detail)
-            if report.pending:
-                if sum(report.accepted.values()) or report.rejected:
-                    # Part went through: keep only what is still owed, in a fresh file.
+            if not report.pending:
+                claim.done()
+                continue
+            if sum(report.accepted.values()) or report.rejected:
+                # Part went through: keep only what is still owed, in a fresh file, and only
+                # then let the original go. A crash between the two re-sends some calls; a
+                # put that fails keeps the original whole: neither loses one.
+                reason = report.pending_reason
+                owed = sum(len(items) for items in report.pending.values())
+                kept = spool.put(
+                    report.pending, reason=spool_reason(reason) if reason else claim.reason
+                )
+                if kept == owed:
                     claim.done()
-                    reason = report.pending_reason
-                    spool.put(
-                        report.pending, reason=spool_reason(reason) if reason else claim.reason
-                    )
                 else:
+                    _logger.warning(
+                        "could not re-spool the %d call(s) still owed from a spool file; it is "
+                        "kept whole, so %d delivered call(s) will be sent again",
+                        owed,
+                        sum(report.accepted.values()),
+                    )
                     claim.release()
-                return
-            claim.done()
+            else:
+                claim.release()
+            if report.interrupted is not None:
+                raise report.interrupted
+            return
 
     def keep(self, report: DeliveryReport) -> None:
         """Spool what is still owed, or count it lost; then log this export's drops once."""
@@ -125,7 +140,7 @@ class Backlog:
                         dropped["spool-refused"] += owed - kept
             if self._spool is None:
                 self._stats.drop(f"undelivered-{reason}", owed)
-                dropped[f"undelivered ({reason})"] += owed
+                dropped[f"undelivered-{reason}"] += owed
                 detail = (
                     f"set {ev.OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR} to keep undelivered calls on disk"
                 )

@@ -13,9 +13,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 from . import environment_variables as ev
 from ._retry import RetryPolicy
+from ._text import clip_repr
 
 _logger = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ class ExporterConfig:
     spool_dir: str | None = None
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    endpoint_error: str | None = None
+    """Why ``endpoint`` (from the environment) is unusable; the exporter then sends nothing."""
 
     def __repr__(self) -> str:  # never print the key
         key = "set" if self.api_key else "missing"
@@ -71,10 +75,12 @@ def _env_number(
     try:
         value = kind(raw)
     except ValueError:
-        _logger.warning("%s=%r is not a valid number; using the default", name, raw)
+        _logger.warning("%s=%s is not a valid number; using the default", name, clip_repr(raw))
         return None
     if not (math.isfinite(value) and value > 0):
-        _logger.warning("%s=%r must be a positive finite number; using the default", name, raw)
+        _logger.warning(
+            "%s=%s must be a positive finite number; using the default", name, clip_repr(raw)
+        )
         return None
     return value
 
@@ -88,7 +94,9 @@ def _env_bool(environ: Mapping[str, str], name: str) -> bool | None:
         return True
     if lowered in _FALSE:
         return False
-    _logger.warning("%s=%r is not a boolean (use true or false); using the default", name, raw)
+    _logger.warning(
+        "%s=%s is not a boolean (use true or false); using the default", name, clip_repr(raw)
+    )
     return None
 
 
@@ -103,7 +111,9 @@ def _compression(value: str | None, source: str) -> Compression:
     if source == "argument":
         raise ValueError(f"compression must be 'gzip' or None, not {value!r}")
     _logger.warning(
-        "%s=%r is not supported (use gzip or none); sending uncompressed", source, value
+        "%s=%s is not supported (use gzip or none); sending uncompressed",
+        source,
+        clip_repr(value),
     )
     return None
 
@@ -139,16 +149,19 @@ def resolve_config(
     resolved_endpoint = (
         endpoint or _env(env, ev.OTEL_EXPORTER_ALTERTABLE_ENDPOINT) or DEFAULT_ENDPOINT
     )
-    if not resolved_endpoint.startswith(("http://", "https://")):
+    endpoint_error = endpoint_problem(resolved_endpoint)
+    if endpoint_error is not None:
         if endpoint is not None:
-            raise ValueError(f"endpoint must start with http:// or https://, not {endpoint!r}")
-        _logger.warning(
-            "%s=%r is not an http(s) URL; using %s",
+            raise ValueError(f"endpoint {clip_repr(endpoint)} is unusable: {endpoint_error}")
+        # Never the default instead: a typo must not send development data and the key to
+        # production.
+        _logger.error(
+            "%s=%s is unusable (%s): nothing will be exported until it is fixed "
+            "(e.g. http://127.0.0.1:15001 or https://api.altertable.ai)",
             ev.OTEL_EXPORTER_ALTERTABLE_ENDPOINT,
-            resolved_endpoint,
-            DEFAULT_ENDPOINT,
+            clip_repr(resolved_endpoint),
+            endpoint_error,
         )
-        resolved_endpoint = DEFAULT_ENDPOINT
 
     if compression is not None:
         resolved_compression = _compression(compression, "argument")
@@ -185,4 +198,20 @@ def resolve_config(
             else env_spool_bytes or DEFAULT_SPOOL_MAX_BYTES
         ),
         retry=retry if retry is not None else RetryPolicy(),
+        endpoint_error=endpoint_error,
     )
+
+
+def endpoint_problem(url: str) -> str | None:
+    """Why ``url`` cannot be the API's base URL, or ``None`` when it can."""
+    if not url.lower().startswith(("http://", "https://")):
+        return "it must start with http:// or https://"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        return f"it is not a valid URL ({exc})"
+    if not host:
+        return "it names no host"
+    return None

@@ -348,6 +348,9 @@ class _Builder:
 
         tag = attrs.get(EVENT_KEY)
         event = record.name if tag is True else tag if isinstance(tag, str) else None
+        if event and event.isspace():  # blank: the API would store a nameless event
+            self.warn("blank-event", "an analytics.event of only spaces was skipped")
+            event = None
         properties: dict[str, Any] | None = None
         context: dict[str, Any] = {}
         if event:
@@ -635,6 +638,7 @@ def map_log_records(records: Sequence[ReadableLogRecord], options: MappingOption
             builder.resource(readable.resource, record.timestamp or record.observed_timestamp)
         attrs = record.attributes or _EMPTY
         if not _has_interest(attrs):
+            builder.calls.skipped += 1
             continue
         time_ns = record.timestamp or record.observed_timestamp or time.time_ns()
         res = builder.resource(readable.resource, time_ns)

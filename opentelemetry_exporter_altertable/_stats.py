@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 
 from ._api import LIB_NAME
+from ._text import LIMIT, clip
 
 _logger = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ class DropReporter:
             self._last = now
         self.flush()
 
+    def hold(self) -> None:
+        """Log nothing until :meth:`flush` (at interpreter exit: one warning, at shutdown)."""
+        with self._lock:
+            self._interval = float("inf")
+            self._last = time.monotonic()
+
     def flush(self) -> None:
         """Log what is held back now (at shutdown, so no count goes unsaid)."""
         with self._lock:
@@ -105,12 +112,12 @@ class DropReporter:
         total = sum(pending.values())
         if not total:
             return
-        summary = ", ".join(f"{n} {r}" for r, n in sorted(pending.items()))
+        summary = ", ".join(f"{n} {clip(r, 64)}" for r, n in sorted(pending.items()))
         _logger.warning(
             "Altertable exporter dropped %d call(s) (%s)%s",
             total,
             summary,
-            f"; {detail}" if detail else "",
+            f"; {clip(detail, 2 * LIMIT)}" if detail else "",
         )
 
     def reset_after_fork(self) -> None:

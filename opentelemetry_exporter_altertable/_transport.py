@@ -2,17 +2,21 @@
 
 The transport knows payload dicts and endpoints, never OpenTelemetry objects. It sends what it
 is given, inside one deadline, and reports what was accepted, what the API refused for good
-(dropped) and what is still owed (for the spool): nothing is lost silently.
+(dropped) and what is still owed (for the spool): nothing is lost silently. ``deliver`` does
+not raise: whatever goes wrong, every call it was given is in its report exactly once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import logging
 import os
+import socket
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,13 +24,21 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from . import _api
 from . import environment_variables as ev
-from ._answers import CONFIG_ERRORS, config_error, read_answer
+from ._answers import ACCEPT_ENCODING, CONFIG_ERRORS, Answer, read_answer, read_body
 from ._config import ExporterConfig
-from ._retry import AnswerTimeout, is_retryable_status, is_transient_error, parse_retry_after
+from ._retry import (
+    is_retryable_status,
+    is_tls_error,
+    is_transient_error,
+    parse_retry_after,
+    tls_problem,
+)
 from ._stats import Stats
+from ._text import clip, clip_repr
 
 _logger = logging.getLogger(__name__)
 
@@ -34,6 +46,9 @@ Payload = dict[str, Any]
 USER_AGENT = _api.USER_AGENT
 
 __all__ = ["CONFIG_ERRORS", "DeliveryReport", "Transport"]
+
+#: Statuses whose refusal may be about some items only: find them (bisect), keep the rest.
+_BISECT_STATUSES = frozenset({400, 422})
 
 
 @dataclass
@@ -49,6 +64,9 @@ class DeliveryReport:
     """Items not delivered in time (outage, deadline, shutdown): owed, for the spool."""
     pending_reason: str | None = None
     """``"retryable"``, or one of :data:`CONFIG_ERRORS` when a setting must be fixed first."""
+    interrupted: BaseException | None = None
+    """A ``KeyboardInterrupt`` (or ``SystemExit``) that stopped the delivery: the caller keeps
+    what is owed, then raises it again."""
 
     def owe(self, endpoint: str, items: Sequence[Payload], reason: str) -> None:
         self.pending.setdefault(endpoint, []).extend(items)
@@ -87,7 +105,11 @@ def fast_encoder() -> Encoder | None:
 
 def request_headers(config: ExporterConfig) -> dict[str, str]:
     """Headers of every API request: the key goes in ``X-API-Key``, never in the URL."""
-    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "Accept-Encoding": ACCEPT_ENCODING,  # only what read_body undoes
+    }
     if config.api_key:
         headers["X-API-Key"] = config.api_key
     if config.compression == "gzip":
@@ -100,6 +122,45 @@ def endpoint_url(config: ExporterConfig, name: str, sync: bool | None = None) ->
     return f"{config.endpoint}/{name}{query}"
 
 
+class _TrackingAdapter(HTTPAdapter):
+    """An adapter that remembers its connections, so exit can cut one short.
+
+    At interpreter exit an export blocked on a hung server must end within the exit bound,
+    but a socket read already under way keeps the timeout it started with. Shutting the
+    socket down (:meth:`abort`) ends that read at once.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        registry = self._connections
+
+        def tracked(base: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
+            class Tracked(base):  # type: ignore[valid-type,misc]
+                def _new_conn(self) -> Any:
+                    conn = super()._new_conn()
+                    registry.add(conn)
+                    return conn
+
+            return Tracked
+
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": tracked(HTTPConnectionPool),
+            "https": tracked(HTTPSConnectionPool),
+        }
+
+    def abort(self) -> None:
+        """Shut every socket of this adapter down (reads under way end with an error)."""
+        for conn in list(self._connections):
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
 def new_session(endpoint: str, pool_size: int = 16) -> requests.Session:
     """A pooled session that does no retrying of its own (the transport decides).
 
@@ -108,7 +169,7 @@ def new_session(endpoint: str, pool_size: int = 16) -> requests.Session:
     cost about a quarter of each request's client-side time.
     """
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+    adapter = _TrackingAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.proxies.update(requests.utils.get_environ_proxies(endpoint))
@@ -117,40 +178,6 @@ def new_session(endpoint: str, pool_size: int = 16) -> requests.Session:
         session.verify = bundle
     session.trust_env = False
     return session
-
-
-def _read_body(response: requests.Response, deadline: float) -> None:
-    """Read a streamed answer whole, but never past ``deadline``.
-
-    ``requests`` applies its timeout to each socket read, so a server that trickles its answer
-    a byte at a time could hold an export forever. Reading with ``read1`` lets the clock be
-    checked (and the socket's timeout shortened) between reads.
-    """
-    raw = response.raw
-    read1 = getattr(raw, "read1", None)
-    if read1 is None:  # urllib3 < 2: no partial reads, the per-read timeout is all there is
-        response.content  # noqa: B018 (reads and caches the body)
-        return
-    chunks: list[bytes] = []
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AnswerTimeout("the answer did not arrive before the deadline")
-            sock = getattr(getattr(raw, "connection", None), "sock", None)
-            if sock is not None:
-                sock.settimeout(left)
-            chunk = read1(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    except AnswerTimeout:
-        response.close()
-        raise
-    except OSError as exc:  # socket timeout or reset while reading
-        response.close()
-        raise AnswerTimeout(str(exc)) from exc
-    response._content = b"".join(chunks)  # what response.json() reads
 
 
 class _Stop(Exception):
@@ -176,8 +203,11 @@ class Transport:
         self._stats = stats if stats is not None else Stats()
         self._encode: Encoder = fast_encoder() or encode_json
         self._headers = request_headers(config)
-        self._urls = {name: endpoint_url(config, name) for name in ("identify", "alias", "track")}
+        self._urls = {name: endpoint_url(config, name) for name in _api.ENDPOINTS}
         self._closing = threading.Event()
+        self._wake = threading.Event()
+        """Set by :meth:`close` and :meth:`begin_exit`: ends any backoff wait at once."""
+        self._exit_deadline: float | None = None
         self._pid = os.getpid()
         self._told: set[str] = set()
         self._told_lock = threading.Lock()
@@ -188,9 +218,28 @@ class Transport:
     def closed(self) -> bool:
         return self._closing.is_set()
 
+    @property
+    def exiting(self) -> bool:
+        """The interpreter is exiting: no backoff waits, nothing past the exit deadline."""
+        return self._exit_deadline is not None
+
     def close(self) -> None:
         """Interrupt any backoff wait at once; later deliveries return everything as pending."""
         self._closing.set()
+        self._wake.set()
+
+    def begin_exit(self, deadline: float) -> None:
+        """From now on no delivery waits to retry, nor runs past ``deadline``."""
+        self._exit_deadline = deadline
+        self._wake.set()
+
+    def abort_requests(self) -> None:
+        """End requests under way at once (the pool's sockets are shut); exit only."""
+        if not self._own_session:
+            return  # a user's session is used as given: its requests end by the deadline
+        for adapter in self._session.adapters.values():
+            if isinstance(adapter, _TrackingAdapter):
+                adapter.abort()
 
     def release(self) -> None:
         """Close the pooled connections (only those of a session this transport created)."""
@@ -202,8 +251,10 @@ class Transport:
         self._pid = os.getpid()
         closing = self._closing.is_set()
         self._closing = threading.Event()
+        self._wake = threading.Event()
         if closing:
             self._closing.set()
+            self._wake.set()
         self._told_lock = threading.Lock()
         if self._own_session:
             self._session = new_session(self._config.endpoint)
@@ -214,9 +265,15 @@ class Transport:
     # ------------------------------------------------------------------ delivery
 
     def deliver(self, calls: Mapping[str, Sequence[Payload]], deadline: float) -> DeliveryReport:
-        """Send every call before ``deadline`` (a ``time.monotonic()`` value)."""
+        """Send every call before ``deadline`` (a ``time.monotonic()`` value); never raises.
+
+        Whatever goes wrong (an exception nobody anticipated, a ``KeyboardInterrupt``), the
+        calls not yet accepted or refused are owed in the report.
+        """
         if os.getpid() != self._pid:
             self._after_fork()
+        if self._exit_deadline is not None:
+            deadline = min(deadline, self._exit_deadline)
         report = DeliveryReport()
         stopped: str | None = "retryable" if self._closing.is_set() else None
         size = self._config.max_batch_size
@@ -225,8 +282,17 @@ class Transport:
                 chunk = items[start : start + size]
                 if stopped is not None:
                     report.owe(endpoint, chunk, stopped)
-                else:
+                    continue
+                try:
                     stopped = self._send(endpoint, chunk, deadline, report)
+                except Exception:  # a defect here must not lose the chunk: owe it whole
+                    self._tell_once(
+                        "unexpected",
+                        "Altertable delivery failed unexpectedly; the calls are kept as owed",
+                        exc_info=True,
+                    )
+                    report.owe(endpoint, chunk, "retryable")
+                    stopped = "retryable"
         return report
 
     def _send(
@@ -242,33 +308,46 @@ class Transport:
         except (TypeError, ValueError):
             return self._send_each_encodable(endpoint, items, deadline, report)
         try:
-            status, error_code = self._post_with_retries(endpoint, body, deadline)
+            answer = self._post_with_retries(endpoint, body, deadline)
         except _Stop as stop:
             report.owe(endpoint, items, stop.reason)
             return stop.reason
-        if 200 <= status < 300 and error_code is None:
+        except BaseException as exc:  # KeyboardInterrupt mid-request: owe, the caller re-raises
+            report.owe(endpoint, items, "retryable")
+            report.interrupted = exc
+            return "retryable"
+        status, error_code = answer.status, answer.error_code
+        if error_code is None:
             report.accepted[endpoint] = report.accepted.get(endpoint, 0) + len(items)
             self._stats.add("calls_exported", len(items))
             return None
-        stop_reason = config_error(status, error_code)
+        stop_reason = answer.setting_error
         if stop_reason is not None:
-            self._tell_config_error(stop_reason, status, error_code)
+            self._tell_config_error(stop_reason, status, error_code, items)
             report.owe(endpoint, items, stop_reason)
             return stop_reason
-        # 413, 400, 422, "ok": false and other 4xx: the data, not the service, is at fault.
-        if len(items) > 1:
-            middle = len(items) // 2
-            stopped = self._send(endpoint, items[:middle], deadline, report)
-            if stopped is not None:
-                report.owe(endpoint, items[middle:], stopped)
-                return stopped
-            return self._send(endpoint, items[middle:], deadline, report)
-        reason = error_code or f"http-{status}"
-        report.rejected[reason] += 1
-        self._stats.drop(reason, 1)
+        if status in _BISECT_STATUSES or status == 413 or 200 <= status < 300:
+            # 400, 422, "ok": false: some items may be bad; 413: too big together. Split.
+            if len(items) > 1:
+                middle = len(items) // 2
+                stopped = self._send(endpoint, items[:middle], deadline, report)
+                if stopped is not None:
+                    report.owe(endpoint, items[middle:], stopped)
+                    return stopped
+                return self._send(endpoint, items[middle:], deadline, report)
+            reason = clip(error_code, 64)  # a key of stats(): bounded, whatever the server says
+        else:
+            # 411, 414, 415, 431...: about the request, not its items. Refused once, whole.
+            reason = f"http-{status}"
+        report.rejected[reason] += len(items)
+        self._stats.drop(reason, len(items))
         item = items[0]
         what = item.get("event") or item.get("distinct_id") or endpoint
-        report.detail = f"last: {endpoint} {what!r} refused with HTTP {status} {reason}"
+        count = f"{len(items)} items, first " if len(items) > 1 else ""
+        report.detail = (
+            f"last: {endpoint} {count}{clip_repr(what)} refused with HTTP {status} "
+            f"{clip(error_code)}"
+        )
         return None
 
     def _send_each_encodable(
@@ -286,13 +365,11 @@ class Transport:
                 good.append(item)
         return self._send(endpoint, good, deadline, report) if good else None
 
-    def _post_with_retries(
-        self, endpoint: str, body: bytes, deadline: float
-    ) -> tuple[int, str | None]:
-        """POST until an answer that is not worth retrying; ``(status, error_code)``.
+    def _post_with_retries(self, endpoint: str, body: bytes, deadline: float) -> Answer:
+        """POST until an answer that is not worth retrying, and read it.
 
-        ``error_code`` is set for any refusal, including a 2xx whose body says ``"ok": false``
-        (reported as status 400, as the contract says).
+        Raises :class:`_Stop` when the chunk cannot be delivered now: retries exhausted, the
+        deadline, shutdown, interpreter exit, a TLS failure, or an error nobody anticipated.
         """
         if self._config.compression == "gzip":
             body = gzip.compress(body, compresslevel=5)
@@ -318,17 +395,25 @@ class Transport:
                     stream=True,
                     allow_redirects=False,
                 )
-                _read_body(response, deadline)
-            except (requests.RequestException, AnswerTimeout) as exc:
-                if not is_transient_error(exc):  # invalid URL, proxy misconfiguration...
-                    self._tell_once("request-error", "Altertable request failed: %s", exc)
+                content = read_body(response, deadline)
+            except Exception as exc:
+                if is_tls_error(exc):
+                    self._tell_tls_error(exc)
+                    raise _Stop("tls") from None
+                if not is_transient_error(exc):  # invalid URL, a defect: owed, said once
+                    self._tell_once(
+                        f"request-error:{type(exc).__name__}",
+                        "Altertable request failed (%s: %s); the calls are kept as owed",
+                        type(exc).__name__,
+                        clip(exc),
+                    )
                     raise _Stop("retryable") from None
                 failure = type(exc).__name__
             else:
                 self._stats.add("requests")
                 status = response.status_code
                 if not is_retryable_status(status):
-                    return status, read_answer(status, response.content).error_code
+                    return read_answer(status, content)
                 failure = f"HTTP {status}"
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if retry_number >= policy.total:
@@ -340,32 +425,56 @@ class Transport:
                     failure,
                 )
                 raise _Stop("retryable")
+            if self._exit_deadline is not None:
+                _logger.debug("interpreter exiting: no retry of %s (%s)", endpoint, failure)
+                raise _Stop("retryable")
             delay = retry_after if retry_after is not None else policy.backoff(retry_number)
             if time.monotonic() + delay >= deadline:
                 _logger.debug("no time left for a retry of %s (%s)", endpoint, failure)
                 raise _Stop("retryable")
             _logger.debug("retrying %s in %.2fs after %s", endpoint, delay, failure)
             self._stats.add("retries")
-            if self._closing.wait(delay):
+            if self._wake.wait(delay):
                 raise _Stop("retryable")
             retry_number += 1
 
     # ------------------------------------------------------------------ messages
 
-    def _tell_once(self, key: str, message: str, *args: object) -> None:
+    def _tell_once(
+        self, key: str, message: str, *args: object, exc_info: bool = False
+    ) -> None:
+        """Log an error the first time, at debug level after that (no storm of repeats)."""
         with self._told_lock:
             if key in self._told:
                 first = False
             else:
+                if len(self._told) > 256:  # keys carry exception types: keep the set bounded
+                    self._told.clear()
                 self._told.add(key)
                 first = True
         if first:
-            _logger.error(message, *args)
+            _logger.error(message, *args, exc_info=exc_info)
         else:
             _logger.debug(message, *args)
 
-    def _tell_config_error(self, kind: str, status: int | None, error_code: str | None) -> None:
+    def _tell_tls_error(self, exc: BaseException) -> None:
         endpoint = self._config.endpoint
+        self._tell_once(
+            "tls",
+            "Altertable TLS error talking to %s: %s (%s). The calls are kept as owed and not "
+            "retried until this is fixed: behind a TLS-intercepting proxy, or with a private "
+            "CA, set REQUESTS_CA_BUNDLE to its CA certificate; if the endpoint serves plain "
+            "HTTP, use http:// in %s.",
+            clip(endpoint),
+            tls_problem(exc),
+            clip(exc),
+            ev.OTEL_EXPORTER_ALTERTABLE_ENDPOINT,
+        )
+
+    def _tell_config_error(
+        self, kind: str, status: int, error_code: str | None, items: Sequence[Payload]
+    ) -> None:
+        endpoint = clip(self._config.endpoint)
         if kind == "auth":
             self._tell_once(
                 kind,
@@ -375,14 +484,16 @@ class Transport:
                 endpoint,
                 ev.OTEL_EXPORTER_ALTERTABLE_API_KEY,
             )
-        elif kind == "environment-not-found":
+        elif kind == _api.ENVIRONMENT_NOT_FOUND:
+            environment = items[0].get("environment") if items else None
             self._tell_once(
-                kind,
-                "Altertable has no such environment for this API key (HTTP %s, %s). Create it in "
+                f"{kind}:{clip(environment)}",
+                "Altertable has no environment %s for this API key (HTTP %s, %s). Create it in "
                 "Altertable, or set %s (or the resource attribute deployment.environment.name) "
                 "to an existing environment such as 'production'.",
+                clip_repr(environment),
                 status,
-                error_code,
+                clip(error_code),
                 ev.OTEL_EXPORTER_ALTERTABLE_ENVIRONMENT,
             )
         else:

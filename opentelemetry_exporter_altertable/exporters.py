@@ -7,10 +7,12 @@ still owed to the backlog (spool). ``export`` never raises into the SDK and neve
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,10 +31,16 @@ from ._config import ExporterConfig, resolve_config
 from ._mapping import Calls, MappingOptions, Payload, _freeze, map_log_records, map_spans
 from ._retry import RetryPolicy
 from ._stats import DropReporter, Stats, self_metrics
-from ._transport import Transport
+from ._text import LIMIT, clip
+from ._transport import DeliveryReport, Transport
 
 _logger = logging.getLogger(__name__)
 _PACKAGE = __name__.rpartition(".")[0]
+
+#: Once the interpreter is exiting, exports get this many seconds in all, then spool.
+EXIT_BUDGET = 2.0
+#: Of that budget, what is kept for the exports cut short to spool what they owe.
+_EXIT_SPOOL_TIME = 0.3
 
 
 class _WarnOnce:
@@ -44,6 +52,8 @@ class _WarnOnce:
         self._lock = threading.Lock()
 
     def __call__(self, key: str, message: str) -> None:
+        key = clip(key, LIMIT)  # a hostile value in the key must not grow memory either
+        message = clip(message, 3 * LIMIT)
         with self._lock:
             if key in self._seen:
                 return
@@ -138,6 +148,7 @@ class _AltertableExporter:
         self._idle = threading.Condition()
         self._active = 0
         self._pid = os.getpid()
+        _watch_interpreter_exit(self)
         if not self._config.api_key:
             _logger.error(
                 "No Altertable API key: set %s (or %s), or pass api_key=...; "
@@ -175,6 +186,9 @@ class _AltertableExporter:
             self._stats.add("records_seen", count)
             calls = build()
             self._stats.add("records_skipped", calls.skipped)
+            if self._config.endpoint_error is not None:
+                error_type = self._refuse_bad_endpoint(calls)
+                return False
             error_type = self._deliver(calls)
             return error_type is None
         except Exception:  # never raise into the SDK
@@ -194,19 +208,69 @@ class _AltertableExporter:
         if calls.identifies:
             calls.identifies = self._identified.unseen(calls.identifies)
         self._stats.add("calls_built", len(calls))
-        self._backlog.replay(self._transport, deadline)
         by_endpoint = calls.by_endpoint()
+        try:
+            self._backlog.replay(self._transport, deadline)
+        except BaseException:  # interrupted while replaying: this export's calls are owed
+            owed = DeliveryReport()
+            for endpoint, items in by_endpoint.items():
+                owed.owe(endpoint, items, "retryable")
+            self._backlog.keep(owed)
+            raise
         if not by_endpoint:
             return None
         report = self._transport.deliver(by_endpoint, deadline)
         if calls.identifies and "identify" not in report.pending and not report.rejected:
             self._identified.remember(calls.identifies)
         self._backlog.keep(report)
+        if report.interrupted is not None:  # Ctrl-C mid-export: kept above, now re-raised
+            raise report.interrupted
         if report.pending:
             return report.pending_reason or "retryable"
         return "rejected" if report.rejected else None
 
+    def _refuse_bad_endpoint(self, calls: Calls) -> str:
+        """An unusable endpoint: nothing is sent (never the default instead), all counted."""
+        built = len(calls)
+        self._stats.add("calls_built", built)
+        self._stats.drop("bad-endpoint", built)
+        self._drops.report(
+            {"bad-endpoint": built},
+            f"{ev.OTEL_EXPORTER_ALTERTABLE_ENDPOINT} is unusable: {self._config.endpoint_error}",
+        )
+        return "bad-endpoint"
+
     # ------------------------------------------------------------------ lifecycle
+
+    def _interpreter_exiting(self) -> None:
+        """The interpreter is exiting: bound what is left to :data:`EXIT_BUDGET` seconds.
+
+        Runs before the SDK's own exit shutdown (see :func:`_watch_interpreter_exit`), which
+        joins the processor's worker before it calls :meth:`shutdown`: so it is here, not in
+        ``shutdown``, that backoff waits stop and a request stuck on a hung server is cut
+        short. What could not be delivered is spooled (or counted, in one warning).
+        """
+        if self._shutdown or os.getpid() != self._pid:
+            return
+        deadline = time.monotonic() + EXIT_BUDGET
+        self._transport.begin_exit(deadline)
+        self._drops.hold()  # said once, by shutdown
+        with self._idle:
+            while self._active:
+                remaining = deadline - _EXIT_SPOOL_TIME - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._idle.wait(remaining)
+            if not self._active:
+                return
+        self._transport.abort_requests()
+        with self._idle:
+            while self._active:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._idle.wait(remaining)
+
 
     def _after_fork(self) -> None:
         """In a forked child: fresh locks, connections and spool handle; counts carry over.
@@ -234,7 +298,6 @@ class _AltertableExporter:
             return
         self._shutdown = True
         self._transport.close()
-        self._drops.flush()
         deadline = time.monotonic() + max(0.0, timeout_millis) / 1000
         with self._idle:
             while self._active:
@@ -242,6 +305,7 @@ class _AltertableExporter:
                 if remaining <= 0:
                     break
                 self._idle.wait(remaining)
+        self._drops.flush()  # after the running exports, so their drops are said too
         self._transport.release()
 
 
@@ -264,6 +328,40 @@ class AltertableLogExporter(_AltertableExporter, LogRecordExporter):
         records = [r for r in batch if not _is_own_record(r)]
         ok = self._run(len(records), lambda: map_log_records(records, self._options))
         return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
+
+
+def _watch_interpreter_exit(exporter: _AltertableExporter) -> None:
+    """Call ``exporter._interpreter_exiting()`` when the interpreter exits, before the SDK's
+    own exit shutdown runs.
+
+    The SDK's providers register ``atexit`` handlers when they are built, and ``atexit`` runs
+    the last registered first; an exporter is often built before its provider, so its own
+    ``atexit`` handler would run too late. ``threading._register_atexit`` (Python 3.9 to 3.13
+    and later) runs its callbacks when the main thread ends, before any ``atexit`` handler:
+    ours registers the ``atexit`` handler only then, so it is the last registered and runs
+    first, after the program's non-daemon threads have finished (a program whose main thread
+    ends early keeps exporting normally). Where that hook is missing, ``atexit`` alone is used.
+    Only a weak reference is held, so the exporter can still be collected.
+    """
+    ref = weakref.ref(exporter)
+
+    def at_exit() -> None:
+        target = ref()
+        if target is not None:
+            target._interpreter_exiting()
+
+    def when_main_thread_ends() -> None:
+        if ref() is not None:
+            atexit.register(at_exit)
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(when_main_thread_ends)
+            return
+        except RuntimeError:  # already shutting down
+            pass
+    atexit.register(at_exit)
 
 
 def _is_own_record(record: ReadableLogRecord) -> bool:

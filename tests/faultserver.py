@@ -30,10 +30,14 @@ import gzip
 import http.server
 import json
 import socket
+import ssl
+import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -54,6 +58,8 @@ __all__ = [
     "ok_false",
     "reject_items",
     "retry_later",
+    "tls_context",
+    "tls_files",
     "trickle",
     "unauthorized",
 ]
@@ -71,6 +77,12 @@ class Answer:
     closed without an answer). ``close_connection`` closes the socket without any answer.
     ``trickle`` > 0 sends the head at once, then the body one byte every ``trickle`` seconds:
     a server that is never silent long enough to trip a per-read timeout.
+    ``encoding`` (``gzip``, ``deflate``, or ``deflate-raw`` for the unwrapped deflate some
+    servers send) compresses the body and names it in ``Content-Encoding``.
+    ``truncate`` sends only that many bytes of the body (the full ``Content-Length`` is
+    announced), then closes the connection: a body cut mid-read.
+    ``stall`` sends the head and ``stall`` bytes of the body at once, then waits (until
+    ``stop()``) without a byte more: a body that times out mid-read.
     """
 
     status: int = 200
@@ -79,6 +91,9 @@ class Answer:
     delay: float = 0.0
     close_connection: bool = False
     trickle: float = 0.0
+    encoding: str = ""
+    truncate: int | None = None
+    stall: int | None = None
 
     @property
     def accepts(self) -> bool:
@@ -244,6 +259,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._serve()
 
+    def do_CONNECT(self) -> None:  # a client using this server as its HTTPS proxy
+        self._serve()
+
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks: list[bytes] = []
@@ -282,6 +300,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._drop()
             return
         data = _render(answer, owner._next_task_id(), self.request_version)
+        if answer.truncate is not None or answer.stall is not None:
+            head, sep, body = data.partition(b"\r\n\r\n")
+            cut = answer.truncate if answer.truncate is not None else answer.stall
+            with contextlib.suppress(OSError):
+                self.wfile.write(head + sep + body[:cut])
+            if answer.stall is not None:
+                owner._stopping.wait()
+            self._drop()
+            return
         if answer.trickle > 0:
             try:
                 complete = self._trickle(data, answer.trickle)
@@ -312,6 +339,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return False
             self.wfile.write(body[index : index + 1])
         return True
+
+    def setup(self) -> None:
+        tls = self.server.owner.tls
+        if tls is not None:  # the handshake runs here, in this connection's own thread
+            self.request = tls.wrap_socket(self.request, server_side=True)
+        super().setup()
 
     def _drop(self) -> None:
         self.close_connection = True
@@ -346,6 +379,9 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
             self.handler_threads.append(thread)
         thread.start()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A failed TLS handshake or a client gone: nothing to print (tests count requests)."""
+
     def shutdown_request(self, request: Any) -> None:
         with self._conn_lock:
             self._conns.pop(id(request), None)
@@ -367,7 +403,9 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
 class FaultServer:
     """The programmable server; use as a context manager or call ``start()`` / ``stop()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
+        """A server-side TLS context: serve https:// (see ``tls_files``)."""
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._scripts: dict[str, list[Answer]] = {}
@@ -432,7 +470,8 @@ class FaultServer:
     @property
     def endpoint(self) -> str:
         """The base URL to give an exporter (no trailing slash)."""
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def script(self, path: str, answers: Iterable[Answer]) -> None:
         """Queue answers for the next requests on ``path``, each used once, in order."""
@@ -547,6 +586,8 @@ def _render(answer: Answer, task_id: str, request_version: str) -> bytes:
     else:
         payload = json.dumps(body).encode()
         content_type = "application/json"
+    if answer.encoding:
+        payload = _compress(payload, answer.encoding)
     reason = _REASONS.get(answer.status, "Unknown")
     lines = [f"HTTP/1.1 {answer.status} {reason}"]
     names = {name.lower() for name in answer.headers}
@@ -555,5 +596,40 @@ def _render(answer: Answer, task_id: str, request_version: str) -> bytes:
     lines.append(f"Content-Length: {len(payload)}")
     if request_version == "HTTP/1.0" and "connection" not in names:
         lines.append("Connection: close")
+    if answer.encoding:
+        lines.append(f"Content-Encoding: {answer.encoding.removesuffix('-raw')}")
     lines.extend(f"{name}: {value}" for name, value in answer.headers.items())
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+
+
+def _compress(payload: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(payload)
+    if encoding == "deflate":
+        return zlib.compress(payload)
+    if encoding == "deflate-raw":
+        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return packer.compress(payload) + packer.flush()
+    raise ValueError(f"unknown test encoding {encoding!r}")
+
+
+def tls_files(directory: Path, names: str = "IP:127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed certificate for ``names`` (a subjectAltName) and its key, in PEM files.
+
+    Made with the ``openssl`` command, which the CI machines have.
+    """
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=altertable-test", "-addext", f"subjectAltName={names}",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context

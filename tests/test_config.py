@@ -253,8 +253,6 @@ BAD_ENVIRONMENT = [
     (MAX_BATCH_SIZE, "2.5", "max_batch_size"),
     (SYNC, "maybe", "sync"),
     (COMPRESSION, "brotli", "compression"),
-    (ENDPOINT, "ftp://127.0.0.1/", "endpoint"),
-    (ENDPOINT, "127.0.0.1:15001", "endpoint"),
     (SPOOL_MAX_BYTES, "big", "spool_max_bytes"),
     (SPOOL_MAX_BYTES, "-1", "spool_max_bytes"),
 ]
@@ -289,6 +287,9 @@ BAD_ARGUMENTS: list[tuple[str, Any]] = [
     ("compression", "brotli"),
     ("endpoint", "ftp://127.0.0.1/"),
     ("endpoint", "127.0.0.1:15001"),
+    ("endpoint", "http://"),
+    ("endpoint", "https:///track"),
+    ("endpoint", "http://127.0.0.1:port"),
 ]
 
 
@@ -297,6 +298,41 @@ BAD_ARGUMENTS: list[tuple[str, Any]] = [
 def test_bad_argument_raises(exporter_class: type[Exporter], keyword: str, value: Any) -> None:
     with pytest.raises(ValueError, match=keyword):
         exporter_class(api_key="pk_test_k", **{keyword: value})
+
+
+@pytest.mark.parametrize(
+    "raw", ["127.0.0.1:{port}", "ftp://127.0.0.1:{port}/", "http://", "https:///track"]
+)
+def test_an_unusable_endpoint_never_falls_back_to_the_default(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, raw: str
+) -> None:
+    """A typo in the variable must not send development data and the key to production.
+
+    The loopback server stands in for the way to production: it is the HTTPS proxy, so a
+    fallback to https://api.altertable.ai would reach it as a CONNECT.
+    """
+    with FaultServer() as server:
+        monkeypatch.setenv(ENDPOINT, raw.format(port=server.port))
+        monkeypatch.setenv("HTTPS_PROXY", server.endpoint)
+        monkeypatch.setenv("https_proxy", server.endpoint)
+        caplog.set_level(logging.WARNING)
+        exporter = AltertableSpanExporter(api_key="pk_test_k", timeout=2)
+        try:
+            assert exporter.config.endpoint != DEFAULT_ENDPOINT
+            assert exporter.export([_tagged_span()]) is SpanExportResult.FAILURE
+            stats = exporter.stats()
+        finally:
+            exporter.shutdown()
+        assert server.requests == []
+    assert stats["calls_dropped"] == 1
+    assert stats["dropped_by_reason"] == {"bad-endpoint": 1}
+    errors = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR and ENDPOINT in r.getMessage()
+    ]
+    assert len(errors) == 1, caplog.text
+    assert "unusable" in errors[0]
 
 
 def test_bad_argument_wins_even_over_a_good_environment(monkeypatch: pytest.MonkeyPatch) -> None:
