@@ -10,7 +10,12 @@ What runs where:
   DuckDB (``--db PATH`` for a file) and a seeded :class:`FaultPlan`: 10% of ingestion requests
   answered 503 (2% of those with ``Retry-After: 1``), 2% dropped without an answer, and one
   outage (30 s, starting 10 s into the run) during which every connection is dropped. Faults
-  are decided before anything is stored. It runs apart so that its database (hundreds of MiB
+  are decided before anything is stored. Between it and the exporter, a forwarding proxy
+  (``_body_faults.BodyFaultProxy``) breaks answers themselves: 3% sent slowly in pieces, 1%
+  stalled halfway through the body after the receiver stored the calls (the exporter times
+  out mid-read), 3% a gzipped 503/429 refusal, 1% a gzipped ``400 environment-not-found``
+  (a setting error: owed and spooled, never bisected).
+  The receiver runs apart so that its database (hundreds of MiB
   at a million events) does not count in the exporter's memory figure, and so that it has a
   CPU and a GIL of its own, as a real API would.
 * **This process**, the exporting process: a ``TracerProvider`` with the SDK's
@@ -56,6 +61,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from _body_faults import BodyFaultProxy, BodyFaults
 from _spans import RESOURCE_ATTRIBUTES, tagged_attributes
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -92,6 +98,10 @@ class SoakConfig:
     db_path: str | None = None
     spool_max_bytes: int | None = None
     """The exporter's spool limit (``None``: its default, 64 MiB)."""
+    slow_body_rate: float = 0.03
+    stall_rate: float = 0.01
+    gzip_retry_rate: float = 0.03
+    gzip_environment_rate: float = 0.01
     drain_limit: float = 600.0
     progress_every: float = 0.0
     """Seconds between progress lines on stderr (0: none)."""
@@ -109,6 +119,16 @@ class SoakConfig:
         }
         settings.update(overrides)
         return cls(**settings)
+
+    def body_faults(self) -> BodyFaults:
+        return BodyFaults(
+            slow_rate=self.slow_body_rate,
+            stall_rate=self.stall_rate,
+            gzip_retry_rate=self.gzip_retry_rate,
+            gzip_environment_rate=self.gzip_environment_rate,
+            seed=self.seed,
+            stall_seconds=self.timeout + 1.0,
+        )
 
     def fault_plan(self) -> FaultPlan:
         outages = ((self.outage_start, self.outage_seconds),) if self.outage_seconds > 0 else ()
@@ -143,6 +163,8 @@ class SoakResult:
     duplicated_sample: list[int] = field(default_factory=list)
     spool_files_left: int = 0
     faults: dict[str, int] = field(default_factory=dict)
+    body_faults: dict[str, int] = field(default_factory=dict)
+    """Answers the proxy broke, by kind (see ``_body_faults``)."""
     receiver_answers: dict[str, int] = field(default_factory=dict)
     exporter_stats: dict[str, Any] = field(default_factory=dict)
     drain_stats: dict[str, Any] = field(default_factory=dict)
@@ -444,8 +466,11 @@ def run_soak(config: SoakConfig, say: Callable[[str], None] | None = None) -> So
     result = SoakResult(config=config_dict, environment=_environment())
     spool_dir = tempfile.mkdtemp(prefix="altertable-soak-spool-")
     receiver = ReceiverProcess(config.fault_plan(), config.db_path)
+    proxy = BodyFaultProxy(receiver.endpoint, config.body_faults())
     try:
-        exporter = _exporter(config, receiver.endpoint, spool_dir)
+        proxy.__enter__()
+        endpoint = proxy.endpoint
+        exporter = _exporter(config, endpoint, spool_dir)
         counter = CountingExporter(exporter)
         processor = BatchSpanProcessor(
             counter,
@@ -487,7 +512,7 @@ def run_soak(config: SoakConfig, say: Callable[[str], None] | None = None) -> So
         note("replaying the spool until it is empty")
         draining = time.monotonic()
         result.drain_stats, result.drain_exports, result.spool_files_left = _drain(
-            config, receiver.endpoint, spool_dir
+            config, endpoint, spool_dir
         )
         result.drain_s = time.monotonic() - draining
         result.wall_s = time.monotonic() - started
@@ -495,9 +520,11 @@ def run_soak(config: SoakConfig, say: Callable[[str], None] | None = None) -> So
 
         _count(receiver, result, config.events)
         result.faults = receiver.call("faults")
+        result.body_faults = dict(proxy.counts)
         result.receiver_answers = receiver.call("answers")
         result.receiver_peak_mib = receiver.call("memory")
     finally:
+        proxy.__exit__()
         receiver.stop()
         shutil.rmtree(spool_dir, ignore_errors=True)
     return result
@@ -536,6 +563,8 @@ def format_report(result: SoakResult) -> str:
         f"({faults.get('retry_after', 0):,} with Retry-After)",
         f"    dropped connection  {faults.get('drops', 0):>11,}",
         f"    outage              {outage:>11,}",
+        f"  answers broken        {sum(result.body_faults.values()):>11,}  "
+        + ", ".join(f"{n:,} {k}" for k, n in sorted(result.body_faults.items())),
         "",
         f"  events ended          {result.events_ended:>11,}",
         f"  handed to exporter    {result.handed_to_exporter:>11,}  "

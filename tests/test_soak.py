@@ -1,5 +1,6 @@
 """The soak benchmark, scaled down: 20,000 events through the SDK's BatchSpanProcessor into a
-receiver that refuses, drops and goes down on purpose; nothing may be lost."""
+receiver that refuses, drops and goes down on purpose, behind a proxy that sends answers slowly,
+stalls them mid-body and refuses gzipped; nothing may be lost."""
 
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ def test_twenty_thousand_events_survive_faults_and_an_outage(soak: Any) -> None:
         faults["errors"] + faults["drops"] + faults["outage_errors"] + faults["outage_drops"]
     )
     assert result.receiver_answers.get("/track 503", 0) == faults["errors"], report
+    broken = result.body_faults  # answers the proxy broke between receiver and exporter
+    for kind in ("slow", "stall", "gzip-retry", "gzip-environment"):
+        assert broken.get(kind, 0) > 0, (kind, report)
 
     running, drain = result.exporter_stats, result.drain_stats
     assert _stat(running, "retries") > 0, report
