@@ -273,8 +273,7 @@ def _query_endpoint(
 
 
 def _query_file(path: str, sql: str) -> tuple[list[str], list[Any]]:
-    from .receiver._http import to_jsonable
-    from .receiver._store import import_duckdb
+    from .receiver._store import import_duckdb, sql_string, to_jsonable
 
     if not os.path.exists(path):
         raise CommandError(f"no database file at {path}")
@@ -286,7 +285,7 @@ def _query_file(path: str, sql: str) -> tuple[list[str], list[Any]]:
     try:
         conn.execute("SET TimeZone = 'UTC'")
         try:
-            conn.execute(f"ATTACH '{path.replace(chr(39), chr(39) * 2)}' AS altertable (READ_ONLY)")
+            conn.execute(f"ATTACH {sql_string(path)} AS altertable (READ_ONLY)")
         except Exception as exc:
             message = _first_line(exc)
             if "lock" in message.lower():
