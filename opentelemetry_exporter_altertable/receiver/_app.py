@@ -18,7 +18,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
@@ -72,6 +73,10 @@ class Request:
     headers: Mapping[str, str]
     query: Mapping[str, list[str]]
     body: bytes = b""
+    watch_disconnect: Callable[[Callable[[], None]], AbstractContextManager[Any]] = (
+        lambda cancel: nullcontext()
+    )
+    """``with request.watch_disconnect(cancel):`` calls ``cancel`` if the client goes away."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
     content_type: str = "application/json"
     drop: bool = False
+    stream: Generator[bytes, None, None] | None = None
+    """Sent chunked after ``body``; closed (``.close()``) whatever happens, so it can clean up."""
 
 
 Route = Callable[[Request], Response]

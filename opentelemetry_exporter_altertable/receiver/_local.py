@@ -16,6 +16,8 @@ from typing import Any
 
 from ._app import DEFAULT_ENVIRONMENTS, DEFAULT_MAX_BODY_BYTES, Application
 from ._faults import FaultInjector, FaultPlan
+from ._page import add_page_routes
+from ._query import DEFAULT_QUERY_TIMEOUT, QueryEndpoint, SafeQueries
 from ._server import Server
 from ._store import Store
 
@@ -33,6 +35,9 @@ class LocalReceiver:
     key; ``environments=None`` accepts any environment. Request lines are logged on the
     ``opentelemetry_exporter_altertable.receiver`` loggers at ``request_log_level``.
     ``faults`` (a ``FaultPlan``) makes ingestion requests fail on purpose, for delivery tests.
+    ``POST /query`` speaks the Lakehouse API (Basic auth with ``query_user``/``query_password``,
+    else any non-empty pair; read-only; ``query_timeout`` seconds at most) and ``GET /`` is a
+    page over it (``r.page_url``). ``r.query(sql)`` is the trusted path: any SQL, in process.
     """
 
     def __init__(
@@ -47,6 +52,9 @@ class LocalReceiver:
         request_log_level: int = logging.DEBUG,
         idle_timeout: float = 60.0,
         faults: FaultPlan | FaultInjector | None = None,
+        query_user: str | None = None,
+        query_password: str | None = None,
+        query_timeout: float = DEFAULT_QUERY_TIMEOUT,
     ) -> None:
         self.db_path = db_path
         self.api_keys = _as_tuple(api_keys, "api_keys")
@@ -59,6 +67,16 @@ class LocalReceiver:
         self.idle_timeout = idle_timeout
         self.faults = FaultInjector(faults) if isinstance(faults, FaultPlan) else faults
         """Injects the given :class:`FaultPlan` into ingestion requests (see ``_faults``)."""
+        pair = (query_user, query_password)
+        if (query_user is None) != (query_password is None) or "" in pair:
+            raise ValueError("query_user and query_password go together, both non-empty")
+        self.query_credentials = (
+            None if query_user is None or query_password is None else (query_user, query_password)
+        )
+        """``POST /query``'s Basic credentials; ``None`` accepts any non-empty pair."""
+        if not query_timeout > 0:
+            raise ValueError("query_timeout must be positive")
+        self.query_timeout = query_timeout
         self._lock = threading.Lock()
         self._store: Store | None = None
         self._server: Server | None = None
@@ -74,6 +92,13 @@ class LocalReceiver:
                 app = Application(
                     store, self.api_keys, self.environments, self.max_body_bytes, self.faults
                 )
+                queries = SafeQueries(store, self.query_timeout)
+                app.route(
+                    "POST",
+                    "/query",
+                    QueryEndpoint(queries, self.query_credentials, self.api_keys, app.decode),
+                )
+                add_page_routes(app)
                 server = Server(
                     (self.host, self.port), app, self.request_log_level, self.idle_timeout
                 )
@@ -130,6 +155,11 @@ class LocalReceiver:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def page_url(self) -> str:
+        """The page: live events, identities, a chart and a read-only SQL box."""
+        return self.endpoint + "/"
 
     @property
     def requests(self) -> Counter[tuple[str, int]]:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import select
 import selectors
 import socket
 import socketserver
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
@@ -82,7 +84,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._finish(path, error_response(exc.error, close=True), started)
                 return
         headers = {name.lower(): value for name, value in self.headers.items()}
-        response = app.handle(Request(method, path, headers, parse_qs(url.query), body))
+        request = Request(
+            method, path, headers, parse_qs(url.query), body, self._watch_disconnect
+        )
+        response = app.handle(request)
         if response.drop:
             self.close_connection = True  # no answer at all: the client sees the socket close
             return
@@ -148,9 +153,12 @@ class _Handler(BaseHTTPRequestHandler):
             f"Server: {self.server_version}",
             f"Date: {self.date_time_string()}",
         ]
-        if response.body:
+        if response.body or response.stream is not None:
             lines.append(f"Content-Type: {response.content_type}")
-        lines.append(f"Content-Length: {len(response.body)}")
+        if response.stream is None:
+            lines.append(f"Content-Length: {len(response.body)}")
+        else:
+            lines.append("Transfer-Encoding: chunked")
         lines.extend(f"{name}: {value}" for name, value in response.headers)
         if self.close_connection:
             lines.append("Connection: close")
@@ -169,7 +177,58 @@ class _Handler(BaseHTTPRequestHandler):
                 "" if response.items is None else f" items={response.items}",
                 (time.perf_counter() - started) * 1000,
             )
-        self.wfile.write(head + response.body)
+        if response.stream is None:
+            self.wfile.write(head + response.body)
+        else:
+            self._write_stream(head, response)
+
+    def _write_stream(self, head: bytes, response: Response) -> None:
+        """Chunked transfer; a client that leaves ends (closes) the stream, which cancels it."""
+        stream = response.stream
+        assert stream is not None
+        try:
+            pending = head + (_chunk(response.body) if response.body else b"")
+            for data in stream:
+                if data:
+                    self.wfile.write(pending + _chunk(data))
+                    pending = b""
+            self.wfile.write(pending + b"0\r\n\r\n")
+        except OSError:
+            self.close_connection = True
+            logger.debug("client left during a streamed answer")
+        finally:
+            stream.close()
+
+    @contextlib.contextmanager
+    def _watch_disconnect(self, cancel: Callable[[], None]) -> Iterator[None]:
+        """Call ``cancel`` if the client closes its end while the block runs."""
+        done = threading.Event()
+        sock = self.connection
+
+        def watch() -> None:
+            while not done.is_set():
+                try:
+                    readable, _, _ = select.select([sock], [], [], 0.1)
+                    if not readable:
+                        continue
+                    if sock.recv(1, socket.MSG_PEEK) == b"" and not done.is_set():
+                        cancel()
+                    return  # closed, or the next request already arrived: stop watching
+                except (OSError, ValueError):
+                    if not done.is_set():
+                        cancel()
+                    return
+
+        watcher = threading.Thread(target=watch, name="altertable-receiver-watch", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()  # the watcher notices within 0.1 s; not joined, so no query waits on it
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 def _route(path: str) -> str:

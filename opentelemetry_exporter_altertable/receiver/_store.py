@@ -150,6 +150,7 @@ SELECT
     now()
 FROM (SELECT unnest(json_transform($1, '[["JSON"]]')) AS r)
 """
+_LOCK_DOWN = "SET enable_external_access = false; SET lock_configuration = true"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -221,7 +222,7 @@ class Store:
         self._closed = False
         self._conn: Any = duckdb.connect(":memory:")
         try:
-            self._conn.execute("SET TimeZone = 'UTC'")
+            self._conn.execute("SET GLOBAL TimeZone = 'UTC'")
             target = ":memory:" if self.db_path is None else self.db_path
             self._conn.execute(f"ATTACH {sql_string(target)} AS altertable")
             self._conn.execute(_SCHEMA)
@@ -234,6 +235,10 @@ class Store:
             self._links: dict[tuple[str, str], str] = {}
             self._identities: dict[str, _Identity] = {}
             self._load_identities()
+            # Last: from here on no connection to this database (ours, or the readers that
+            # /query uses) can read or write a file, attach, install, load or change a setting.
+            self._conn.execute(_LOCK_DOWN)
+            self._readers: set[Any] = set()
         except BaseException:
             self._conn.close()
             raise
@@ -451,10 +456,33 @@ class Store:
                 if kinds - {"SELECT", "EXPLAIN", "PRAGMA"}:
                     self._load_identities()
 
+    def reader(self) -> Any:
+        """A new DuckDB connection to the same database, for one untrusted query.
+
+        It runs beside ingestion (DuckDB's MVCC), never under the store's lock, and inherits the
+        locked-down configuration. Give it back with :meth:`release_reader`.
+        """
+        with self._lock:
+            self._check_open()
+            cursor = self._conn.cursor()
+            self._readers.add(cursor)
+            return cursor
+
+    def release_reader(self, cursor: Any) -> None:
+        with self._lock:
+            self._readers.discard(cursor)
+        with contextlib.suppress(Exception):
+            cursor.close()
+
     def interrupt(self) -> None:
-        """Abort the statement running now, if any (used by a stop that cannot wait)."""
+        """Abort the statements running now, if any (used by a stop that cannot wait)."""
         with contextlib.suppress(Exception):
             self._conn.interrupt()
+        with self._lock:
+            readers = list(self._readers)
+        for cursor in readers:
+            with contextlib.suppress(Exception):
+                cursor.interrupt()
 
     def close(self) -> None:
         """Checkpoint and close; later calls raise."""
