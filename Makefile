@@ -39,7 +39,7 @@ test-oldest: $(OLD_STAMP)
 	$(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(PY) examples/demo.py $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_export.py

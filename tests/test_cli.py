@@ -181,11 +181,13 @@ def test_serve_with_api_keys_and_environments(
         response = requests.post(url, json=production, headers={"X-API-Key": "pk_a"}, timeout=10)
         assert response.json()["error_code"] == "environment-not-found"
 
-        assert main(["query", "--endpoint", running.endpoint, "SELECT 1"]) == 1
-        assert "refused the API key" in capsys.readouterr().err
+        # Ingestion keys do not open /query; without configured query credentials any pair does.
         sql = "SELECT count(*) FROM altertable.analytics.events"
-        assert main(["query", "--endpoint", running.endpoint, "--api-key", "pk_b", sql]) == 0
-        assert "2" in capsys.readouterr().out
+        args = ["query", "--endpoint", running.endpoint]
+        assert main([*args, "--user", "pk_b", "--password", "pk_b", sql]) == 1
+        assert "refused the query credentials" in capsys.readouterr().err
+        assert main([*args, sql]) == 0
+        assert capsys.readouterr().out.splitlines()[2].strip() == "2"
     finally:
         status, out, _ = running.stop()
     assert status == 0
@@ -224,16 +226,33 @@ def test_serve_on_a_busy_port_fails_with_one_line(capsys: pytest.CaptureFixture[
     assert "--port" in err
 
 
-def test_query_api_key_defaults_from_the_environment(
+def test_query_credentials_from_flags_or_the_lakehouse_variables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    running = start_serve(tmp_path, "--api-key", "pk_env")
+    running = start_serve(tmp_path, "--query-user", "ana", "--query-password", "s3cret")
     try:
-        monkeypatch.setenv("OTEL_EXPORTER_ALTERTABLE_API_KEY", "pk_env")
-        assert main(["query", "--endpoint", running.endpoint, "SELECT 42 AS answer"]) == 0
+        args = ["query", "--endpoint", running.endpoint]
+        # The placeholder pair is refused by a receiver with configured credentials.
+        assert main([*args, "SELECT 42 AS answer"]) == 1
+        assert "refused the query credentials" in capsys.readouterr().err
+        assert main([*args, "--user", "ana", "--password", "nope", "SELECT 1"]) == 1
+        capsys.readouterr()
+        assert main([*args, "--user", "ana", "--password", "s3cret", "SELECT 42 AS a"]) == 0
         assert capsys.readouterr().out.splitlines()[2].strip() == "42"
+        monkeypatch.setenv("ALTERTABLE_LAKEHOUSE_USERNAME", "ana")
+        monkeypatch.setenv("ALTERTABLE_LAKEHOUSE_PASSWORD", "s3cret")
+        assert main([*args, "--json", "SELECT 42 AS answer"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"columns": ["answer"], "rows": [[42]]}
     finally:
         running.stop()
+
+
+def test_query_streams_a_large_result(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    sql = "SELECT i, repeat('x', 50) AS pad FROM range(200000) t(i)"
+    assert main(["query", "--endpoint", served.endpoint, "--json", sql]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert len(rows) == 200000
+    assert rows[-1] == [199999, "x" * 50]
 
 
 def test_no_command_prints_help() -> None:
