@@ -68,6 +68,7 @@ MAX_ITEMS = 10_000
 """Most items in one array body (the exporters send 100 by default)."""
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_CONTAINERS = (dict, list)
 # A JSON string literal, unrolled so that long strings scan in C without backtracking.
 _STRING_LITERAL = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _ISO_8601 = re.compile(
@@ -178,8 +179,8 @@ def _check_value_count(text: str) -> None:
     the limit are the string literals taken out (their commas and brackets are not structure)
     and the count made exact.
     """
-    if _structural_count(text) <= MAX_VALUES:
-        return
+    if len(text) <= 2 * MAX_VALUES - 2 or _structural_count(text) <= MAX_VALUES:
+        return  # every value but the last takes two characters at least: ``0,``
     if _structural_count(_STRING_LITERAL.sub('""', text)) > MAX_VALUES:
         raise ApiError(413, "payload-too-large", f"body has more than {MAX_VALUES} JSON values")
 
@@ -196,26 +197,36 @@ def _check_shape(doc: Any, check_surrogates: bool) -> None:
     """Nesting within :data:`MAX_DEPTH`; with ``check_surrogates``, no lone surrogate.
 
     Iterative, so no depth of input can exhaust the stack here; only containers are stacked.
+    Each level is one comprehension (run in C), which keeps this to ~1 us per ingested event.
     """
-    if check_surrogates and isinstance(doc, str):
-        _check_string(doc)
-    stack: list[tuple[Any, int]] = [(doc, 1)] if isinstance(doc, (dict, list)) else []
-    while stack:
-        container, depth = stack.pop()
+    level = [doc] if type(doc) in _CONTAINERS else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > MAX_DEPTH:
             raise _too_deep()
-        if isinstance(container, dict):
-            if check_surrogates:
-                for key in container:
-                    _check_string(key)
-            values = container.values()
-        else:
-            values = container
-        for value in values:
-            if isinstance(value, (dict, list)):
-                stack.append((value, depth + 1))
-            elif check_surrogates and isinstance(value, str):
-                _check_string(value)
+        level = [
+            value
+            for container in level
+            for value in (container.values() if type(container) is dict else container)
+            if type(value) in _CONTAINERS
+        ]
+    if check_surrogates:
+        _check_surrogates(doc)
+
+
+def _check_surrogates(doc: Any) -> None:
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            _check_string(value)
+        elif isinstance(value, dict):
+            for key in value:
+                _check_string(key)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def _check_string(value: str) -> None:
