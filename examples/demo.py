@@ -9,6 +9,7 @@ up) until Ctrl-C; ``--exit`` (or no terminal, as in CI) stops at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
@@ -111,10 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\ndemo: open {endpoint}/ in a browser to watch events arrive.", flush=True)
             if keep_running:
                 print("demo: the receiver keeps running; Ctrl-C stops it.", flush=True)
-                try:
+                with contextlib.suppress(KeyboardInterrupt):
                     server.wait()
-                except KeyboardInterrupt:
-                    pass
         finally:
             server.terminate()
             try:

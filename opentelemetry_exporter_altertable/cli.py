@@ -38,7 +38,12 @@ _TABLE_SAMPLE_ROWS = 1000
 
 
 class CommandError(Exception):
-    """A failure worth one clear line on stderr (and exit status 1), not a traceback."""
+    """A failure worth one clear line on stderr (and exit ``status``, 1 unless given), not a
+    traceback. Status 2 is a refused command line, as argparse uses it."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # -- serve ---------------------------------------------------------------------------------
@@ -55,7 +60,9 @@ def _add_serve(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; other than loopback it needs --api-key (default: %(default)s)",
     )
     parser.add_argument(
         "--port",
@@ -105,7 +112,15 @@ def _add_serve(subparsers: Any) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from .receiver import DEFAULT_ENVIRONMENTS, LocalReceiver
+    from .receiver._local import is_loopback_host
 
+    if not args.api_keys and not is_loopback_host(args.host):
+        raise CommandError(
+            f"--host {args.host} lets other machines (and their users) write to this receiver; "
+            "pass --api-key KEY so that only clients with the key are accepted, "
+            "or listen on 127.0.0.1",
+            status=2,
+        )
     db_path = None if args.db == ":memory:" else os.path.abspath(args.db)
     query_user = args.query_user or os.environ.get(_USER_VARIABLES[0]) or None
     query_password = args.query_password or os.environ.get(_PASSWORD_VARIABLES[0]) or None
@@ -143,7 +158,9 @@ def _serve(args: argparse.Namespace) -> int:
         keys = (
             "any non-empty key" if receiver.api_keys is None else f"{len(receiver.api_keys)} key(s)"
         )
-        print(f"Altertable receiver listening on {receiver.endpoint}", flush=True)
+        print(f"Altertable receiver listening on {receiver.bound_address}", flush=True)
+        if receiver.bound_address != receiver.endpoint:
+            print(f"  from here:    {receiver.endpoint}", flush=True)
         print(f"  database:     {db_path or 'in memory (nothing is kept)'}", flush=True)
         print(f"  environments: {', '.join(sorted(receiver.environments or ()))}", flush=True)
         print(f"  API keys:     {keys}", flush=True)
@@ -152,7 +169,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"  page:         open {receiver.page_url} in a browser", flush=True)
         print(
             f"  export with:  OTEL_EXPORTER_ALTERTABLE_ENDPOINT={receiver.endpoint}\n"
-            f'  query with:   {PROG} query "SELECT * FROM altertable.analytics.events"\n'
+            f"  query with:   {_query_hint(receiver.endpoint, receiver.api_keys is not None)}\n"
             "  Ctrl-C stops it.",
             flush=True,
         )
@@ -165,6 +182,14 @@ def _serve(args: argparse.Namespace) -> int:
         package_logger.setLevel(level)
     print("Receiver stopped.", flush=True)
     return 0
+
+
+def _query_hint(endpoint: str, keyed: bool) -> str:
+    """The ``query`` command that reaches this receiver (options only where not the default)."""
+    options = "" if endpoint == DEFAULT_ENDPOINT else f" --endpoint {endpoint}"
+    if keyed:
+        options += " --api-key KEY"
+    return f'{PROG} query{options} "SELECT * FROM altertable.analytics.events"'
 
 
 def _log_to_stderr() -> tuple[logging.Logger, logging.Handler, int]:
@@ -528,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(run(args))
     except CommandError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
+        return exc.status
     except KeyboardInterrupt:
         return 130
 

@@ -8,8 +8,8 @@ Altertable, and the assertions are on what its SQL returns.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import time

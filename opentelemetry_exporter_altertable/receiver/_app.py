@@ -6,16 +6,23 @@ rule here can be tested without a socket, and new endpoints are one entry in a r
 ``app.route("GET", "/", handler)`` or ``app.route("POST", "/query", handler)`` replaces or
 adds the handler of a path (the built-in ``/query`` is the plain JSON one).
 
-Order of checks, as the API does it: API key (``401``, empty body), then the body as a whole
-(``400`` malformed JSON, ``422`` schema, ``400 unknown-built-in-property``: nothing stored),
-then item by item, in order, the environment (``400 environment-not-found``). Items before the
-first unknown environment are stored before the error is answered, like the official mock, so
-a client that retries such a batch stores its first items twice (at-least-once delivery).
-"""
+Before any route, :meth:`Application.screen` refuses (``403``) requests a web page could have
+sent: an ``Origin`` other than the receiver's own (cross-site requests, including the
+``text/plain`` "simple" POSTs a browser sends without asking), or a ``Host`` that is neither a
+loopback name nor the receiver's own host (DNS rebinding: a page whose name resolves to
+127.0.0.1 still sends its own name as ``Host``). Tools that send no ``Origin`` are unaffected.
+
+Order of checks on ingestion, as the API does it: API key (``401``, empty body), then the body
+as a whole (``400`` malformed JSON, ``422`` schema, ``400 unknown-built-in-property``: nothing
+stored), then item by item, in order, the environment (``400 environment-not-found``). Items
+before the first unknown environment are stored before the error is answered, like the official
+mock, so a client that retries such a batch stores its first items twice (at-least-once
+delivery). """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -62,6 +69,7 @@ _FAILED_CODES = {
 }
 _ItemT = TypeVar("_ItemT", TrackItem, IdentifyItem, AliasItem)
 Method = Literal["GET", "POST"]
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,15 @@ def _fault_response(fault: Fault) -> Response:
     return Response(fault.status, error_response(error).body, headers=fault.headers)
 
 
+def _host_name(host: str) -> str:
+    """``Host`` without its port, lower case: ``[::1]:80`` -> ``::1``, ``a:80`` -> ``a``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    name, colon, _ = host.rpartition(":")
+    return name if colon and ":" not in name else host
+
+
 class Application:
     """Routes a :class:`Request` to its handler and answers as the Altertable API does."""
 
@@ -121,8 +138,11 @@ class Application:
         environments: frozenset[str] | None,
         max_body_bytes: int,
         faults: FaultInjector | None = None,
+        *,
+        host: str = "127.0.0.1",
     ) -> None:
         self.store = store
+        self.host = host.strip("[]").lower()
         self._api_keys = None if api_keys is None else tuple(k.encode("utf-8") for k in api_keys)
         self.environments = environments
         self.max_body_bytes = max_body_bytes
@@ -136,8 +156,37 @@ class Application:
         """Serve ``method path`` with ``handler`` (replacing the one there, if any)."""
         self._routes[(method, path)] = handler
 
+    def screen(self, headers: Mapping[str, str]) -> Response | None:
+        """``403`` for a request from a web page of another origin or via a foreign name.
+
+        ``headers`` is keyed in lower case. Called by the server before it reads a body.
+        """
+        host = headers.get("host")
+        if host is not None and not self._own_host(_host_name(host)):
+            error = ApiError(403, "forbidden-host", "Host is not this receiver's address")
+            return error_response(error)
+        origin = headers.get("origin")
+        if origin is not None and (host is None or origin.lower() != f"http://{host.lower()}"):
+            error = ApiError(403, "forbidden-origin", "requests from other web origins are refused")
+            return error_response(error)
+        return None
+
+    def _own_host(self, name: str) -> bool:
+        if name in ("localhost", self.host):
+            return True
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        # Bound to every interface: any address of ours may be named. A name that only
+        # resolves here (the rebinding attack) is still refused.
+        return address.is_loopback or self.host in _WILDCARD_HOSTS
+
     def handle(self, request: Request) -> Response:
         """The answer to ``request``; an unexpected error is a ``500``, never an exception."""
+        screened = self.screen(request.headers)
+        if screened is not None:
+            return screened
         faults = self.faults
         if faults is not None and request.method == "POST" and request.path in INGEST_PATHS:
             fault = faults.decide(request.path)

@@ -7,6 +7,7 @@ background thread; ``stop()`` ends connections and closes the database. No HTTP 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import threading
@@ -18,10 +19,16 @@ from ._app import DEFAULT_ENVIRONMENTS, DEFAULT_MAX_BODY_BYTES, Application
 from ._faults import FaultInjector, FaultPlan
 from ._page import add_page_routes
 from ._query import DEFAULT_QUERY_TIMEOUT, QueryEndpoint, SafeQueries
-from ._server import Server
+from ._server import DEFAULT_MAX_IN_WORK, DEFAULT_QUEUE_WAIT, Server
 from ._store import Store
 
-__all__ = ["DEFAULT_ENVIRONMENTS", "DEFAULT_MAX_BODY_BYTES", "LocalReceiver"]
+__all__ = [
+    "DEFAULT_ENVIRONMENTS",
+    "DEFAULT_MAX_BODY_BYTES",
+    "LocalReceiver",
+    "is_loopback_host",
+    "require_key_beyond_loopback",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,10 @@ class LocalReceiver:
     ``POST /query`` speaks the Lakehouse API (Basic auth with ``query_user``/``query_password``,
     else any non-empty pair; read-only; ``query_timeout`` seconds at most) and ``GET /`` is a
     page over it (``r.page_url``). ``r.query(sql)`` is the trusted path: any SQL, in process.
+
+    A ``host`` other than loopback needs ``api_keys`` (``ValueError`` otherwise): anyone who
+    can reach the port could write otherwise. At most ``max_in_work`` requests of a kind are
+    read and handled at once; the next waits up to ``queue_wait`` seconds, then gets ``503``.
     """
 
     def __init__(
@@ -52,10 +63,14 @@ class LocalReceiver:
         request_log_level: int = logging.DEBUG,
         idle_timeout: float = 60.0,
         faults: FaultPlan | FaultInjector | None = None,
+        max_in_work: int = DEFAULT_MAX_IN_WORK,
+        queue_wait: float = DEFAULT_QUEUE_WAIT,
         query_user: str | None = None,
         query_password: str | None = None,
         query_timeout: float = DEFAULT_QUERY_TIMEOUT,
     ) -> None:
+        if max_in_work < 1:
+            raise ValueError("max_in_work must be at least 1")
         self.db_path = db_path
         self.api_keys = _as_tuple(api_keys, "api_keys")
         environment_names = _as_tuple(environments, "environments")
@@ -65,6 +80,8 @@ class LocalReceiver:
         self.max_body_bytes = max_body_bytes
         self.request_log_level = request_log_level
         self.idle_timeout = idle_timeout
+        self.max_in_work = max_in_work
+        self.queue_wait = queue_wait
         self.faults = FaultInjector(faults) if isinstance(faults, FaultPlan) else faults
         """Injects the given :class:`FaultPlan` into ingestion requests (see ``_faults``)."""
         pair = (query_user, query_password)
@@ -87,10 +104,16 @@ class LocalReceiver:
         with self._lock:
             if self._server is not None:
                 raise RuntimeError("the receiver is already running")
+            require_key_beyond_loopback(self.host, self.api_keys)
             store = Store(self.db_path)
             try:
                 app = Application(
-                    store, self.api_keys, self.environments, self.max_body_bytes, self.faults
+                    store,
+                    self.api_keys,
+                    self.environments,
+                    self.max_body_bytes,
+                    self.faults,
+                    host=self.host,
                 )
                 queries = SafeQueries(store, self.query_timeout)
                 app.route(
@@ -100,7 +123,12 @@ class LocalReceiver:
                 )
                 add_page_routes(app)
                 server = Server(
-                    (self.host, self.port), app, self.request_log_level, self.idle_timeout
+                    (self.host, self.port),
+                    app,
+                    self.request_log_level,
+                    self.idle_timeout,
+                    max_in_work=self.max_in_work,
+                    queue_wait=self.queue_wait,
                 )
             except BaseException:
                 store.close()
@@ -157,9 +185,26 @@ class LocalReceiver:
         return f"http://{host}:{self.port}"
 
     @property
+    def bound_address(self) -> str:
+        """The address the socket is bound to, as a URL: ``http://0.0.0.0:15001`` when every
+        interface listens (unlike :attr:`endpoint`, which is how to reach it from here)."""
+        if self._server is None:
+            raise RuntimeError("the receiver is not running; call start() first")
+        host = str(self._server.server_address[0])
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self._server.server_port}"
+
+    @property
     def page_url(self) -> str:
         """The page: live events, identities, a chart and a read-only SQL box."""
         return self.endpoint + "/"
+
+    @property
+    def queries_running(self) -> int:
+        """``POST /query`` statements holding a database connection now."""
+        store = self._store
+        return 0 if store is None else store.readers_open()
 
     @property
     def requests(self) -> Counter[tuple[str, int]]:
@@ -182,3 +227,23 @@ def _as_tuple(values: Iterable[str] | None, name: str) -> tuple[str, ...] | None
     if not all(isinstance(v, str) and v for v in result):
         raise ValueError(f"{name} must be non-empty strings")
     return result
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address (``127.x.x.x``, ``::1``): reachable from here only."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def require_key_beyond_loopback(host: str, api_keys: tuple[str, ...] | None) -> None:
+    """Refuse to listen beyond loopback while any key is accepted."""
+    if api_keys is None and not is_loopback_host(host):
+        raise ValueError(
+            f"host {host!r} is reachable from other machines: give the API keys to accept "
+            "(--api-key KEY) or listen on 127.0.0.1"
+        )

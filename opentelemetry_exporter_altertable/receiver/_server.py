@@ -1,9 +1,17 @@
 """The receiver's HTTP server: sockets in, :class:`~._app.Request` out, answers written back.
 
-Its one job is the wire: reading request bodies within their limit (``Content-Length`` or
-chunked), handing a :class:`~._app.Request` to the application, writing the answer, counting
-answers, logging request lines with the key masked, and tracking open connections so a stop
-is instant. Standard library only (``http.server``).
+Its one job is the wire: screening requests before reading them (a foreign ``Origin`` or
+``Host`` is refused, its body discarded unkept), bounding the requests in work, reading request
+bodies within their limit (``Content-Length`` or chunked), handing a :class:`~._app.Request` to
+the application, writing the answer, counting answers, logging request lines with the key
+masked, and tracking open connections so a stop is instant. Standard library only
+(``http.server``).
+
+At most ``max_in_work`` POSTs per kind (ingestion; every other path, such as ``/query``: apart,
+so neither starves the other) read and handle their bodies at once; the next waits up
+to ``queue_wait`` seconds for a place, then is answered ``503`` with ``Retry-After`` (its body
+read and discarded, so the connection survives). With the body limits of ``_validation`` this
+bounds the memory of the requests in work, whatever is sent.
 
 Each response goes out in one ``sendall`` (status line, headers and body in one buffer,
 ``Content-Length`` always set): a response split over several writes meets Nagle's algorithm
@@ -29,21 +37,52 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from ..version import __version__
-from ._app import Application, Method, Request, Response, error_response
+from ._app import INGEST_PATHS, Application, Method, Request, Response, error_response
 from ._validation import ApiError
 
-__all__ = ["Server"]
+__all__ = ["DEFAULT_MAX_IN_WORK", "DEFAULT_QUEUE_WAIT", "Server"]
 
 logger = logging.getLogger(__name__)
 
 _API_KEY_IN_URL = re.compile(r"(?i)(apikey=)[^&]*")
 _DRAIN_LIMIT_FACTOR = 16
+DEFAULT_MAX_IN_WORK = 4
+DEFAULT_QUEUE_WAIT = 2.0
+_RETRY_AFTER_SECONDS = 1
 
 
 class _BodyError(Exception):
     def __init__(self, status: int, error_code: str, message: str) -> None:
         super().__init__(message)
         self.error = ApiError(status, error_code, message)
+
+
+class _Places:
+    """A bounded number of places in work, with a count others can wait on."""
+
+    def __init__(self, size: int) -> None:
+        self._free = threading.BoundedSemaphore(size)
+        self._changed = threading.Condition()
+        self.taken = 0
+
+    def acquire(self, timeout: float) -> bool:
+        if not self._free.acquire(timeout=timeout):
+            return False
+        with self._changed:
+            self.taken += 1
+            self._changed.notify_all()
+        return True
+
+    def release(self) -> None:
+        with self._changed:
+            self.taken -= 1
+            self._changed.notify_all()
+        self._free.release()
+
+    def wait_taken(self, count: int, timeout: float) -> bool:
+        """Wait until exactly ``count`` places are taken (for tests and diagnostics)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.taken == count, timeout)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -76,22 +115,53 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = _route(url.path)
         app = self._server.app
-        body = b""
-        if method == "POST":
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        refusal = app.screen(headers)
+        if refusal is not None:
+            self._discard_body(app.max_body_bytes)
+            self._finish(path, refusal, started)
+            return
+        if method == "GET":
+            query = parse_qs(url.query)
+            request = Request(method, path, headers, query, b"", self._watch_disconnect)
+            self._answer(request, started)
+            return
+        slots = self._server.slots(path)
+        if not slots.acquire(timeout=self._server.queue_wait):
+            self._discard_body(app.max_body_bytes)
+            self._finish(path, _busy(), started)
+            return
+        try:
             try:
                 body = self._read_body(app.max_body_bytes)
             except _BodyError as exc:
                 self._finish(path, error_response(exc.error, close=True), started)
                 return
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        request = Request(
-            method, path, headers, parse_qs(url.query), body, self._watch_disconnect
-        )
-        response = app.handle(request)
+            self._answer(Request(
+                    method, path, headers, parse_qs(url.query), body, self._watch_disconnect
+                ), started)
+        finally:
+            slots.release()
+
+    def _answer(self, request: Request, started: float) -> None:
+        response = self._server.app.handle(request)
         if response.drop:
             self.close_connection = True  # no answer at all: the client sees the socket close
             return
-        self._finish(path, response, started)
+        self._finish(request.path, response, started)
+
+    def _discard_body(self, limit: int) -> None:
+        """Read a body we will not use, without keeping it; close when that costs too much."""
+        length_header = self.headers.get("Content-Length")
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        try:
+            length = int(length_header) if length_header is not None else 0
+        except ValueError:
+            length = -1
+        if chunked or not 0 <= length <= limit * _DRAIN_LIMIT_FACTOR:
+            self.close_connection = True
+        elif length:
+            self._drain(length)
 
     def _read_body(self, limit: int) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -231,6 +301,12 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+def _busy() -> Response:
+    error = ApiError(503, "busy", "too many requests in progress; retry shortly")
+    response = error_response(error)
+    return Response(503, response.body, headers=(("Retry-After", str(_RETRY_AFTER_SECONDS)),))
+
+
 def _route(path: str) -> str:
     path = urlsplit(path).path
     return path.rstrip("/") or "/"
@@ -248,10 +324,17 @@ class Server(ThreadingHTTPServer):
         app: Application,
         request_log_level: int,
         idle_timeout: float,
+        *,
+        max_in_work: int = DEFAULT_MAX_IN_WORK,
+        queue_wait: float = DEFAULT_QUEUE_WAIT,
     ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.app = app
+        self.max_in_work = max_in_work
+        self.queue_wait = queue_wait
+        self._ingest_slots = _Places(max_in_work)
+        self._other_slots = _Places(max_in_work)
         self.request_log_level = request_log_level
         self.idle_timeout = idle_timeout
         self._active: set[socket.socket] = set()
@@ -289,6 +372,11 @@ class Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.debug("connection from %s failed", client_address, exc_info=True)
+
+    def slots(self, path: str) -> _Places:
+        """The places in work for a POST to ``path``: ingestion shares one set, the rest
+        another, so a slow query never holds up ingestion."""
+        return self._ingest_slots if path in INGEST_PATHS else self._other_slots
 
     def record(self, path: str, status: int) -> None:
         with self._counts_lock:

@@ -468,6 +468,10 @@ class Store:
             self._readers.add(cursor)
             return cursor
 
+    def readers_open(self) -> int:
+        with self._lock:
+            return len(self._readers)
+
     def release_reader(self, cursor: Any) -> None:
         with self._lock:
             self._readers.discard(cursor)
