@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-oldest lint typecheck pytest demo bench soak clean
+.PHONY: install test test-oldest lint typecheck pytest demo bench soak clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy --strict opentelemetry_exporter_altertable
 
-pytest: $(STAMP)
+# The page's test drives a real headless Chromium: Debian's package, installed when missing
+# (as root, which CI is; elsewhere run the apt-get line with sudo once).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+pytest: $(STAMP) browser
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest
@@ -34,7 +40,7 @@ $(OLD_STAMP): pyproject.toml ci/constraints-oldest-sdk.txt
 	PIP_CONSTRAINT= $(OLD_VENV)/bin/python -m pip install --quiet -c ci/constraints-oldest-sdk.txt -e '.[dev,local]'
 	touch $(OLD_STAMP)
 
-test-oldest: $(OLD_STAMP)
+test-oldest: $(OLD_STAMP) browser
 	$(OLD_VENV)/bin/python -m mypy --strict opentelemetry_exporter_altertable
 	$(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
@@ -48,4 +54,4 @@ soak: $(STAMP)
 	$(PY) benchmarks/soak.py --events 1000000
 
 clean:
-	rm -rf $(VENV) $(OLD_VENV) .mypy_cache .ruff_cache .pytest_cache altertable-local.duckdb*
+	rm -rf $(VENV) $(OLD_VENV) .mypy_cache .ruff_cache .pytest_cache artifacts altertable-local.duckdb*
