@@ -28,7 +28,10 @@ to the merged identity, whose primary id is ``new_user_id``.
 
 A Python mirror of the identity tables answers lookups without queries; the receiver is the
 only writer of its database file (DuckDB locks it), so the mirror stays exact. One lock
-serialises every use of the single connection.
+serialises every use of the store's own connection; untrusted queries get connections of
+their own (:meth:`Store.reader`) and never take it. Once set up, the database is locked down
+for everyone: external access off (no file read or written, no attach, install or load) and
+the configuration locked (no ``SET``).
 """
 
 from __future__ import annotations
