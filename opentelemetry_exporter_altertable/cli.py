@@ -33,7 +33,12 @@ _API_KEY_VARIABLES = ("OTEL_EXPORTER_ALTERTABLE_API_KEY", "ALTERTABLE_API_KEY")
 
 
 class CommandError(Exception):
-    """A failure worth one clear line on stderr (and exit status 1), not a traceback."""
+    """A failure worth one clear line on stderr (and exit ``status``, 1 unless given), not a
+    traceback. Status 2 is a refused command line, as argparse uses it."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # -- serve ---------------------------------------------------------------------------------
@@ -50,7 +55,9 @@ def _add_serve(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; other than loopback it needs --api-key (default: %(default)s)",
     )
     parser.add_argument(
         "--port",
@@ -82,7 +89,15 @@ def _add_serve(subparsers: Any) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from .receiver import DEFAULT_ENVIRONMENTS, LocalReceiver
+    from .receiver._local import is_loopback_host
 
+    if not args.api_keys and not is_loopback_host(args.host):
+        raise CommandError(
+            f"--host {args.host} lets other machines (and their users) write to this receiver; "
+            "pass --api-key KEY so that only clients with the key are accepted, "
+            "or listen on 127.0.0.1",
+            status=2,
+        )
     db_path = None if args.db == ":memory:" else os.path.abspath(args.db)
     receiver = LocalReceiver(
         db_path=db_path,
@@ -111,13 +126,15 @@ def _serve(args: argparse.Namespace) -> int:
         keys = (
             "any non-empty key" if receiver.api_keys is None else f"{len(receiver.api_keys)} key(s)"
         )
-        print(f"Altertable receiver listening on {receiver.endpoint}", flush=True)
+        print(f"Altertable receiver listening on {receiver.bound_address}", flush=True)
+        if receiver.bound_address != receiver.endpoint:
+            print(f"  from here:    {receiver.endpoint}", flush=True)
         print(f"  database:     {db_path or 'in memory (nothing is kept)'}", flush=True)
         print(f"  environments: {', '.join(sorted(receiver.environments or ()))}", flush=True)
         print(f"  API keys:     {keys}", flush=True)
         print(
             f"  export with:  OTEL_EXPORTER_ALTERTABLE_ENDPOINT={receiver.endpoint}\n"
-            f'  query with:   {PROG} query "SELECT * FROM altertable.analytics.events"\n'
+            f"  query with:   {_query_hint(receiver.endpoint, receiver.api_keys is not None)}\n"
             "  Ctrl-C stops it.",
             flush=True,
         )
@@ -130,6 +147,14 @@ def _serve(args: argparse.Namespace) -> int:
         package_logger.setLevel(level)
     print("Receiver stopped.", flush=True)
     return 0
+
+
+def _query_hint(endpoint: str, keyed: bool) -> str:
+    """The ``query`` command that reaches this receiver (options only where not the default)."""
+    options = "" if endpoint == DEFAULT_ENDPOINT else f" --endpoint {endpoint}"
+    if keyed:
+        options += " --api-key KEY"
+    return f'{PROG} query{options} "SELECT * FROM altertable.analytics.events"'
 
 
 def _log_to_stderr() -> tuple[logging.Logger, logging.Handler, int]:
@@ -273,8 +298,7 @@ def _query_endpoint(
 
 
 def _query_file(path: str, sql: str) -> tuple[list[str], list[Any]]:
-    from .receiver._http import to_jsonable
-    from .receiver._store import import_duckdb
+    from .receiver._store import import_duckdb, sql_string, to_jsonable
 
     if not os.path.exists(path):
         raise CommandError(f"no database file at {path}")
@@ -286,7 +310,7 @@ def _query_file(path: str, sql: str) -> tuple[list[str], list[Any]]:
     try:
         conn.execute("SET TimeZone = 'UTC'")
         try:
-            conn.execute(f"ATTACH '{path.replace(chr(39), chr(39) * 2)}' AS altertable (READ_ONLY)")
+            conn.execute(f"ATTACH {sql_string(path)} AS altertable (READ_ONLY)")
         except Exception as exc:
             message = _first_line(exc)
             if "lock" in message.lower():
@@ -427,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(run(args))
     except CommandError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
+        return exc.status
     except KeyboardInterrupt:
         return 130
 

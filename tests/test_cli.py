@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from opentelemetry_exporter_altertable.cli import _print_table, main
+from opentelemetry_exporter_altertable.cli import (
+    DEFAULT_ENDPOINT,
+    PROG,
+    _print_table,
+    _query_hint,
+    main,
+)
 
 GUIDE_EVENTS_BY_CURRENCY = """SELECT
 event,
@@ -249,3 +255,62 @@ def test_table_alignment(capsys: pytest.CaptureFixture[str]) -> None:
         "longer  123  NULL",
         "(2 rows)",
     ]
+
+
+# -- safe on a developer's machine ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "devbox.example"])
+def test_serve_beyond_loopback_without_a_key_refuses_to_start(tmp_path: Path, host: str) -> None:
+    command = [sys.executable, "-m", "opentelemetry_exporter_altertable.cli", "serve"]
+    try:
+        finished = subprocess.run(
+            [*command, "--host", host, "--port", "0", "--db", str(tmp_path / "x.duckdb")],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"serve --host {host} started without a key") from exc
+    assert finished.returncode == 2
+    assert finished.stdout == ""
+    assert f"--host {host}" in finished.stderr and "--api-key" in finished.stderr
+    assert len(finished.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.duckdb").exists()
+
+
+def test_serve_on_every_interface_with_a_key_prints_the_bound_address(tmp_path: Path) -> None:
+    running = start_serve(tmp_path, "--host", "0.0.0.0", "--api-key", "secret-key")
+    try:
+        port = running.endpoint.rsplit(":", 1)[1]
+        assert running.endpoint == f"http://0.0.0.0:{port}"
+        assert running.process.stdout is not None
+        banner = [running.process.stdout.readline() for _ in range(7)]
+        assert banner[0].split() == ["from", "here:", f"http://127.0.0.1:{port}"]
+        hint = next(line for line in banner if "query with:" in line)
+        assert f"--endpoint http://127.0.0.1:{port} --api-key KEY" in hint
+        assert "secret-key" not in "".join(banner)
+        response = requests.post(
+            f"http://127.0.0.1:{port}/track",
+            json={"environment": "production", "event": "E", "properties": {}},
+            headers={"X-API-Key": "secret-key"},
+            timeout=10,
+        )
+        assert response.status_code == 200
+    finally:
+        running.stop()
+
+
+def test_serve_banner_query_hint_names_a_non_default_endpoint(served: Served) -> None:
+    assert served.process.stdout is not None
+    banner = [served.process.stdout.readline() for _ in range(6)]
+    hint = next(line for line in banner if "query with:" in line)
+    assert f"{PROG} query --endpoint {served.endpoint} " in hint
+    assert "--api-key" not in hint
+
+
+def test_query_hint_omits_the_default_endpoint() -> None:
+    assert _query_hint(DEFAULT_ENDPOINT, keyed=False) == (
+        f'{PROG} query "SELECT * FROM altertable.analytics.events"'
+    )

@@ -715,7 +715,8 @@ def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
 def test_keep_alive_serves_several_requests_on_one_connection(receiver: LocalReceiver) -> None:
     payload = json.dumps(track("Kept Alive")).encode()
     request = (
-        b"POST /track HTTP/1.1\r\nHost: x\r\nX-API-Key: k\r\nContent-Type: application/json\r\n"
+        b"POST /track HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: k\r\n"
+        b"Content-Type: application/json\r\n"
         b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
     )
     with socket.create_connection(("127.0.0.1", receiver.port), timeout=5) as sock:

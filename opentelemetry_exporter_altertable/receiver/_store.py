@@ -33,21 +33,33 @@ serialises every use of the single connection.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
+import math
 import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from datetime import time as dt_time
+from decimal import Decimal
 from typing import Any
 
 from ._validation import AliasItem, IdentifyItem, TrackItem
 
-__all__ = ["INSTALL_HINT", "Store", "StoreError", "import_duckdb", "new_uuid7"]
+__all__ = [
+    "INSTALL_HINT",
+    "Store",
+    "StoreError",
+    "import_duckdb",
+    "new_uuid7",
+    "sql_string",
+    "to_jsonable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +223,7 @@ class Store:
         try:
             self._conn.execute("SET TimeZone = 'UTC'")
             target = ":memory:" if self.db_path is None else self.db_path
-            self._conn.execute(f"ATTACH {_sql_string(target)} AS altertable")
+            self._conn.execute(f"ATTACH {sql_string(target)} AS altertable")
             self._conn.execute(_SCHEMA)
             self._insert_sql = _INSERT_EVENTS.format(uuid=self._uuid_function())
             self._conn.execute(
@@ -465,5 +477,28 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _sql_string(text: str) -> str:
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal (quotes doubled), for the statements DuckDB cannot
+    parameterise, such as ``ATTACH``."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def to_jsonable(value: Any) -> Any:
+    """Make a DuckDB value JSON-safe: datetimes as ISO 8601, decimals as floats, etc."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (datetime, date, dt_time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return to_jsonable(float(value))
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    return str(value)
