@@ -327,6 +327,11 @@ def test_serve_banner_query_hint_names_a_non_default_endpoint(served: Served) ->
     hint = next(line for line in banner if "query with:" in line)
     assert f"{PROG} query --endpoint {served.endpoint} " in hint
     assert "--api-key" not in hint
+    page = next(line for line in banner if "page:" in line)
+    assert f"open {served.endpoint}/ in a browser" in page
+    assert requests.get(served.endpoint + "/", timeout=10).headers["Content-Type"].startswith(
+        "text/html"
+    )
 
 
 def test_query_hint_omits_the_default_endpoint() -> None:
