@@ -346,3 +346,16 @@ def test_the_trusted_python_path_is_unchanged(receiver: LocalReceiver) -> None:
     receiver.query("CREATE TABLE altertable.analytics.notes AS SELECT 1 AS n")
     assert receiver.query("SELECT n FROM altertable.analytics.notes") == [(1,)]
     assert os.environ.get("NOT_SET_ANYWHERE") is None
+
+
+def test_the_time_limit_while_streaming_ends_with_an_error_line() -> None:
+    with LocalReceiver(query_timeout=0.5) as r:
+        sql = "SELECT i FROM range(10000000000) t(i)"
+        with requests.post(
+            r.endpoint + "/query", json={"statement": sql}, auth=AUTH, stream=True, timeout=30
+        ) as response:
+            assert response.status_code == 200
+            lines = [json.loads(line) for line in response.iter_lines() if line]
+        assert len(lines) > 3  # rows streamed before the limit
+        assert "time limit" in lines[-1]["error"]
+        assert r.queries_running == 0
