@@ -28,8 +28,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from . import environment_variables as ev
 from ._backlog import Backlog
 from ._config import ExporterConfig, resolve_config
-from ._mapping import Calls, MappingOptions, Payload, _freeze, map_log_records, map_spans
+from ._mapping import Calls, MappingOptions, Payload, _freeze
 from ._retry import RetryPolicy
+from ._sdk import map_log_records, map_spans
 from ._stats import DropReporter, Stats, self_metrics
 from ._text import LIMIT, clip
 from ._transport import DeliveryReport, Transport
