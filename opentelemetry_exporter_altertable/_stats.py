@@ -31,6 +31,7 @@ COUNTERS = (
     "calls_spooled",
     "calls_replayed",
     "calls_dropped",
+    "queue_dropped",
 )
 
 
