@@ -25,19 +25,13 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from . import environment_variables as ev
 from ._config import BeforeSend, ExporterConfig, resolve_config
-from ._mapping import (
-    Calls,
-    MappingOptions,
-    Payload,
-    _freeze,
-    json_safe,
-    map_log_records,
-    map_spans,
-)
+from ._mapping import Calls, MappingOptions, Payload, _freeze
 from ._retry import RetryPolicy
+from ._sdk import map_log_records, map_spans
 from ._spool import Spool
 from ._stats import DropReporter, Stats, self_metrics
 from ._transport import CONFIG_ERRORS, DeliveryReport, Transport
+from ._values import json_safe
 
 _logger = logging.getLogger(__name__)
 _PACKAGE = __name__.rpartition(".")[0]

@@ -35,7 +35,7 @@ from typing import Any, cast
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from ._mapping import span_has_analytics_data
+from ._sdk import span_has_analytics_data
 
 logger = logging.getLogger(__name__)
 
