@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from . import environment_variables as ev
 from ._retry import RetryPolicy
-from ._web import parse_patterns
+from ._web import DEFAULT_PROPERTIES_EXCLUDE, parse_patterns
 
 _logger = logging.getLogger(__name__)
 
@@ -24,8 +24,6 @@ DEFAULT_ENDPOINT = "https://api.altertable.ai"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_BATCH_SIZE = 100
 DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024
-#: Attributes never copied into properties by default: source paths and socket peers.
-DEFAULT_PROPERTIES_EXCLUDE = ("code.*", "thread.*", "network.*", "net.*")
 
 #: ``(endpoint, payload) -> payload | None``, applied to every call before it is batched.
 BeforeSend = Callable[[str, dict[str, Any]], "dict[str, Any] | None"]

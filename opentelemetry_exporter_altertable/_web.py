@@ -21,6 +21,10 @@ from urllib.parse import parse_qsl
 
 Attrs = Mapping[str, Any]
 
+#: Attributes never copied into properties unless configured otherwise: source paths, thread
+#: names and socket peers (noise, or personal data such as the client's address and port).
+DEFAULT_PROPERTIES_EXCLUDE = ("code.*", "thread.*", "network.*", "net.*")
+
 #: Ports a URL leaves out for its scheme.
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 

@@ -32,6 +32,7 @@ from ._spool import Spool
 from ._stats import DropReporter, Stats, self_metrics
 from ._transport import CONFIG_ERRORS, DeliveryReport, Transport
 from ._values import json_safe
+from ._web import ExcludeMatcher
 
 _logger = logging.getLogger(__name__)
 _PACKAGE = __name__.rpartition(".")[0]
@@ -142,7 +143,10 @@ class _AltertableExporter:
         self._identified = _IdentifyCache()
         self._warn_once = _WarnOnce()
         self._options = MappingOptions(
-            environment=self._config.environment, on_warning=self._warn_once
+            environment=self._config.environment,
+            on_warning=self._warn_once,
+            pageviews=self._config.pageviews,
+            properties_exclude=ExcludeMatcher(self._config.properties_exclude),
         )
         self._spool: Spool | None = None
         self._spool_may_have_files = False

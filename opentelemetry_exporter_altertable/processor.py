@@ -25,6 +25,7 @@ count, so a lost burst is a number an operator can see and size for (``OTEL_BSP_
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import threading
@@ -35,7 +36,7 @@ from typing import Any, cast
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from ._sdk import span_has_analytics_data
+from ._sdk import span_has_analytics_data, span_is_page_view
 
 logger = logging.getLogger(__name__)
 
@@ -114,13 +115,19 @@ class AltertableSpanProcessor(BatchSpanProcessor):
 
     _check_failed_logged = False
 
+    # Same signature as the SDK's (which differs between releases): wraps() exposes it.
+    @functools.wraps(BatchSpanProcessor.__init__)  # type: ignore[misc]
     def __init__(self, span_exporter: SpanExporter, *args: Any, **kwargs: Any) -> None:
         super().__init__(span_exporter, *args, **kwargs)
         self._queue_drops = _QueueDrops(span_exporter)
+        config = getattr(span_exporter, "config", None)
+        self._pageviews = bool(getattr(config, "pageviews", False))
 
     def on_end(self, span: ReadableSpan) -> None:
         try:
-            wanted = span_has_analytics_data(span)
+            wanted = span_has_analytics_data(span) or (
+                self._pageviews and span_is_page_view(span)
+            )
         except Exception:
             # Never raise into ``span.end()``; when in doubt queue it and let the exporter,
             # which handles bad records on its own, decide.
