@@ -164,15 +164,16 @@ def url_from_parts(scheme: Any, host: Any, port: Any, path: Any) -> str | None:
 
 
 def stable_url(attrs: Attrs) -> str | None:
-    """``$url`` from the stable conventions: ``url.full``, else the URL parts."""
+    """``$url`` from the stable conventions: ``url.full``, else the URL parts (``url.path``
+    required: an empty one is ``/``, a missing one means no ``$url``)."""
     full = text(attrs.get("url.full"))
     if full is not None:
         return strip_url(full)
+    path = attrs.get("url.path")
+    if path is None:  # a page's address without its path would name the wrong page
+        return None
     return url_from_parts(
-        attrs.get("url.scheme"),
-        attrs.get("server.address"),
-        attrs.get("server.port"),
-        attrs.get("url.path"),
+        attrs.get("url.scheme"), attrs.get("server.address"), attrs.get("server.port"), path
     )
 
 
@@ -181,6 +182,9 @@ def old_url(attrs: Attrs) -> str | None:
     full = text(attrs.get("http.url"))
     if full is not None:
         return strip_url(full)
+    target = attrs.get("http.target")
+    if target is None:  # a page's address without its path would name the wrong page
+        return None
     host = attrs.get("http.host")
     if text(host) is None:
         # Instrumentations that leave out http.host name the server with net.host.*.
@@ -188,9 +192,9 @@ def old_url(attrs: Attrs) -> str | None:
             attrs.get("http.scheme"),
             attrs.get("net.host.name"),
             attrs.get("net.host.port"),
-            attrs.get("http.target"),
+            target,
         )
-    return url_from_parts(attrs.get("http.scheme"), host, None, attrs.get("http.target"))
+    return url_from_parts(attrs.get("http.scheme"), host, None, target)
 
 
 def _query_of(url_or_target: str | None) -> str | None:

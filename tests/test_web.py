@@ -87,6 +87,10 @@ def test_stable_url_prefers_url_full() -> None:
     assert stable_url(attrs) == "https://a.example/x"
     del attrs["url.full"]
     assert stable_url(attrs) == "http://b.example/y"
+    attrs["url.path"] = ""
+    assert stable_url(attrs) == "http://b.example/"
+    del attrs["url.path"]  # no path at all: no address rather than the wrong page's
+    assert stable_url(attrs) is None
 
 
 def test_old_url_from_http_host_and_target() -> None:
@@ -99,6 +103,7 @@ def test_old_url_from_http_host_and_target() -> None:
              "http.target": "/t"}  # fmt: skip
     assert old_url(attrs) == "http://h.example:8000/t"
     assert old_url({"http.target": "/no-host"}) is None
+    assert old_url({"http.scheme": "http", "http.host": "h"}) is None
 
 
 # ------------------------------------------------------------------ utm
