@@ -108,12 +108,26 @@ urlpatterns = [
 ]
 
 
+def behind_proxy(app: Any, trusted: frozenset[str] = frozenset({"127.0.0.1"})) -> Any:
+    """WSGI middleware: the client address from ``X-Forwarded-For`` when a trusted reverse
+    proxy sent the request, so the instrumentation reports the user's address (``$ip``), not
+    the proxy's. Only behind a proxy you run: anyone can send that header."""
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+        if forwarded and environ.get("REMOTE_ADDR") in trusted:
+            environ["REMOTE_ADDR"] = forwarded.split(",")[-1].strip()
+        return app(environ, start_response)
+
+    return wrapped
+
+
 def main() -> None:
     from _serve import port_argument, serve_wsgi
 
     call_command("migrate", verbosity=0, run_syncdb=True)
     User.objects.create_user("ada", email="ada@example.com", password=None)
-    serve_wsgi(get_wsgi_application(), port_argument(8001))
+    serve_wsgi(behind_proxy(get_wsgi_application()), port_argument(8001))
 
 
 if __name__ == "__main__":

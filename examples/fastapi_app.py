@@ -23,7 +23,9 @@ Then ``curl -H 'Authorization: Bearer tok-ada' -X POST 127.0.0.1:8000/checkout``
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
+import sys
 
 import uvicorn
 from fastapi import Cookie, Depends, FastAPI, Header
@@ -73,10 +75,17 @@ def main() -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
+    sock.listen(128)  # connections wait in the backlog until uvicorn has started
     print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    # uvicorn stops cleanly on SIGINT and SIGTERM, so the SDK's exit hook delivers the rest.
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler
+    # it found: the default one would end the process without the SDK's exit hook, and the
+    # spans still queued would be lost. Exiting through SystemExit runs the hook.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", proxy_headers=True))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C, raised again the same way
+        pass
 
 
 if __name__ == "__main__":

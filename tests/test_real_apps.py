@@ -157,7 +157,6 @@ def test_flask_with_flask_login(receiver: LocalReceiver, mode: str) -> None:
         sid = app.http.cookies["sid"]
         app.get("/login/u-42")
         app.post(f"/checkout?{QUERY}")
-        app.get("/nothing-here-404") if False else None
         err = app.stop()
     finally:
         app.kill()
@@ -177,4 +176,65 @@ def test_flask_with_flask_login(receiver: LocalReceiver, mode: str) -> None:
     assert_web_context(checkout, app, "/checkout")
     assert_utm(checkout)
     assert traits(receiver, "u-42") == {"email": "ada@example.com"}
+    assert "Traceback" not in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_fastapi_on_uvicorn(receiver: LocalReceiver, mode: str) -> None:
+    app = App("fastapi_app.py", receiver, mode)
+    try:
+        app.http.cookies.set("sid", "sess-fastapi-1")
+        app.get(f"/pricing?{QUERY}")
+        app.post(f"/checkout?{QUERY}", headers={"Authorization": "Bearer tok-ada"})
+        app.get("/openapi.json")  # JSON, not a page view
+        err = app.stop()
+    finally:
+        app.kill()
+    stored = events(receiver)
+    assert sorted(stored) == ["$pageview", "Checkout Completed"], stored
+
+    distinct_id, session_id, page = stored["$pageview"]
+    assert (distinct_id, session_id) == (None, "sess-fastapi-1")
+    assert_web_context(page, app, "/pricing")
+    assert_utm(page)
+    assert page["service.name"] == "shop-fastapi"
+
+    distinct_id, session_id, checkout = stored["Checkout Completed"]
+    assert (distinct_id, session_id) == ("u-42", "sess-fastapi-1")
+    assert checkout["cart_value"] == 59.9
+    assert_web_context(checkout, app, "/checkout")
+    assert_utm(checkout)
+    assert traits(receiver, "u-42") == {"email": "ada@example.com"}
+    assert "Traceback" not in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_django_with_a_response_hook(receiver: LocalReceiver, mode: str) -> None:
+    app = App(
+        "django_app.py", receiver, mode, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="django"
+    )
+    try:
+        app.get(f"/pricing?{QUERY}")
+        app.get("/login/ada")
+        session = app.http.cookies["sessionid"]
+        app.post(f"/checkout?{QUERY}")
+        err = app.stop()
+    finally:
+        app.kill()
+    stored = events(receiver)
+    assert sorted(stored) == ["$pageview", "Checkout Completed", "Logged In"], stored
+
+    distinct_id, session_id, page = stored["$pageview"]
+    assert (distinct_id, session_id) == (None, None)  # no session before logging in
+    assert_web_context(page, app, "/pricing")
+    assert_utm(page)
+
+    distinct_id, session_id, checkout = stored["Checkout Completed"]
+    assert (distinct_id, session_id) == ("1", session)
+    assert checkout["cart_value"] == 59.9
+    assert_web_context(checkout, app, "/checkout")
+    assert_utm(checkout)
+    assert traits(receiver, "1") == {"email": "ada@example.com"}
     assert "Traceback" not in err, err
