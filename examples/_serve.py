@@ -1,7 +1,9 @@
 """Shared by the web examples: serve a WSGI app until Ctrl-C or SIGTERM, then exit cleanly.
 
 The standard library's server keeps the examples free of extra dependencies; use gunicorn or
-your framework's own server in production. A clean exit matters: the SDK's exit hook delivers what is still queued, and SIGTERM's default
+your framework's own server in production.
+
+A clean exit matters: the SDK's exit hook delivers what is still queued, and SIGTERM's default
 action would skip it. The first line printed names the address (``--port 0`` picks a free one).
 """
 
@@ -36,7 +38,7 @@ class _QuietHandler(WSGIRequestHandler):
         environ.setdefault("RAW_URI", self.path)
         return environ
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

@@ -23,6 +23,7 @@ Then ``curl -H 'Authorization: Bearer tok-ada' -X POST 127.0.0.1:8000/checkout``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import socket
 import sys
@@ -82,10 +83,8 @@ def main() -> None:
     # spans still queued would be lost. Exiting through SystemExit runs the hook.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", proxy_headers=True))
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, raised again the same way
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # Ctrl-C, raised again the same way
-        pass
 
 
 if __name__ == "__main__":

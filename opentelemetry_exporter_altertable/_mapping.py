@@ -42,6 +42,7 @@ __all__ = [
     "Payload",
     "Record",
     "WarningHook",
+    "carries_identity",
     "format_timestamp",
     "has_interest",
     "json_safe",
@@ -237,6 +238,11 @@ def has_interest(attrs: Attrs | None) -> bool:
         if key.startswith(_INTEREST_PREFIXES):
             return True
     return False
+
+
+def carries_identity(attrs: Attrs) -> bool:
+    """True when ``attrs`` name a user or device (``user.id``, ``session.id``, ...)."""
+    return not _ID_KEYS.isdisjoint(attrs)
 
 
 def _own_traits(attrs: Attrs) -> dict[str, Any]:
@@ -571,6 +577,9 @@ def map_records(records: Iterable[Record], options: MappingOptions, skipped: int
             if record.dropped_attributes:
                 builder.warn_truncated(record)
             builder.add(record, res)
+        elif record.dropped_attributes and carries_identity(record.attrs):
+            # Identity but no analytics.event: the limit may have evicted the tag itself.
+            builder.warn_truncated(record)
         elif pageviews and _is_page_view_record(record):
             builder.add(record, res)
     return builder.calls

@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind
 
-from ._mapping import EMPTY, Attrs, Calls, MappingOptions, Record, has_interest, map_records
+from ._mapping import (
+    EMPTY,
+    Attrs,
+    Calls,
+    MappingOptions,
+    Record,
+    carries_identity,
+    has_interest,
+    map_records,
+)
 from ._web import is_page_view
 
 if TYPE_CHECKING:
@@ -123,10 +132,16 @@ def records_from_spans(
         events = span_events(span)
         tagged_events = [e for e in events if has_interest(_plain(e.attributes))] if events else ()
         if not span_interesting and not tagged_events:
-            if not (pageviews and span.kind is SpanKind.SERVER and is_page_view(attrs, "server")):
+            if pageviews and span.kind is SpanKind.SERVER and is_page_view(attrs, "server"):
+                span_interesting = True  # a page view: the span itself is the record
+            else:
                 skipped += 1
+                dropped = _dropped(getattr(span, "_attributes", None))
+                if dropped and carries_identity(attrs):  # for the mapping's warning only
+                    records.append(
+                        Record(span.name, attrs, res_attrs, 0, dropped_attributes=dropped)
+                    )
                 continue
-            span_interesting = True  # a page view: the span itself is the record
         ctx = span.context
         trace_id = ctx.trace_id if ctx is not None else 0
         span_id = ctx.span_id if ctx is not None else 0

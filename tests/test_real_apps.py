@@ -62,6 +62,8 @@ class App:
                 "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE": "content-type",
                 "OTEL_SEMCONV_STABILITY_OPT_IN": MODES[mode],
                 "PYTHONUNBUFFERED": "1",
+                "NO_PROXY": "127.0.0.1,localhost",
+                "no_proxy": "127.0.0.1,localhost",
                 **extra,
             }
         )
@@ -238,3 +240,35 @@ def test_django_with_a_response_hook(receiver: LocalReceiver, mode: str) -> None
     assert_utm(checkout)
     assert traits(receiver, "1") == {"email": "ada@example.com"}
     assert "Traceback" not in err, err
+
+
+def test_serverless_handler_delivers_with_force_flush_and_no_exit_hook(
+    receiver: LocalReceiver,
+) -> None:
+    """The process ends with ``os._exit`` (no exit hook): only force_flush can deliver."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "ALTERTABLE_"))}
+    env.update(
+        {
+            "OTEL_EXPORTER_ALTERTABLE_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_ALTERTABLE_API_KEY": "pk_test_real_apps",
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "serverless_handler.py")],
+        cwd=EXAMPLES,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "'statusCode': 200" in result.stdout
+    stored = events(receiver)
+    assert list(stored) == ["Signed Up"]
+    distinct_id, _, props = stored["Signed Up"]
+    assert distinct_id == "u-fn-1"
+    assert props["plan"] == "pro"
+    assert props["service.name"] == "signup-fn"
