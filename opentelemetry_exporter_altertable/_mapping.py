@@ -176,7 +176,9 @@ class Record:
     """Span end time, event time, or a log record's time (else its observed time)."""
     trace_id: int = 0
     span_id: int = 0
-    parent: Attrs = EMPTY
+    # A factory, not ``= EMPTY``: Python 3.10's dataclasses refuse any dict instance as a
+    # default; the factory hands out the one shared read-only empty mapping.
+    parent: Attrs = field(default_factory=lambda: EMPTY)
     """The span's attributes, for a span event; else empty."""
     span_kind: str = ""
     """``server``, ``client``, ``internal``, ``producer`` or ``consumer`` for spans and span
