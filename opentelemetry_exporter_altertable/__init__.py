@@ -9,10 +9,12 @@ from ._retry import RetryPolicy
 from .exporters import AltertableLogExporter, AltertableSpanExporter
 from .helpers import alias, identify, track
 from .processor import AltertableSpanProcessor
+from .sampling import AltertableSampler
 from .version import __version__
 
 __all__ = [
     "AltertableLogExporter",
+    "AltertableSampler",
     "AltertableSpanExporter",
     "AltertableSpanProcessor",
     "RetryPolicy",

@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from . import environment_variables as ev
 from ._retry import RetryPolicy
 from ._text import clip_repr
+from ._web import DEFAULT_PROPERTIES_EXCLUDE, parse_patterns
 
 _logger = logging.getLogger(__name__)
 
@@ -25,6 +26,9 @@ DEFAULT_ENDPOINT = "https://api.altertable.ai"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_BATCH_SIZE = 100
 DEFAULT_SPOOL_MAX_BYTES = 64 * 1024 * 1024
+
+#: ``(endpoint, payload) -> payload | None``, applied to every call before it is batched.
+BeforeSend = Callable[[str, dict[str, Any]], "dict[str, Any] | None"]
 
 Compression = Literal["gzip"] | None
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -47,6 +51,9 @@ class ExporterConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     endpoint_error: str | None = None
     """Why ``endpoint`` (from the environment) is unusable; the exporter then sends nothing."""
+    pageviews: bool = False
+    properties_exclude: tuple[str, ...] = DEFAULT_PROPERTIES_EXCLUDE
+    before_send: BeforeSend | None = None
 
     def __repr__(self) -> str:  # never print the key
         key = "set" if self.api_key else "missing"
@@ -54,7 +61,10 @@ class ExporterConfig:
             f"ExporterConfig(api_key=<{key}>, endpoint={self.endpoint!r}, "
             f"environment={self.environment!r}, timeout={self.timeout}, "
             f"max_batch_size={self.max_batch_size}, sync={self.sync}, "
-            f"compression={self.compression!r}, spool_dir={self.spool_dir!r})"
+            f"compression={self.compression!r}, spool_dir={self.spool_dir!r}, "
+            f"pageviews={self.pageviews}, "
+            f"properties_exclude={','.join(self.properties_exclude)!r}, "
+            f"before_send={'set' if self.before_send else None})"
         )
 
 
@@ -135,6 +145,9 @@ def resolve_config(
     spool_dir: str | os.PathLike[str] | None = None,
     spool_max_bytes: int | None = None,
     retry: RetryPolicy | None = None,
+    pageviews: bool | None = None,
+    properties_exclude: str | Iterable[str] | None = None,
+    before_send: BeforeSend | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ExporterConfig:
     """Resolve every setting: argument, then ``OTEL_EXPORTER_ALTERTABLE_*``, then default."""
@@ -178,6 +191,25 @@ def resolve_config(
     env_batch = _env_number(env, ev.OTEL_EXPORTER_ALTERTABLE_MAX_BATCH_SIZE, int)
     env_spool_bytes = _env_number(env, ev.OTEL_EXPORTER_ALTERTABLE_SPOOL_MAX_BYTES, int)
     env_sync = _env_bool(env, ev.OTEL_EXPORTER_ALTERTABLE_SYNC)
+    env_pageviews = _env_bool(env, ev.OTEL_EXPORTER_ALTERTABLE_PAGEVIEWS)
+    if before_send is not None and not callable(before_send):
+        raise ValueError(f"before_send must be callable, not {before_send!r}")
+    if properties_exclude is not None:
+        if not isinstance(properties_exclude, str) and not isinstance(properties_exclude, Iterable):
+            raise ValueError(
+                "properties_exclude must be a comma-separated string or a sequence of "
+                f"patterns, not {properties_exclude!r}"
+            )
+        try:
+            exclude = parse_patterns(properties_exclude)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+    else:
+        raw_exclude = env.get(ev.OTEL_EXPORTER_ALTERTABLE_PROPERTIES_EXCLUDE)
+        # Set but empty means "exclude nothing"; unset means the default.
+        exclude = (
+            DEFAULT_PROPERTIES_EXCLUDE if raw_exclude is None else parse_patterns(raw_exclude)
+        )
 
     return ExporterConfig(
         api_key=api_key
@@ -199,6 +231,9 @@ def resolve_config(
         ),
         retry=retry if retry is not None else RetryPolicy(),
         endpoint_error=endpoint_error,
+        pageviews=bool(pageviews) if pageviews is not None else bool(env_pageviews),
+        properties_exclude=exclude,
+        before_send=before_send,
     )
 
 

@@ -15,13 +15,22 @@ record.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from ._api import BUILT_IN_PROPERTIES, LIB_NAME, LIB_VERSION, is_reserved_id
+from ._api import BUILT_IN_PROPERTIES, LIB_NAME, LIB_VERSION, PAGEVIEW_EVENT, is_reserved_id
 from ._values import _as_id, _clean_str, _value, format_timestamp, json_safe
+from ._web import (
+    DEFAULT_PROPERTIES_EXCLUDE,
+    OLD_KEYS,
+    STABLE_KEYS,
+    WEB_KEYS,
+    ExcludeMatcher,
+    is_page_view,
+    web_context,
+)
 
 __all__ = [
     "ALIAS_KEY",
@@ -33,6 +42,7 @@ __all__ = [
     "Payload",
     "Record",
     "WarningHook",
+    "carries_identity",
     "format_timestamp",
     "has_interest",
     "json_safe",
@@ -55,26 +65,19 @@ _ID_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("session_id", ("analytics.session_id", "session.id")),
 )
 _ID_KEYS = frozenset(key for _, keys in _ID_FIELDS for key in keys)
-# (built-in property, attribute key): looked up on the record, then its span.
-_CONTEXT_FIELDS = (
-    ("$url", "url.full"),
-    ("$user_agent", "user_agent.original"),
-    ("$ip", "client.address"),
-    ("$referer", "http.request.header.referer"),
-)
 _TRAIT_KEYS = {
     "user.email": "email",
     "user.full_name": "name",
     "user.name": "username",
     "user.roles": "roles",
 }
-_CONTEXT_KEYS = {key: builtin for builtin, key in _CONTEXT_FIELDS}
 #: Key prefixes that never become properties: the rows' own namespaces.
 _NOT_PROPERTIES = ("analytics.", "user.", "enduser.")
 #: Attributes a row of the mapping consumes, so they are not copied into properties as well
-#: (those the prefixes above already keep out need no entry).
+#: (those the prefixes above already keep out need no entry). The stable HTTP names are
+#: consumed on every record; the old ones only on server spans (see ``_web``).
 _CONSUMED_KEYS = frozenset(
-    key for key in (*_ID_KEYS, *_CONTEXT_KEYS, *_TRAIT_KEYS) if not key.startswith(_NOT_PROPERTIES)
+    key for key in (*_ID_KEYS, *STABLE_KEYS, *_TRAIT_KEYS) if not key.startswith(_NOT_PROPERTIES)
 )
 #: A record is worth a closer look only if one of its keys starts with one of these.
 _INTEREST_PREFIXES = ("analytics.", *_TRAIT_KEYS)
@@ -88,13 +91,13 @@ class _Key(IntEnum):
     RENAMED = 2  # the rest are (class, name) tuples
     OVERRIDE = 3
     TRAIT = 4
-    CONTEXT = 5
+    OLD_WEB = 5  # an old-convention HTTP name: consumed on server spans, a property elsewhere
 
 
 KeyClass = _Key | tuple[_Key, str]
 # Module-level aliases: the hot loop reads globals, not enum class attributes.
 _PROPERTY, _SKIP = _Key.PROPERTY, _Key.SKIP
-_OVERRIDE, _TRAIT, _CONTEXT = _Key.OVERRIDE, _Key.TRAIT, _Key.CONTEXT
+_OVERRIDE, _TRAIT, _OLD_WEB = _Key.OVERRIDE, _Key.TRAIT, _Key.OLD_WEB
 
 Attrs = Mapping[str, Any]
 Payload = dict[str, Any]
@@ -125,6 +128,12 @@ class MappingOptions:
     """Explicit environment (argument or env var); wins over the resource's."""
     on_warning: WarningHook | None = None
     """Called as ``(dedup_key, message)``; the caller logs each key once."""
+    pageviews: bool = False
+    """Untagged server spans that served an HTML page become ``$pageview`` tracks."""
+    properties_exclude: ExcludeMatcher = field(
+        default_factory=lambda: ExcludeMatcher(DEFAULT_PROPERTIES_EXCLUDE)
+    )
+    """Attribute names never copied into properties (``analytics.properties.*`` always are)."""
 
 
 @dataclass
@@ -233,6 +242,11 @@ def has_interest(attrs: Attrs | None) -> bool:
     return False
 
 
+def carries_identity(attrs: Attrs) -> bool:
+    """True when ``attrs`` name a user or device (``user.id``, ``session.id``, ...)."""
+    return not _ID_KEYS.isdisjoint(attrs)
+
+
 def _own_traits(attrs: Attrs) -> dict[str, Any]:
     traits: dict[str, Any] = {}
     for key, value in attrs.items():
@@ -254,10 +268,23 @@ class _Builder:
         self._resources: dict[int, _ResourceInfo] = {}
         self._identify_keys: set[tuple[Any, ...]] = set()
         self._key_classes: dict[str, KeyClass] = {}
+        self._exclude = options.properties_exclude
+        self._pageviews = options.pageviews
 
     def warn(self, key: str, message: str) -> None:
         if self._warn is not None:
             self._warn(key, message)
+
+    def warn_truncated(self, record: Record) -> None:
+        """A record with analytics keys that lost attributes to the SDK's limit may have lost
+        ``analytics.event`` itself (the limit evicts the oldest attribute first)."""
+        self.warn(
+            "truncated-attributes",
+            f"{record.name or 'a record'!r:.200} carries analytics attributes but the SDK dropped "
+            f"{record.dropped_attributes} of its attributes (attribute count limit, default "
+            "128; OTEL_ATTRIBUTE_COUNT_LIMIT / OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT): the oldest go "
+            "first, analytics.event among them when it was set first (logged once)",
+        )
 
     def resource(self, attrs: Attrs, time_ns: int) -> _ResourceInfo:
         info = self._resources.get(id(attrs))
@@ -345,10 +372,18 @@ class _Builder:
         if event and event.isspace():  # blank: the API would store a nameless event
             self.warn("blank-event", "an analytics.event of only spaces was skipped")
             event = None
+        if tag is True and not record.name:
+            self.warn(
+                "event-true-unnamed",
+                "analytics.event=true means 'use this record's own name', but a record "
+                "(a log record without event_name) has none; nothing was tracked. Set the log "
+                "record's event_name, or give analytics.event the event name itself",
+            )
+        elif tag is None and self._pageviews and _is_page_view_record(record):
+            event = PAGEVIEW_EVENT
         properties: dict[str, Any] | None = None
-        context: dict[str, Any] = {}
         if event:
-            properties, own_traits, context = _scan_track(record, self._key_classes)
+            properties, own_traits = _scan_track(record, self._key_classes, self._exclude)
         else:
             own_traits = _own_traits(attrs)
         parent_traits = _own_traits(parent) if parent else {}
@@ -361,9 +396,7 @@ class _Builder:
             self._add_alias(record, res, distinct_id, alias)
         if event and properties is not None:
             event_name = _clean_str(str.__str__(event))
-            self._add_track(
-                record, res, event=event_name, properties=properties, context=context, ids=ids
-            )
+            self._add_track(record, res, event=event_name, properties=properties, ids=ids)
 
     def _add_alias(
         self, record: Record, res: _ResourceInfo, distinct_id: str | None, alias: Any
@@ -398,7 +431,6 @@ class _Builder:
         *,
         event: str,
         properties: dict[str, Any],
-        context: dict[str, Any],
         ids: dict[str, str],
     ) -> None:
         # "$" sorts before letters and digits: one C-level min() tells whether any key could
@@ -409,16 +441,13 @@ class _Builder:
                     properties = self._strip_unknown_builtins(properties)
                     break
 
-        parent = record.parent
-        if parent:  # a span event falls back to its span's context
-            for builtin, key in _CONTEXT_FIELDS:
-                if builtin not in context and key in parent:
-                    context[builtin] = parent[key]
-        for builtin, raw in context.items():
-            if builtin not in properties:  # an explicit analytics.properties.$url wins
-                value = _context_value(raw)
-                if value is not None:
-                    properties[builtin] = value
+        attrs, parent = record.attrs, record.parent
+        if not (WEB_KEYS.isdisjoint(attrs) and WEB_KEYS.isdisjoint(parent)):
+            # The record, then its span (a span event falls back to its span's context).
+            levels = (attrs, parent) if parent else (attrs,)
+            for builtin, value in web_context(levels, record.span_kind == "server").items():
+                if builtin not in properties:  # an explicit analytics.properties.$url wins
+                    properties[builtin] = _value(value)
         properties.setdefault("$ip", 0)
         if res.release is not None:
             properties.setdefault("$release", res.release)
@@ -459,13 +488,14 @@ class _Builder:
         return cleaned
 
 
-def _context_value(raw: Any) -> Any:
-    if type(raw) is not str and isinstance(raw, Sequence):  # the referer header is an array
-        return _value(raw[0]) if raw else None
-    return _value(raw)
+def _is_page_view_record(record: Record) -> bool:
+    """A span (not a span event) that is a page view by the rules of ``_web.is_page_view``."""
+    return not record.parent and record.span_kind == "server" and is_page_view(
+        record.attrs, record.span_kind
+    )
 
 
-def _classify(key: str) -> KeyClass:
+def _classify(key: str, exclude: ExcludeMatcher) -> KeyClass:
     """What a record's attribute ``key`` contributes to a track call."""
     if key.startswith(_NOT_PROPERTIES):
         if key.startswith(_PROPERTIES_PREFIX):
@@ -474,18 +504,17 @@ def _classify(key: str) -> KeyClass:
             return (_Key.TRAIT, _clean_str(key[len(_TRAITS_PREFIX) :]))
         trait = _TRAIT_KEYS.get(key)
         return (_Key.TRAIT, trait) if trait is not None else _Key.SKIP
-    builtin = _CONTEXT_KEYS.get(key)
-    if builtin is not None:
-        return (_Key.CONTEXT, builtin)
-    if key in _CONSUMED_KEYS:
+    if key in _CONSUMED_KEYS or exclude(key):
         return _Key.SKIP
+    if key in OLD_KEYS:
+        return (_Key.OLD_WEB, key)
     return _Key.PROPERTY if key.isascii() else (_Key.RENAMED, _clean_str(key))
 
 
 def _scan_track(
-    record: Record, classes: dict[str, KeyClass]
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """One pass over a tagged record's attributes: its properties, traits and context.
+    record: Record, classes: dict[str, KeyClass], exclude: ExcludeMatcher
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One pass over a tagged record's attributes: its properties and traits.
 
     ``classes`` caches :func:`_classify` for the batch: spans of one instrumentation share
     their keys, so each key is classified once and then costs one dict lookup.
@@ -496,11 +525,11 @@ def _scan_track(
             properties[_clean_str(str(key))] = json_safe(value)
     overrides: dict[str, Any] | None = None
     traits: dict[str, Any] = {}
-    context: dict[str, Any] = {}
+    server = record.span_kind == "server"
     for key, value in record.attrs.items():
         kind = classes.get(key)
         if kind is None:
-            kind = classes[key] = _classify(key)
+            kind = classes[key] = _classify(key, exclude)
         if kind == _PROPERTY:
             properties[key] = _value(value)
         elif kind != _SKIP:
@@ -509,15 +538,16 @@ def _scan_track(
                 if overrides is None:
                     overrides = {}
                 overrides[name] = _value(value)
-            elif tag == _CONTEXT:
-                context[name] = value
+            elif tag == _OLD_WEB:
+                if not server:  # on a server span the old names are read as context
+                    properties[name] = _value(value)
             elif tag == _TRAIT:
                 traits[name] = json_safe(value)
             else:
                 properties[name] = _value(value)
     if overrides:
         properties.update(overrides)
-    return properties, traits, context
+    return properties, traits
 
 
 def _freeze(value: Any) -> Any:
@@ -543,10 +573,18 @@ def map_records(records: Iterable[Record], options: MappingOptions, skipped: int
     builder = _Builder(options)
     builder.calls.skipped = skipped
     resources = builder._resources
+    pageviews = options.pageviews
     for record in records:
         res = resources.get(id(record.resource))
         if res is None:
             res = builder.resource(record.resource, record.time_ns)
         if has_interest(record.attrs):
+            if record.dropped_attributes:
+                builder.warn_truncated(record)
+            builder.add(record, res)
+        elif record.dropped_attributes and carries_identity(record.attrs):
+            # Identity but no analytics.event: the limit may have evicted the tag itself.
+            builder.warn_truncated(record)
+        elif pageviews and _is_page_view_record(record):
             builder.add(record, res)
     return builder.calls

@@ -17,7 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import SpanKind
 
-from ._mapping import EMPTY, Attrs, Calls, MappingOptions, Record, has_interest, map_records
+from ._mapping import (
+    EMPTY,
+    Attrs,
+    Calls,
+    MappingOptions,
+    Record,
+    carries_identity,
+    has_interest,
+    map_records,
+)
+from ._web import is_page_view
 
 if TYPE_CHECKING:
     from opentelemetry.sdk._logs import ReadableLogRecord
@@ -91,8 +101,17 @@ def span_has_analytics_data(span: ReadableSpan) -> bool:
     return any(has_interest(_plain(event.attributes)) for event in span_events(span))
 
 
-def records_from_spans(spans: Sequence[ReadableSpan]) -> tuple[list[Record], int]:
+def span_is_page_view(span: ReadableSpan) -> bool:
+    """True for a server span that served an HTML page (see ``_web.is_page_view``)."""
+    return span.kind is SpanKind.SERVER and is_page_view(span_attributes(span), "server")
+
+
+def records_from_spans(
+    spans: Sequence[ReadableSpan], pageviews: bool = False
+) -> tuple[list[Record], int]:
     """Spans and their tagged events as records, and how many spans carried no analytics data.
+
+    With ``pageviews``, an untagged server span that served an HTML page is a record too.
 
     Each new resource is introduced by a :meth:`Record.resource_only` (timed at its first
     span's end), so a resource's own identify is sent even when none of its spans is tagged.
@@ -113,8 +132,16 @@ def records_from_spans(spans: Sequence[ReadableSpan]) -> tuple[list[Record], int
         events = span_events(span)
         tagged_events = [e for e in events if has_interest(_plain(e.attributes))] if events else ()
         if not span_interesting and not tagged_events:
-            skipped += 1
-            continue
+            if pageviews and span.kind is SpanKind.SERVER and is_page_view(attrs, "server"):
+                span_interesting = True  # a page view: the span itself is the record
+            else:
+                skipped += 1
+                dropped = _dropped(getattr(span, "_attributes", None))
+                if dropped and carries_identity(attrs):  # for the mapping's warning only
+                    records.append(
+                        Record(span.name, attrs, res_attrs, 0, dropped_attributes=dropped)
+                    )
+                continue
         ctx = span.context
         trace_id = ctx.trace_id if ctx is not None else 0
         span_id = ctx.span_id if ctx is not None else 0
@@ -189,7 +216,7 @@ def records_from_logs(records: Sequence[ReadableLogRecord]) -> tuple[list[Record
 
 def map_spans(spans: Sequence[ReadableSpan], options: MappingOptions) -> Calls:
     """Map spans and their events; records without analytics data cost a key scan."""
-    records, skipped = records_from_spans(spans)
+    records, skipped = records_from_spans(spans, options.pageviews)
     return map_records(records, options, skipped)
 
 

@@ -32,6 +32,7 @@ COUNTERS = (
     "calls_spooled",
     "calls_replayed",
     "calls_dropped",
+    "queue_dropped",
 )
 
 

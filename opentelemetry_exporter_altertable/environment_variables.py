@@ -71,3 +71,20 @@ OTEL_EXPORTER_ALTERTABLE_SPOOL_MAX_BYTES = "OTEL_EXPORTER_ALTERTABLE_SPOOL_MAX_B
 
 Size bound of the spool; the oldest files go first. Default: 67108864 (64 MiB).
 """
+
+OTEL_EXPORTER_ALTERTABLE_PAGEVIEWS = "OTEL_EXPORTER_ALTERTABLE_PAGEVIEWS"
+"""
+.. envvar:: OTEL_EXPORTER_ALTERTABLE_PAGEVIEWS
+
+``true`` turns untagged server spans that served an HTML page (GET, 2xx, captured response
+``content-type`` starting with ``text/html``) into ``$pageview`` track calls. Default: false.
+"""
+
+OTEL_EXPORTER_ALTERTABLE_PROPERTIES_EXCLUDE = "OTEL_EXPORTER_ALTERTABLE_PROPERTIES_EXCLUDE"
+"""
+.. envvar:: OTEL_EXPORTER_ALTERTABLE_PROPERTIES_EXCLUDE
+
+Comma-separated glob patterns of attribute names never copied into properties
+(``analytics.properties.*`` is never excluded). Empty excludes nothing. Default:
+``code.*,thread.*,network.*,net.*``.
+"""

@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import requests
@@ -27,13 +27,15 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from . import environment_variables as ev
 from ._backlog import Backlog
-from ._config import ExporterConfig, resolve_config
+from ._config import BeforeSend, ExporterConfig, resolve_config
 from ._mapping import Calls, MappingOptions, Payload, _freeze
 from ._retry import RetryPolicy
 from ._sdk import map_log_records, map_spans
 from ._stats import DropReporter, Stats, self_metrics
 from ._text import LIMIT, clip
 from ._transport import DeliveryReport, Transport
+from ._values import json_safe
+from ._web import ExcludeMatcher
 
 _logger = logging.getLogger(__name__)
 _PACKAGE = __name__.rpartition(".")[0]
@@ -122,6 +124,9 @@ class _AltertableExporter:
         session: requests.Session | None = None,
         retry: RetryPolicy | None = None,
         meter_provider: MeterProvider | None = None,
+        pageviews: bool | None = None,
+        properties_exclude: str | Iterable[str] | None = None,
+        before_send: BeforeSend | None = None,
     ) -> None:
         self._config: ExporterConfig = resolve_config(
             api_key=api_key,
@@ -134,6 +139,9 @@ class _AltertableExporter:
             spool_dir=spool_dir,
             spool_max_bytes=spool_max_bytes,
             retry=retry,
+            pageviews=pageviews,
+            properties_exclude=properties_exclude,
+            before_send=before_send,
         )
         self._stats = Stats()
         self._metrics = self_metrics(self._signal, f"{id(self):x}", meter_provider)
@@ -142,7 +150,10 @@ class _AltertableExporter:
         self._identified = _IdentifyCache()
         self._warn_once = _WarnOnce()
         self._options = MappingOptions(
-            environment=self._config.environment, on_warning=self._warn_once
+            environment=self._config.environment,
+            on_warning=self._warn_once,
+            pageviews=self._config.pageviews,
+            properties_exclude=ExcludeMatcher(self._config.properties_exclude),
         )
         self._backlog = Backlog(self._config, self._stats, self._drops)
         self._shutdown = False
@@ -161,6 +172,10 @@ class _AltertableExporter:
     @property
     def config(self) -> ExporterConfig:
         return self._config
+
+    def _record_queue_drops(self, count: int) -> None:
+        """Called by ``AltertableSpanProcessor`` for the spans its full queue dropped."""
+        self._stats.add("queue_dropped", count)
 
     def stats(self) -> dict[str, object]:
         """Counters since construction, as a plain dict (see the README for each key)."""
@@ -190,6 +205,8 @@ class _AltertableExporter:
             if self._config.endpoint_error is not None:
                 error_type = self._refuse_bad_endpoint(calls)
                 return False
+            if self._config.before_send is not None:
+                _apply_before_send(self._config.before_send, calls, self._stats, self._warn_once)
             error_type = self._deliver(calls)
             return error_type is None
         except Exception:  # never raise into the SDK
@@ -363,6 +380,51 @@ def _watch_interpreter_exit(exporter: _AltertableExporter) -> None:
         except RuntimeError:  # already shutting down
             pass
     atexit.register(at_exit)
+
+
+def _apply_before_send(
+    hook: BeforeSend, calls: Calls, stats: Stats, warn_once: Callable[[str, str], None]
+) -> None:
+    """Run the user's ``before_send`` on every call, after mapping and before batching.
+
+    ``None`` drops the call (counted ``before-send``); an exception or a return value that is
+    not a payload dict drops that call only (counted ``before-send-error``, logged once) and
+    never the export. What comes back is made JSON-safe again: a hook cannot make a request
+    invalid JSON.
+    """
+    for endpoint, payloads in (
+        ("identify", calls.identifies),
+        ("alias", calls.aliases),
+        ("track", calls.tracks),
+    ):
+        if not payloads:
+            continue
+        kept: list[Payload] = []
+        for payload in payloads:
+            try:
+                result = hook(endpoint, payload)
+            except Exception as exc:
+                stats.drop("before-send-error", 1)
+                warn_once(
+                    "before-send-error",
+                    f"before_send raised {type(exc).__name__}: {str(exc)[:200]}; that call was "
+                    "dropped (counted as before-send-error; logged once)",
+                )
+                continue
+            if result is None:
+                stats.drop("before-send", 1)
+            elif isinstance(result, Mapping):
+                kept.append(json_safe(dict(result)))
+            else:
+                stats.drop("before-send-error", 1)
+                warn_once(
+                    "before-send-error",
+                    f"before_send returned {type(result).__name__}, not a payload dict or None; "
+                    "that call was dropped (counted as before-send-error; logged once)",
+                )
+        # Dropped calls were built: count them, so built = exported + dropped + spooled.
+        stats.add("calls_built", len(payloads) - len(kept))
+        payloads[:] = kept
 
 
 def _is_own_record(record: ReadableLogRecord) -> bool:
