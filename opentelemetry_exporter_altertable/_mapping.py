@@ -1,28 +1,44 @@
-"""Pure mapping: OpenTelemetry spans, span events and log records -> Altertable calls.
+"""The mapping's rules: neutral records -> Altertable calls.
 
-Nothing here does I/O or keeps state between calls: the exporter feeds records in and gets
-JSON-ready payload dicts out, grouped by endpoint. Warnings are handed to a callback so the
-caller decides how (and how often) to log them.
+One job: decide which identify, alias and track calls a batch of records yields. A record is
+the neutral :class:`Record` (a span, a span event or a log record reduced to what the rules
+read); readers build them (``_sdk`` for the OpenTelemetry SDK's spans and log records), so a
+new input is a new reader, not a branch inside every rule. Nothing here imports SDK or protobuf
+types, does I/O or keeps state between calls: records go in, JSON-ready payload dicts come out,
+grouped by endpoint. Warnings are handed to a callback so the caller decides how (and how
+often) to log them.
 
 The skip path matters most: in a traced service nearly every span carries no analytics data,
-so :func:`_has_interest` looks only at attribute *keys* and returns before anything is built.
+so :func:`has_interest` looks only at attribute *keys*; readers call it before building a
+record.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from enum import IntEnum
+from typing import Any
 
 from ._api import BUILT_IN_PROPERTIES, LIB_NAME, LIB_VERSION, is_reserved_id
+from ._values import _as_id, _clean_str, _value, format_timestamp, json_safe
 
-if TYPE_CHECKING:
-    from opentelemetry.sdk._logs import ReadableLogRecord
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import Event, ReadableSpan
+__all__ = [
+    "ALIAS_KEY",
+    "EMPTY",
+    "EVENT_KEY",
+    "Attrs",
+    "Calls",
+    "MappingOptions",
+    "Payload",
+    "Record",
+    "WarningHook",
+    "format_timestamp",
+    "has_interest",
+    "json_safe",
+    "map_records",
+    "resolve_environment",
+]
 
 _LIB_PROPERTIES = {"$lib": LIB_NAME, "$lib_version": LIB_VERSION}
 
@@ -53,29 +69,52 @@ _TRAIT_KEYS = {
     "user.roles": "roles",
 }
 _CONTEXT_KEYS = {key: builtin for builtin, key in _CONTEXT_FIELDS}
-#: Attributes a row of the mapping consumes, so they are not copied into properties as well.
-_CONSUMED_KEYS = frozenset(
-    {"device.id", "session.id", "url.full", "user_agent.original", "client.address",
-     "http.request.header.referer"}
-)  # fmt: skip
+#: Key prefixes that never become properties: the rows' own namespaces.
 _NOT_PROPERTIES = ("analytics.", "user.", "enduser.")
+#: Attributes a row of the mapping consumes, so they are not copied into properties as well
+#: (those the prefixes above already keep out need no entry).
+_CONSUMED_KEYS = frozenset(
+    key for key in (*_ID_KEYS, *_CONTEXT_KEYS, *_TRAIT_KEYS) if not key.startswith(_NOT_PROPERTIES)
+)
 #: A record is worth a closer look only if one of its keys starts with one of these.
 _INTEREST_PREFIXES = ("analytics.", *_TRAIT_KEYS)
 
-# How _scan_track treats an attribute key: decided once per key and batch (see _classify).
-_PROPERTY = 0  # copied to properties as is
-_SKIP = 1  # analytics.*, user.*, enduser.* keys no row maps, and identity keys
-_RENAMED, _OVERRIDE, _TRAIT, _CONTEXT = 2, 3, 4, 5  # (kind, name) tuples
-KeyClass = int | tuple[int, str]
 
-_MAX_DEPTH = 32
-#: Python refuses to print integers of more than 4300 digits; longer ones become null.
-_INT_LIMIT = 10**4000
+class _Key(IntEnum):
+    """How _scan_track treats an attribute key: decided once per key and batch (_classify)."""
+
+    PROPERTY = 0  # copied to properties as is
+    SKIP = 1  # analytics.*, user.*, enduser.* keys no row maps, and identity keys
+    RENAMED = 2  # the rest are (class, name) tuples
+    OVERRIDE = 3
+    TRAIT = 4
+    CONTEXT = 5
+
+
+KeyClass = _Key | tuple[_Key, str]
+# Module-level aliases: the hot loop reads globals, not enum class attributes.
+_PROPERTY, _SKIP = _Key.PROPERTY, _Key.SKIP
+_OVERRIDE, _TRAIT, _CONTEXT = _Key.OVERRIDE, _Key.TRAIT, _Key.CONTEXT
 
 Attrs = Mapping[str, Any]
 Payload = dict[str, Any]
 WarningHook = Callable[[str, str], None]
-_EMPTY: Attrs = {}
+
+
+class _EmptyAttrs(dict[str, Any]):
+    """The shared empty attributes: a ``dict`` (reads stay in C) that refuses writes, and is
+    hashable so it can be a dataclass default."""
+
+    __hash__ = object.__hash__  # type: ignore[assignment]
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise TypeError("the shared empty attributes are read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+
+EMPTY: Attrs = _EmptyAttrs()
 
 
 @dataclass(frozen=True)
@@ -113,82 +152,50 @@ class Calls:
         return out
 
 
-# --------------------------------------------------------------------------- values
+@dataclass(slots=True)
+class Record:
+    """One span, span event or log record, reduced to what the mapping reads."""
 
+    name: str | None
+    """Span name, span-event name, or a log record's ``event_name`` (else ``event.name``)."""
+    attrs: Attrs
+    """The record's own attributes, as a plain mapping."""
+    resource: Attrs
+    """Resource attributes. Per-resource work is cached by ``id(resource)``: a reader passes
+    the same mapping object for every record of one resource."""
+    time_ns: int
+    """Span end time, event time, or a log record's time (else its observed time)."""
+    trace_id: int = 0
+    span_id: int = 0
+    parent: Attrs = EMPTY
+    """The span's attributes, for a span event; else empty."""
+    span_kind: str = ""
+    """``server``, ``client``, ``internal``, ``producer`` or ``consumer`` for spans and span
+    events (their span's kind); empty for log records."""
+    body: Mapping[Any, Any] | None = None
+    """A log record's body, when it is a mapping."""
+    dropped_attributes: int = 0
+    """How many attributes the SDK dropped (attribute limits)."""
 
-def _clean_str(value: str) -> str:
-    """Replace lone surrogates (valid in Python, invalid in UTF-8) with U+FFFD."""
-    if value.isascii():
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return value
-
-
-def json_safe(value: Any, _depth: int = 0) -> Any:
-    """Turn an attribute or body value into something ``json.dumps(allow_nan=False)`` accepts.
-
-    Sequences become lists, NaN and infinities become ``None`` (JSON cannot carry them),
-    bytes are decoded, anything unknown becomes its ``str``; nesting is cut at 32 levels.
-    """
-    kind = type(value)
-    if kind is str:
-        return _clean_str(value)
-    if kind is bool or value is None:
-        return value
-    if kind is int:
-        return value if -_INT_LIMIT < value < _INT_LIMIT else None
-    if kind is float:
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):  # str subclasses (enums, tagged strings) stay strings
-        return _clean_str(str.__str__(value))
-    if _depth >= _MAX_DEPTH:
-        return None
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, Mapping):
-        return {_clean_str(str(k)): json_safe(v, _depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple, Sequence, set, frozenset)):
-        return [json_safe(v, _depth + 1) for v in value]
-    if isinstance(value, bool):
-        return bool(value)
-    if isinstance(value, int):  # int subclasses such as IntEnum
-        return json_safe(int(value))
-    if isinstance(value, float):
-        return float(value) if math.isfinite(value) else None
-    return _clean_str(str(value))
-
-
-@lru_cache(maxsize=256)
-def _format_seconds(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
-def format_timestamp(ns: int) -> str:
-    """Nanoseconds since the epoch -> ISO 8601 UTC with milliseconds, as the official SDKs send."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    return f"{_format_seconds(seconds)}.{rest // 1_000_000:03d}Z"
-
-
-def _as_id(value: Any) -> str | None:
-    if isinstance(value, str):
-        return _clean_str(str.__str__(value)) if value else None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(int(value)) if -_INT_LIMIT < value < _INT_LIMIT else None
-    return None
+    @classmethod
+    def resource_only(cls, resource: Attrs, time_ns: int) -> Record:
+        """A record that only introduces ``resource``: its own identify (a resource naming a
+        user with traits) is due even when none of its records is tagged."""
+        return cls(None, EMPTY, resource, time_ns)
 
 
 # --------------------------------------------------------------------------- resource
 
 
-def resolve_environment(resource: Resource | None, explicit: str | None) -> str:
-    """Explicit setting, else the resource's deployment environment, else ``production``."""
+def resolve_environment(resource: Attrs | None, explicit: str | None) -> str:
+    """Explicit setting, else the resource's deployment environment, else ``production``.
+
+    ``resource`` is the resource's attributes.
+    """
     if explicit:
         return _clean_str(explicit)
-    if resource is not None:
-        attrs = resource.attributes
+    if resource:
+        attrs = resource
         for key in ("deployment.environment.name", "deployment.environment"):
             value = attrs.get(key)
             if isinstance(value, str) and value:
@@ -212,7 +219,7 @@ class _ResourceInfo:
 # --------------------------------------------------------------------------- records
 
 
-def _has_interest(attrs: Attrs | None) -> bool:
+def has_interest(attrs: Attrs | None) -> bool:
     """Cheap key-only test: could this record produce any call? Most records answer no."""
     if not attrs:
         return False
@@ -235,20 +242,6 @@ def _own_traits(attrs: Attrs) -> dict[str, Any]:
     return traits
 
 
-@dataclass(slots=True)
-class _Record:
-    """One span, span event or log record, reduced to what the mapping reads."""
-
-    name: str | None
-    attrs: Attrs
-    parent: Attrs  # the span's attributes for a span event, else empty
-    resource: _ResourceInfo
-    time_ns: int
-    trace_id: int
-    span_id: int
-    body: Mapping[Any, Any] | None = None
-
-
 class _Builder:
     """Accumulates the calls of one batch; one instance per map call."""
 
@@ -264,21 +257,20 @@ class _Builder:
         if self._warn is not None:
             self._warn(key, message)
 
-    def resource(self, resource: Resource | None, time_ns: int) -> _ResourceInfo:
-        info = self._resources.get(id(resource))
+    def resource(self, attrs: Attrs, time_ns: int) -> _ResourceInfo:
+        info = self._resources.get(id(attrs))
         if info is None:
-            attrs: Attrs = _plain(resource.attributes) if resource is not None else _EMPTY
             release = attrs.get("service.version")
             service = attrs.get("service.name")
             info = _ResourceInfo(
                 attrs=attrs,
-                environment=resolve_environment(resource, self.options.environment),
+                environment=resolve_environment(attrs, self.options.environment),
                 release=_clean_str(str(release)) if release is not None else None,
                 service_name=_clean_str(str(service)) if service is not None else None,
                 traits=_own_traits(attrs),
                 ids=self.identity((attrs,), {}),
             )
-            self._resources[id(resource)] = info
+            self._resources[id(attrs)] = info
             distinct_id = info.ids.get("distinct_id")
             if info.traits and distinct_id is not None:  # the resource itself names a user
                 anonymous_id = info.ids.get("anonymous_id")
@@ -308,7 +300,7 @@ class _Builder:
         return ids
 
     def _identifier(self, field_name: str, key: str, raw: Any) -> str | None:
-        ident = raw if type(raw) is str and raw.isascii() and raw else _as_id(raw)
+        ident = _as_id(raw)
         if ident is not None and field_name == "distinct_id" and is_reserved_id(ident):
             self.warn(
                 f"reserved-id:{key}:{ident}",
@@ -340,9 +332,9 @@ class _Builder:
             payload["anonymous_id"] = anonymous_id
         self.calls.identifies.append(payload)
 
-    def add(self, record: _Record) -> None:
+    def add(self, record: Record, res: _ResourceInfo) -> None:
         """Build every call this (interesting) record yields."""
-        attrs, parent, res = record.attrs, record.parent, record.resource
+        attrs, parent = record.attrs, record.parent
         ids = self.identity((attrs, parent) if parent else (attrs,), res.ids)
         distinct_id = ids.get("distinct_id")
 
@@ -361,11 +353,16 @@ class _Builder:
 
         alias = attrs.get(ALIAS_KEY)
         if alias is not None:
-            self._add_alias(record, distinct_id, alias)
+            self._add_alias(record, res, distinct_id, alias)
         if event and properties is not None:
-            self._add_track(record, _clean_str(str.__str__(event)), properties, context, ids)
+            event_name = _clean_str(str.__str__(event))
+            self._add_track(
+                record, res, event=event_name, properties=properties, context=context, ids=ids
+            )
 
-    def _add_alias(self, record: _Record, distinct_id: str | None, alias: Any) -> None:
+    def _add_alias(
+        self, record: Record, res: _ResourceInfo, distinct_id: str | None, alias: Any
+    ) -> None:
         new_id = _as_id(alias)
         if new_id is None or distinct_id is None:
             self.warn(
@@ -382,7 +379,7 @@ class _Builder:
             return
         self.calls.aliases.append(
             {
-                "environment": record.resource.environment,
+                "environment": res.environment,
                 "distinct_id": distinct_id,
                 "new_user_id": new_id,
                 "timestamp": format_timestamp(record.time_ns),
@@ -391,13 +388,14 @@ class _Builder:
 
     def _add_track(
         self,
-        record: _Record,
+        record: Record,
+        res: _ResourceInfo,
+        *,
         event: str,
         properties: dict[str, Any],
         context: dict[str, Any],
         ids: dict[str, str],
     ) -> None:
-        res = record.resource
         # "$" sorts before letters and digits: one C-level min() tells whether any key could
         # be a "$" key, instead of a Python loop over every key.
         if properties and min(properties)[:1] <= "$":
@@ -413,7 +411,7 @@ class _Builder:
                     context[builtin] = parent[key]
         for builtin, raw in context.items():
             if builtin not in properties:  # an explicit analytics.properties.$url wins
-                value = raw if type(raw) is str and raw.isascii() else _context_value(raw)
+                value = _context_value(raw)
                 if value is not None:
                     properties[builtin] = value
         properties.setdefault("$ip", 0)
@@ -456,22 +454,8 @@ class _Builder:
         return cleaned
 
 
-def _value(value: Any) -> Any:
-    """``json_safe`` with the common cases first (this runs for every property)."""
-    kind = type(value)
-    if kind is str:
-        return value if value.isascii() else _clean_str(value)
-    if kind is bool or (kind is int and -_INT_LIMIT < value < _INT_LIMIT):
-        return value
-    if kind is float:
-        return value if math.isfinite(value) else None
-    return json_safe(value)
-
-
 def _context_value(raw: Any) -> Any:
-    if type(raw) is str:
-        return raw if raw.isascii() else _clean_str(raw)
-    if isinstance(raw, Sequence):  # the referer header is an array in the conventions
+    if type(raw) is not str and isinstance(raw, Sequence):  # the referer header is an array
         return _value(raw[0]) if raw else None
     return _value(raw)
 
@@ -480,21 +464,21 @@ def _classify(key: str) -> KeyClass:
     """What a record's attribute ``key`` contributes to a track call."""
     if key.startswith(_NOT_PROPERTIES):
         if key.startswith(_PROPERTIES_PREFIX):
-            return (_OVERRIDE, _clean_str(key[len(_PROPERTIES_PREFIX) :]))
+            return (_Key.OVERRIDE, _clean_str(key[len(_PROPERTIES_PREFIX) :]))
         if key.startswith(_TRAITS_PREFIX):
-            return (_TRAIT, _clean_str(key[len(_TRAITS_PREFIX) :]))
+            return (_Key.TRAIT, _clean_str(key[len(_TRAITS_PREFIX) :]))
         trait = _TRAIT_KEYS.get(key)
-        return (_TRAIT, trait) if trait is not None else _SKIP
+        return (_Key.TRAIT, trait) if trait is not None else _Key.SKIP
     builtin = _CONTEXT_KEYS.get(key)
     if builtin is not None:
-        return (_CONTEXT, builtin)
+        return (_Key.CONTEXT, builtin)
     if key in _CONSUMED_KEYS:
-        return _SKIP
-    return _PROPERTY if key.isascii() else (_RENAMED, _clean_str(key))
+        return _Key.SKIP
+    return _Key.PROPERTY if key.isascii() else (_Key.RENAMED, _clean_str(key))
 
 
 def _scan_track(
-    record: _Record, classes: dict[str, KeyClass]
+    record: Record, classes: dict[str, KeyClass]
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """One pass over a tagged record's attributes: its properties, traits and context.
 
@@ -512,18 +496,17 @@ def _scan_track(
         kind = classes.get(key)
         if kind is None:
             kind = classes[key] = _classify(key)
-        if kind is _PROPERTY:
-            # _value() inlined for ASCII strings, the commonest case by far.
-            properties[key] = value if type(value) is str and value.isascii() else _value(value)
-        elif kind is not _SKIP:
+        if kind == _PROPERTY:
+            properties[key] = _value(value)
+        elif kind != _SKIP:
             tag, name = kind  # type: ignore[misc]
-            if tag is _OVERRIDE:
+            if tag == _OVERRIDE:
                 if overrides is None:
                     overrides = {}
                 overrides[name] = _value(value)
-            elif tag is _CONTEXT:
+            elif tag == _CONTEXT:
                 context[name] = value
-            elif tag is _TRAIT:
+            elif tag == _TRAIT:
                 traits[name] = json_safe(value)
             else:
                 properties[name] = _value(value)
@@ -544,112 +527,21 @@ def _freeze(value: Any) -> Any:
 # --------------------------------------------------------------------------- entry points
 
 
-def _plain(attrs: Any) -> Attrs:
-    """The plain dict behind the SDK's ``BoundedAttributes``, else the mapping itself.
+def map_records(records: Iterable[Record], options: MappingOptions, skipped: int = 0) -> Calls:
+    """Map neutral records, in order, to the calls they yield.
 
-    ``BoundedAttributes`` is a Python-level ``MutableMapping``: every ``get`` and every step of
-    iteration goes through a Python call. Reading its ``_dict`` (present in every supported SDK)
-    makes the mapping about twice as fast; when an SDK lacks it, the public mapping is used.
+    A record without analytics data (see :func:`has_interest`) yields nothing but introduces
+    its resource, whose own identify may be due (see :meth:`Record.resource_only`). Readers
+    test interest before building records and count what they skip: ``skipped`` is reported
+    as :attr:`Calls.skipped`.
     """
-    inner = getattr(attrs, "_dict", None)
-    if isinstance(inner, dict):
-        return inner
-    return attrs or _EMPTY
-
-
-def span_attributes(span: ReadableSpan) -> Attrs:
-    """A span's attributes without the read-only proxy the public property builds per call."""
-    raw = getattr(span, "_attributes", None)
-    if raw is None:
-        return span.attributes or _EMPTY
-    return _plain(raw)
-
-
-def span_events(span: ReadableSpan) -> Sequence[Event]:
-    """A span's events without the tuple copy the public property makes per call.
-
-    The SDK keeps them in a ``BoundedList`` whose ``len()`` is a Python call; its ``_dq``
-    deque answers in C.
-    """
-    raw = getattr(span, "_events", None)
-    if raw is None:
-        return span.events
-    events: Sequence[Event] = getattr(raw, "_dq", raw)
-    return events
-
-
-def span_has_analytics_data(span: ReadableSpan) -> bool:
-    """True when the span or one of its events could yield a track, identify or alias."""
-    if _has_interest(span_attributes(span)):
-        return True
-    return any(_has_interest(_plain(event.attributes)) for event in span_events(span))
-
-
-def map_spans(spans: Sequence[ReadableSpan], options: MappingOptions) -> Calls:
-    """Map spans and their events; records without analytics data cost a key scan."""
     builder = _Builder(options)
-    last_resource: object = None
-    res: _ResourceInfo | None = None
-    for span in spans:
-        resource = span.resource
-        if resource is not last_resource or res is None:
-            # Once per resource: it may itself carry identify data.
-            last_resource = resource
-            res = builder.resource(resource, span.end_time or span.start_time or time.time_ns())
-        attrs = span_attributes(span)
-        span_interesting = _has_interest(attrs)
-        events = span_events(span)
-        tagged_events = [e for e in events if _has_interest(_plain(e.attributes))] if events else ()
-        if not span_interesting and not tagged_events:
-            builder.calls.skipped += 1
-            continue
-        ctx = span.context
-        trace_id = ctx.trace_id if ctx is not None else 0
-        span_id = ctx.span_id if ctx is not None else 0
-        end_ns = span.end_time or span.start_time or time.time_ns()
-        for event in tagged_events:
-            builder.add(
-                _Record(
-                    name=event.name,
-                    attrs=_plain(event.attributes),
-                    parent=attrs,
-                    resource=res,
-                    time_ns=event.timestamp,
-                    trace_id=trace_id,
-                    span_id=span_id,
-                )
-            )
-        if span_interesting:
-            builder.add(_Record(span.name, attrs, _EMPTY, res, end_ns, trace_id, span_id))
-    return builder.calls
-
-
-def map_log_records(records: Sequence[ReadableLogRecord], options: MappingOptions) -> Calls:
-    """Map log records; a dict body is merged under the record's attributes."""
-    builder = _Builder(options)
-    last_resource: object = None
-    for readable in records:
-        record = readable.log_record
-        if readable.resource is not last_resource:
-            last_resource = readable.resource
-            builder.resource(readable.resource, record.timestamp or record.observed_timestamp)
-        attrs = record.attributes or _EMPTY
-        if not _has_interest(attrs):
-            continue
-        time_ns = record.timestamp or record.observed_timestamp or time.time_ns()
-        res = builder.resource(readable.resource, time_ns)
-        name = getattr(record, "event_name", None) or attrs.get("event.name")
-        body = record.body if isinstance(record.body, Mapping) else None
-        builder.add(
-            _Record(
-                name=name if isinstance(name, str) else None,
-                attrs=attrs,
-                parent=_EMPTY,
-                resource=res,
-                time_ns=time_ns,
-                trace_id=record.trace_id or 0,
-                span_id=record.span_id or 0,
-                body=body,
-            )
-        )
+    builder.calls.skipped = skipped
+    resources = builder._resources
+    for record in records:
+        res = resources.get(id(record.resource))
+        if res is None:
+            res = builder.resource(record.resource, record.time_ns)
+        if has_interest(record.attrs):
+            builder.add(record, res)
     return builder.calls

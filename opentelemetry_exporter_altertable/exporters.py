@@ -25,8 +25,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from . import environment_variables as ev
 from ._config import ExporterConfig, resolve_config
-from ._mapping import Calls, MappingOptions, Payload, _freeze, map_log_records, map_spans
+from ._mapping import Calls, MappingOptions, Payload, _freeze
 from ._retry import RetryPolicy
+from ._sdk import map_log_records, map_spans
 from ._spool import Spool
 from ._stats import DropReporter, Stats, self_metrics
 from ._transport import CONFIG_ERRORS, DeliveryReport, Transport

@@ -24,7 +24,7 @@ import logging
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from ._mapping import span_has_analytics_data
+from ._sdk import span_has_analytics_data
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opentelemetry_exporter_altertable import _transport
-from opentelemetry_exporter_altertable._mapping import json_safe
 from opentelemetry_exporter_altertable._transport import encode_json, fast_encoder
+from opentelemetry_exporter_altertable._values import json_safe
 
 json_values = st.recursive(
     st.none()

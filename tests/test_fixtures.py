@@ -24,14 +24,9 @@ from otel_builders import (
     span_context,
 )
 
-from opentelemetry_exporter_altertable._mapping import (
-    LIB_NAME,
-    LIB_VERSION,
-    Calls,
-    MappingOptions,
-    map_log_records,
-    map_spans,
-)
+from opentelemetry_exporter_altertable._api import LIB_NAME, LIB_VERSION
+from opentelemetry_exporter_altertable._mapping import Calls, MappingOptions
+from opentelemetry_exporter_altertable._sdk import map_log_records, map_spans
 
 # Altertable's compliance fixtures (the official client specification's), kept verbatim here so
 # the suite needs nothing outside the repository. JSON files dropped into

@@ -31,19 +31,15 @@ from otel_builders import (
     span_context,
 )
 
-from opentelemetry_exporter_altertable._mapping import (
-    LIB_NAME,
-    LIB_VERSION,
-    Calls,
-    MappingOptions,
-    format_timestamp,
-    is_reserved_id,
-    json_safe,
+from opentelemetry_exporter_altertable._api import LIB_NAME, LIB_VERSION, is_reserved_id
+from opentelemetry_exporter_altertable._mapping import Calls, MappingOptions, resolve_environment
+from opentelemetry_exporter_altertable._sdk import (
     map_log_records,
     map_spans,
-    resolve_environment,
+    resource_attributes,
     span_has_analytics_data,
 )
+from opentelemetry_exporter_altertable._values import format_timestamp, json_safe
 from opentelemetry_exporter_altertable.version import __version__
 
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -221,31 +217,31 @@ def test_not_reserved(value: str) -> None:
 
 def test_environment_explicit_wins() -> None:
     resource = make_resource({"deployment.environment.name": "staging"})
-    assert resolve_environment(resource, "development") == "development"
+    assert resolve_environment(resource_attributes(resource), "development") == "development"
 
 
 def test_environment_from_resource_name() -> None:
-    assert resolve_environment(make_resource({"deployment.environment.name": "staging"}), None) == (
-        "staging"
-    )
+    resource = make_resource({"deployment.environment.name": "staging"})
+    assert resolve_environment(resource_attributes(resource), None) == "staging"
 
 
 def test_environment_from_deprecated_resource_key() -> None:
-    assert resolve_environment(make_resource({"deployment.environment": "qa"}), None) == "qa"
+    resource = make_resource({"deployment.environment": "qa"})
+    assert resolve_environment(resource_attributes(resource), None) == "qa"
 
 
 def test_environment_new_key_wins_over_deprecated() -> None:
     resource = make_resource(
         {"deployment.environment.name": "staging", "deployment.environment": "qa"}
     )
-    assert resolve_environment(resource, None) == "staging"
+    assert resolve_environment(resource_attributes(resource), None) == "staging"
 
 
 @pytest.mark.parametrize(
     "resource", [None, make_resource({}), make_resource({"service.name": "x"})]
 )
 def test_environment_default_production(resource: Any) -> None:
-    assert resolve_environment(resource, None) == "production"
+    assert resolve_environment(resource_attributes(resource), None) == "production"
 
 
 def test_every_call_carries_the_environment() -> None:

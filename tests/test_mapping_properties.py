@@ -24,17 +24,10 @@ from otel_builders import (
     span_context,
 )
 
-from opentelemetry_exporter_altertable._mapping import (
-    LIB_NAME,
-    LIB_VERSION,
-    Calls,
-    MappingOptions,
-    format_timestamp,
-    is_reserved_id,
-    json_safe,
-    map_log_records,
-    map_spans,
-)
+from opentelemetry_exporter_altertable._api import LIB_NAME, LIB_VERSION, is_reserved_id
+from opentelemetry_exporter_altertable._mapping import Calls, MappingOptions
+from opentelemetry_exporter_altertable._sdk import map_log_records, map_spans
+from opentelemetry_exporter_altertable._values import format_timestamp, json_safe
 
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

@@ -1,0 +1,203 @@
+"""Readers: the OpenTelemetry SDK's spans and log records -> the mapping's neutral records.
+
+One job: read SDK objects fast and hand :func:`_mapping.map_records` plain data. The SDK wraps
+attributes in ``BoundedAttributes`` and events in ``BoundedList``, both Python-level containers
+whose every lookup is a Python call; the readers go to the plain ``dict`` / ``deque`` behind
+them (present in every supported SDK) and fall back to the public properties when an SDK lacks
+them. Interest is tested on those plain mappings before any record is built, so a span without
+analytics data costs a key scan. Besides the exporters and the processor, this is the only
+module that touches SDK types.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.trace import SpanKind
+
+from ._mapping import EMPTY, Attrs, Calls, MappingOptions, Record, has_interest, map_records
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs import ReadableLogRecord
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+
+_SPAN_KINDS = {
+    SpanKind.SERVER: "server",
+    SpanKind.CLIENT: "client",
+    SpanKind.INTERNAL: "internal",
+    SpanKind.PRODUCER: "producer",
+    SpanKind.CONSUMER: "consumer",
+}
+_NO_RESOURCE = object()
+
+
+def _plain(attrs: Any) -> Attrs:
+    """The plain dict behind the SDK's ``BoundedAttributes``, else the mapping itself.
+
+    ``BoundedAttributes`` is a Python-level ``MutableMapping``: every ``get`` and every step of
+    iteration goes through a Python call. Reading its ``_dict`` (present in every supported SDK)
+    makes the mapping about twice as fast; when an SDK lacks it, the public mapping is used.
+    """
+    inner = getattr(attrs, "_dict", None)
+    if isinstance(inner, dict):
+        return inner
+    return attrs or EMPTY
+
+
+def _dropped(attrs: Any) -> int:
+    """How many attributes ``BoundedAttributes`` dropped (0 for a plain mapping)."""
+    dropped = getattr(attrs, "dropped", 0)
+    return dropped if isinstance(dropped, int) else 0
+
+
+def span_attributes(span: ReadableSpan) -> Attrs:
+    """A span's attributes without the read-only proxy the public property builds per call."""
+    raw = getattr(span, "_attributes", None)
+    if raw is None:
+        return span.attributes or EMPTY
+    return _plain(raw)
+
+
+def span_events(span: ReadableSpan) -> Sequence[Event]:
+    """A span's events without the tuple copy the public property makes per call.
+
+    The SDK keeps them in a ``BoundedList`` whose ``len()`` is a Python call; its ``_dq``
+    deque answers in C.
+    """
+    raw = getattr(span, "_events", None)
+    if raw is None:
+        return span.events
+    events: Sequence[Event] = getattr(raw, "_dq", raw)
+    return events
+
+
+def resource_attributes(resource: Resource | None) -> Attrs:
+    """A resource's attributes as a plain mapping, the same object for every call."""
+    return _plain(resource.attributes) if resource is not None else EMPTY
+
+
+def log_attributes(record: Any) -> Attrs:
+    """A log record's attributes as a plain mapping (the dict behind ``BoundedAttributes``)."""
+    return _plain(record.attributes)
+
+
+def span_has_analytics_data(span: ReadableSpan) -> bool:
+    """True when the span or one of its events could yield a track, identify or alias."""
+    if has_interest(span_attributes(span)):
+        return True
+    return any(has_interest(_plain(event.attributes)) for event in span_events(span))
+
+
+def records_from_spans(spans: Sequence[ReadableSpan]) -> tuple[list[Record], int]:
+    """Spans and their tagged events as records, and how many spans carried no analytics data.
+
+    Each new resource is introduced by a :meth:`Record.resource_only` (timed at its first
+    span's end), so a resource's own identify is sent even when none of its spans is tagged.
+    """
+    records: list[Record] = []
+    skipped = 0
+    last_resource: object = _NO_RESOURCE
+    res_attrs: Attrs = EMPTY
+    for span in spans:
+        resource = span.resource
+        if resource is not last_resource:
+            last_resource = resource
+            res_attrs = resource_attributes(resource)
+            end = span.end_time or span.start_time or time.time_ns()
+            records.append(Record.resource_only(res_attrs, end))
+        attrs = span_attributes(span)
+        span_interesting = has_interest(attrs)
+        events = span_events(span)
+        tagged_events = [e for e in events if has_interest(_plain(e.attributes))] if events else ()
+        if not span_interesting and not tagged_events:
+            skipped += 1
+            continue
+        ctx = span.context
+        trace_id = ctx.trace_id if ctx is not None else 0
+        span_id = ctx.span_id if ctx is not None else 0
+        end_ns = span.end_time or span.start_time or time.time_ns()
+        kind = _SPAN_KINDS.get(span.kind, "")
+        for event in tagged_events:
+            records.append(
+                Record(
+                    name=event.name,
+                    attrs=_plain(event.attributes),
+                    resource=res_attrs,
+                    time_ns=event.timestamp,
+                    trace_id=trace_id,
+                    span_id=span_id,
+                    parent=attrs,
+                    span_kind=kind,
+                    dropped_attributes=_dropped(event.attributes),
+                )
+            )
+        if span_interesting:
+            records.append(
+                Record(
+                    name=span.name,
+                    attrs=attrs,
+                    resource=res_attrs,
+                    time_ns=end_ns,
+                    trace_id=trace_id,
+                    span_id=span_id,
+                    span_kind=kind,
+                    dropped_attributes=_dropped(getattr(span, "_attributes", None)),
+                )
+            )
+    return records, skipped
+
+
+def records_from_logs(records: Sequence[ReadableLogRecord]) -> tuple[list[Record], int]:
+    """Log records as records (a dict body kept for the mapping to merge), and how many
+    carried no analytics data; each new resource is introduced as in
+    :func:`records_from_spans`."""
+    out: list[Record] = []
+    skipped = 0
+    last_resource: object = _NO_RESOURCE
+    res_attrs: Attrs = EMPTY
+    for readable in records:
+        record = readable.log_record
+        if readable.resource is not last_resource:
+            last_resource = readable.resource
+            res_attrs = resource_attributes(readable.resource)
+            first = record.timestamp or record.observed_timestamp or time.time_ns()
+            out.append(Record.resource_only(res_attrs, first))
+        attrs = log_attributes(record)
+        if not has_interest(attrs):
+            skipped += 1
+            continue
+        time_ns = record.timestamp or record.observed_timestamp or time.time_ns()
+        name = getattr(record, "event_name", None) or attrs.get("event.name")
+        body = record.body if isinstance(record.body, Mapping) else None
+        out.append(
+            Record(
+                name=name if isinstance(name, str) else None,
+                attrs=attrs,
+                resource=res_attrs,
+                time_ns=time_ns,
+                trace_id=record.trace_id or 0,
+                span_id=record.span_id or 0,
+                body=body,
+                dropped_attributes=_dropped(record.attributes),
+            )
+        )
+    return out, skipped
+
+
+def map_spans(spans: Sequence[ReadableSpan], options: MappingOptions) -> Calls:
+    """Map spans and their events; records without analytics data cost a key scan."""
+    records, skipped = records_from_spans(spans)
+    return map_records(records, options, skipped)
+
+
+def map_log_records(records: Sequence[ReadableLogRecord], options: MappingOptions) -> Calls:
+    """Map log records; a dict body is merged under the record's attributes.
+
+    Log records without analytics data are not reported as skipped (``Calls.skipped`` counts
+    spans), as before the readers were split out.
+    """
+    mapped, _skipped = records_from_logs(records)
+    return map_records(mapped, options)
