@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+EXTRAS := dev,local
 
-.PHONY: install test test-oldest lint typecheck pytest demo bench soak clean
+.PHONY: install test test-oldest test-py310 test-py313 lint typecheck pytest demo bench soak clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,local]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,7 +21,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy --strict opentelemetry_exporter_altertable
 
-pytest: $(STAMP)
+# The page's test drives a real headless Chromium: Debian's package, installed when missing
+# (as root, which CI is; elsewhere run the apt-get line with sudo once).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+pytest: $(STAMP) browser
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest
@@ -28,18 +35,36 @@ test: lint typecheck pytest
 # The same suite against the oldest supported opentelemetry-sdk, in a venv of its own.
 OLD_VENV := .venv-oldest-sdk
 OLD_STAMP := $(OLD_VENV)/.installed
-$(OLD_STAMP): pyproject.toml ci/constraints-oldest-sdk.txt
+$(OLD_STAMP): pyproject.toml .ci/constraints-oldest-sdk.txt
 	test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
 	$(OLD_VENV)/bin/python -m pip install --quiet --upgrade pip
-	PIP_CONSTRAINT= $(OLD_VENV)/bin/python -m pip install --quiet -c ci/constraints-oldest-sdk.txt -e '.[dev,local]'
+	PIP_CONSTRAINT= $(OLD_VENV)/bin/python -m pip install --quiet -c .ci/constraints-oldest-sdk.txt -e '.[$(EXTRAS)]'
 	touch $(OLD_STAMP)
 
-test-oldest: $(OLD_STAMP)
+test-oldest: $(OLD_STAMP) browser
 	$(OLD_VENV)/bin/python -m mypy --strict opentelemetry_exporter_altertable
 	$(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
+# The oldest and newest supported Pythons (pyenv's builds on these machines, else PATH).
+PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10)
+PYTHON313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) python3.13)
+
+define python_suite
+.venv-py$(1)/.installed: pyproject.toml
+	test -x .venv-py$(1)/bin/python || $$(PYTHON$(1)) -m venv .venv-py$(1)
+	.venv-py$(1)/bin/python -m pip install --quiet --upgrade pip
+	.venv-py$(1)/bin/python -m pip install --quiet -e '.[$$(EXTRAS)]'
+	touch $$@
+
+test-py$(1): .venv-py$(1)/.installed browser
+	.venv-py$(1)/bin/python -m mypy --strict opentelemetry_exporter_altertable
+	.venv-py$(1)/bin/python -m pytest -q -p no:cacheprovider
+endef
+$(eval $(call python_suite,310))
+$(eval $(call python_suite,313))
+
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	$(PY) examples/demo.py $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_export.py
@@ -48,4 +73,4 @@ soak: $(STAMP)
 	$(PY) benchmarks/soak.py --events 1000000
 
 clean:
-	rm -rf $(VENV) $(OLD_VENV) .mypy_cache .ruff_cache .pytest_cache altertable-local.duckdb*
+	rm -rf $(VENV) $(OLD_VENV) .venv-py310 .venv-py313 .mypy_cache .ruff_cache .pytest_cache artifacts altertable-local.duckdb*

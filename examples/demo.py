@@ -1,11 +1,15 @@
 """``make demo``: start a local receiver, run the shop, and ask the tracking guide's questions.
 
 Everything a user would do by hand, in order: ``altertable-otel serve``, run an instrumented
-app pointed at it, then ``altertable-otel query`` with the guide's SQL, verbatim.
+app pointed at it, then ``altertable-otel query`` with the guide's SQL, verbatim, and point
+at the receiver's page. Run from a terminal, it keeps the receiver running (so the page stays
+up) until Ctrl-C; ``--exit`` (or no terminal, as in CI) stops at once.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import socket
 import subprocess
@@ -74,7 +78,13 @@ def _wait_healthy(endpoint: str, server: subprocess.Popen[bytes], timeout: float
     raise SystemExit(f"demo: the receiver did not answer on {endpoint} within {timeout:.0f}s")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="make demo")
+    parser.add_argument(
+        "--exit", action="store_true", help="stop the receiver at the end, even in a terminal"
+    )
+    args = parser.parse_args(argv)
+    keep_running = not args.exit and sys.stdin is not None and sys.stdin.isatty()
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="altertable-demo-") as tmp:
@@ -96,9 +106,14 @@ def main() -> int:
                 first_line = sql.splitlines()[0]
                 print(f"\n== {title}\n$ altertable-otel query '{first_line} ...'", flush=True)
                 subprocess.run(
-                    [*_cli(), "query", "--endpoint", endpoint, "--api-key", API_KEY, sql],
+                    [*_cli(), "query", "--endpoint", endpoint, sql],
                     check=True,
                 )
+            print(f"\ndemo: open {endpoint}/ in a browser to watch events arrive.", flush=True)
+            if keep_running:
+                print("demo: the receiver keeps running; Ctrl-C stops it.", flush=True)
+                with contextlib.suppress(KeyboardInterrupt):
+                    server.wait()
         finally:
             server.terminate()
             try:

@@ -10,13 +10,15 @@ the exporters' settings and explains the answer. Each subcommand is one
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import FrameType
 from typing import Any, TextIO
 
@@ -28,12 +30,20 @@ PROG = "altertable-otel"
 DEFAULT_PORT = 15001
 DEFAULT_ENDPOINT = f"http://127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_DB = "altertable-local.duckdb"
-LOCAL_API_KEY = "local"
-_API_KEY_VARIABLES = ("OTEL_EXPORTER_ALTERTABLE_API_KEY", "ALTERTABLE_API_KEY")
+LOCAL_QUERY_USER = "local"
+LOCAL_QUERY_PASSWORD = "local"
+_USER_VARIABLES = ("ALTERTABLE_LAKEHOUSE_USERNAME", "ALTERTABLE_USERNAME")
+_PASSWORD_VARIABLES = ("ALTERTABLE_LAKEHOUSE_PASSWORD", "ALTERTABLE_PASSWORD")
+_TABLE_SAMPLE_ROWS = 1000
 
 
 class CommandError(Exception):
-    """A failure worth one clear line on stderr (and exit status 1), not a traceback."""
+    """A failure worth one clear line on stderr (and exit ``status``, 1 unless given), not a
+    traceback. Status 2 is a refused command line, as argparse uses it."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # -- serve ---------------------------------------------------------------------------------
@@ -50,7 +60,9 @@ def _add_serve(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; other than loopback it needs --api-key (default: %(default)s)",
     )
     parser.add_argument(
         "--port",
@@ -77,13 +89,45 @@ def _add_serve(subparsers: Any) -> None:
         metavar="NAME",
         help="an environment that exists (repeatable; default: production, staging, development)",
     )
+    parser.add_argument(
+        "--query-user",
+        default=None,
+        help=f"POST /query's Basic auth user (default: ${_USER_VARIABLES[0]}; "
+        "neither set: any non-empty pair)",
+    )
+    parser.add_argument(
+        "--query-password",
+        default=None,
+        help=f"POST /query's Basic auth password (default: ${_PASSWORD_VARIABLES[0]})",
+    )
+    parser.add_argument(
+        "--query-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a query running longer is interrupted (default: %(default)s)",
+    )
     parser.set_defaults(run=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .receiver import DEFAULT_ENVIRONMENTS, LocalReceiver
+    from .receiver._local import is_loopback_host
 
+    if not args.api_keys and not is_loopback_host(args.host):
+        raise CommandError(
+            f"--host {args.host} lets other machines (and their users) write to this receiver; "
+            "pass --api-key KEY so that only clients with the key are accepted, "
+            "or listen on 127.0.0.1",
+            status=2,
+        )
     db_path = None if args.db == ":memory:" else os.path.abspath(args.db)
+    query_user = args.query_user or os.environ.get(_USER_VARIABLES[0]) or None
+    query_password = args.query_password or os.environ.get(_PASSWORD_VARIABLES[0]) or None
+    if (query_user is None) != (query_password is None):
+        raise CommandError("--query-user and --query-password go together")
+    if not args.query_timeout > 0:
+        raise CommandError("--query-timeout must be positive")
     receiver = LocalReceiver(
         db_path=db_path,
         api_keys=args.api_keys,
@@ -91,6 +135,9 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         request_log_level=logging.INFO,
+        query_user=query_user,
+        query_password=query_password,
+        query_timeout=args.query_timeout,
     )
     try:
         receiver.start()
@@ -111,13 +158,18 @@ def _serve(args: argparse.Namespace) -> int:
         keys = (
             "any non-empty key" if receiver.api_keys is None else f"{len(receiver.api_keys)} key(s)"
         )
-        print(f"Altertable receiver listening on {receiver.endpoint}", flush=True)
+        print(f"Altertable receiver listening on {receiver.bound_address}", flush=True)
+        if receiver.bound_address != receiver.endpoint:
+            print(f"  from here:    {receiver.endpoint}", flush=True)
         print(f"  database:     {db_path or 'in memory (nothing is kept)'}", flush=True)
         print(f"  environments: {', '.join(sorted(receiver.environments or ()))}", flush=True)
         print(f"  API keys:     {keys}", flush=True)
+        queries = "any user and password" if query_user is None else "the configured pair"
+        print(f"  /query auth:  {queries} (HTTP Basic, read-only)", flush=True)
+        print(f"  page:         open {receiver.page_url} in a browser", flush=True)
         print(
             f"  export with:  OTEL_EXPORTER_ALTERTABLE_ENDPOINT={receiver.endpoint}\n"
-            f'  query with:   {PROG} query "SELECT * FROM altertable.analytics.events"\n'
+            f"  query with:   {_query_hint(receiver.endpoint, receiver.api_keys is not None)}\n"
             "  Ctrl-C stops it.",
             flush=True,
         )
@@ -130,6 +182,14 @@ def _serve(args: argparse.Namespace) -> int:
         package_logger.setLevel(level)
     print("Receiver stopped.", flush=True)
     return 0
+
+
+def _query_hint(endpoint: str, keyed: bool) -> str:
+    """The ``query`` command that reaches this receiver (options only where not the default)."""
+    options = "" if endpoint == DEFAULT_ENDPOINT else f" --endpoint {endpoint}"
+    if keyed:
+        options += " --api-key KEY"
+    return f'{PROG} query{options} "SELECT * FROM altertable.analytics.events"'
 
 
 def _log_to_stderr() -> tuple[logging.Logger, logging.Handler, int]:
@@ -171,8 +231,10 @@ def _add_query(subparsers: Any) -> None:
         help="run SQL against a local receiver or its database file",
         description=(
             "Run SQL (DuckDB dialect) against altertable.analytics.events / .identities, "
-            "asking a running receiver, or opening its database file with --db when none runs "
-            "(DuckDB lets only one process open a file)."
+            "asking a running receiver's POST /query as Altertable's Lakehouse API is asked "
+            "(HTTP Basic auth, NDJSON rows), or opening its database file with --db when none "
+            "runs (DuckDB lets only one process open a file). Rows stream: a large result "
+            "never sits whole in memory."
         ),
     )
     parser.add_argument(
@@ -184,10 +246,16 @@ def _add_query(subparsers: Any) -> None:
         help="a running receiver's URL (default: %(default)s)",
     )
     parser.add_argument(
-        "--api-key",
+        "--user",
         default=None,
-        help="key for the receiver (default: $OTEL_EXPORTER_ALTERTABLE_API_KEY, "
-        f"then $ALTERTABLE_API_KEY, then {LOCAL_API_KEY!r})",
+        help=f"query user (default: ${_USER_VARIABLES[0]}, then ${_USER_VARIABLES[1]}, "
+        f"then {LOCAL_QUERY_USER!r})",
+    )
+    parser.add_argument(
+        "--password",
+        default=None,
+        help=f"query password (default: ${_PASSWORD_VARIABLES[0]}, then "
+        f"${_PASSWORD_VARIABLES[1]}, then a placeholder)",
     )
     parser.add_argument(
         "--db", metavar="PATH", help="open this DuckDB file instead of asking a receiver"
@@ -209,32 +277,44 @@ def _add_query(subparsers: Any) -> None:
 
 
 def _query(args: argparse.Namespace) -> int:
-    if args.db:
-        columns, rows = _query_file(args.db, args.sql)
-    else:
-        columns, rows = _query_endpoint(
-            args.endpoint, _api_key(args.api_key), args.sql, args.timeout
-        )
-    if args.json:
-        print(json.dumps({"columns": columns, "rows": rows}, ensure_ascii=False))
-    else:
-        _print_table(columns, rows, sys.stdout, max(0, args.max_width))
+    with contextlib.ExitStack() as stack:
+        if args.db:
+            columns, rows = stack.enter_context(_query_file(args.db, args.sql))
+        else:
+            credentials = _query_credentials(args.user, args.password)
+            columns, rows = stack.enter_context(
+                _query_endpoint(args.endpoint, credentials, args.sql, args.timeout)
+            )
+        if args.json:
+            _print_json(columns, rows, sys.stdout)
+        else:
+            _print_table(columns, rows, sys.stdout, max(0, args.max_width))
     return 0
 
 
-def _api_key(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    for name in _API_KEY_VARIABLES:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return LOCAL_API_KEY
+def _query_credentials(user: str | None, password: str | None) -> tuple[str, str]:
+    """Flags, else the variables the Lakehouse tools read, else a placeholder pair."""
+
+    def first(explicit: str | None, names: Sequence[str], default: str) -> str:
+        if explicit:
+            return explicit
+        for name in names:
+            value = os.environ.get(name, "").strip()
+            if value:
+                return value
+        return default
+
+    return (
+        first(user, _USER_VARIABLES, LOCAL_QUERY_USER),
+        first(password, _PASSWORD_VARIABLES, LOCAL_QUERY_PASSWORD),
+    )
 
 
+@contextlib.contextmanager
 def _query_endpoint(
-    endpoint: str, api_key: str, sql: str, timeout: float
-) -> tuple[list[str], list[Any]]:
+    endpoint: str, credentials: tuple[str, str], sql: str, timeout: float
+) -> Iterator[tuple[list[str], Iterator[list[Any]]]]:
+    """POST /query as the Lakehouse client does; the rows are read from the stream lazily."""
     import requests
 
     url = endpoint.rstrip("/") + "/query"
@@ -242,8 +322,10 @@ def _query_endpoint(
         response = requests.post(
             url,
             json={"statement": sql},
-            headers={"X-API-Key": api_key, "User-Agent": f"{PROG}/{__version__}"},
+            auth=credentials,
+            headers={"Accept": "application/x-ndjson", "User-Agent": f"{PROG}/{__version__}"},
             timeout=timeout,
+            stream=True,
         )
     except requests.ConnectionError:
         raise CommandError(
@@ -252,12 +334,38 @@ def _query_endpoint(
         ) from None
     except requests.RequestException as exc:
         raise CommandError(f"request to {url} failed: {exc}") from None
-    if response.status_code == 401:
+    with response:
+        _check_query_answer(endpoint, url, response)
+        lines = (json.loads(line) for line in response.iter_lines() if line.strip())
+        try:
+            next(lines)  # metadata
+            columns = [c["name"] if isinstance(c, dict) else str(c) for c in next(lines, [])]
+        except (ValueError, TypeError, KeyError):
+            raise CommandError(f"unexpected answer from {url}: not Lakehouse NDJSON") from None
+
+        def rows() -> Iterator[list[Any]]:
+            try:
+                for item in lines:
+                    if isinstance(item, dict) and "error" in item:
+                        raise CommandError(f"query failed: {item['error']}")
+                    yield item
+            except requests.RequestException as exc:
+                raise CommandError(f"the answer from {url} broke off: {exc}") from None
+
+        yield columns, rows()
+
+
+def _check_query_answer(endpoint: str, url: str, response: Any) -> None:
+    status = response.status_code
+    if status == 200:
+        return
+    if status == 401:
         raise CommandError(
-            f"the receiver at {endpoint} refused the API key; pass one it accepts with --api-key "
-            "(or OTEL_EXPORTER_ALTERTABLE_API_KEY)"
+            f"the receiver at {endpoint} refused the query credentials; pass the ones it was "
+            f"started with (serve --query-user/--query-password) as --user/--password or "
+            f"${_USER_VARIABLES[0]}/${_PASSWORD_VARIABLES[0]}"
         )
-    if response.status_code in (404, 405):
+    if status in (404, 405):
         raise CommandError(
             f"{endpoint} has no POST /query: is it a receiver started with `{PROG} serve`?"
         )
@@ -265,16 +373,14 @@ def _query_endpoint(
         body = response.json()
     except ValueError:
         body = None
-    if not isinstance(body, dict):
-        raise CommandError(f"unexpected answer from {url}: HTTP {response.status_code}")
-    if response.status_code != 200:
-        raise CommandError(f"query failed: {body.get('message') or body.get('error_code')}")
-    return list(body.get("columns") or []), list(body.get("rows") or [])
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        raise CommandError(f"query failed: {body['error']}")
+    raise CommandError(f"unexpected answer from {url}: HTTP {status}")
 
 
-def _query_file(path: str, sql: str) -> tuple[list[str], list[Any]]:
-    from .receiver._http import to_jsonable
-    from .receiver._store import import_duckdb
+@contextlib.contextmanager
+def _query_file(path: str, sql: str) -> Iterator[tuple[list[str], Iterator[list[Any]]]]:
+    from .receiver._store import import_duckdb, sql_string, to_jsonable
 
     if not os.path.exists(path):
         raise CommandError(f"no database file at {path}")
@@ -286,7 +392,7 @@ def _query_file(path: str, sql: str) -> tuple[list[str], list[Any]]:
     try:
         conn.execute("SET TimeZone = 'UTC'")
         try:
-            conn.execute(f"ATTACH '{path.replace(chr(39), chr(39) * 2)}' AS altertable (READ_ONLY)")
+            conn.execute(f"ATTACH {sql_string(path)} AS altertable (READ_ONLY)")
         except Exception as exc:
             message = _first_line(exc)
             if "lock" in message.lower():
@@ -299,12 +405,25 @@ def _query_file(path: str, sql: str) -> tuple[list[str], list[Any]]:
             cursor = conn.execute(sql)
         except Exception as exc:
             raise CommandError(f"query failed: {exc}") from None
-        if cursor.description is None:
-            return [], []
-        columns = [d[0] for d in cursor.description]
-        return columns, to_jsonable([list(row) for row in cursor.fetchall()])
+        columns = [d[0] for d in cursor.description or ()]
+
+        def rows() -> Iterator[list[Any]]:
+            if not columns:
+                return
+            while batch := cursor.fetchmany(1024):
+                yield from (to_jsonable(list(row)) for row in batch)
+
+        yield columns, rows()
     finally:
         conn.close()
+
+
+def _print_json(columns: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO) -> None:
+    """``{"columns": [...], "rows": [...]}``, written row by row."""
+    out.write('{"columns": ' + json.dumps(list(columns), ensure_ascii=False) + ', "rows": [')
+    for index, row in enumerate(rows):
+        out.write((", " if index else "") + json.dumps(row, ensure_ascii=False))
+    out.write("]}\n")
 
 
 def _cell(value: Any, max_width: int = 0) -> str:
@@ -317,19 +436,22 @@ def _cell(value: Any, max_width: int = 0) -> str:
 
 
 def _print_table(
-    columns: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO, max_width: int = 0
+    columns: Sequence[str], rows: Iterable[Sequence[Any]], out: TextIO, max_width: int = 0
 ) -> None:
     """Aligned plain text: numbers to the right, everything else to the left.
 
-    Cells longer than ``max_width`` are cut with an ellipsis (``--json`` never cuts).
+    Widths come from the first 1,000 rows, so a long result prints as it streams. Cells
+    longer than ``max_width`` are cut with an ellipsis (``--json`` never cuts).
     """
     if not columns:
         print("OK", file=out)
         return
-    cells = [[_cell(v, max_width) for v in row] for row in rows]
+    iterator = iter(rows)
+    head = list(itertools.islice(iterator, _TABLE_SAMPLE_ROWS))
+    cells = [[_cell(v, max_width) for v in row] for row in head]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     numeric = [
-        bool(rows) and all(r[i] is None or _is_number(r[i]) for r in rows)
+        bool(head) and all(r[i] is None or _is_number(r[i]) for r in head)
         for i in range(len(columns))
     ]
 
@@ -342,9 +464,13 @@ def _print_table(
 
     print(line(list(columns)), file=out)
     print("  ".join("-" * w for w in widths), file=out)
-    for row in cells:
-        print(line(row), file=out)
-    print(f"({len(rows)} row{'' if len(rows) == 1 else 's'})", file=out)
+    for row_cells in cells:
+        print(line(row_cells), file=out)
+    count = len(cells)
+    for row in iterator:
+        print(line([_cell(v, max_width) for v in row]), file=out)
+        count += 1
+    print(f"({count} row{'' if count == 1 else 's'})", file=out)
 
 
 def _is_number(value: Any) -> bool:
@@ -427,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(run(args))
     except CommandError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
+        return exc.status
     except KeyboardInterrupt:
         return 130
 

@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from opentelemetry_exporter_altertable.cli import _print_table, main
+from opentelemetry_exporter_altertable.cli import (
+    DEFAULT_ENDPOINT,
+    PROG,
+    _print_table,
+    _query_hint,
+    main,
+)
 
 GUIDE_EVENTS_BY_CURRENCY = """SELECT
 event,
@@ -181,11 +187,13 @@ def test_serve_with_api_keys_and_environments(
         response = requests.post(url, json=production, headers={"X-API-Key": "pk_a"}, timeout=10)
         assert response.json()["error_code"] == "environment-not-found"
 
-        assert main(["query", "--endpoint", running.endpoint, "SELECT 1"]) == 1
-        assert "refused the API key" in capsys.readouterr().err
+        # Ingestion keys do not open /query; without configured query credentials any pair does.
         sql = "SELECT count(*) FROM altertable.analytics.events"
-        assert main(["query", "--endpoint", running.endpoint, "--api-key", "pk_b", sql]) == 0
-        assert "2" in capsys.readouterr().out
+        args = ["query", "--endpoint", running.endpoint]
+        assert main([*args, "--user", "pk_b", "--password", "pk_b", sql]) == 1
+        assert "refused the query credentials" in capsys.readouterr().err
+        assert main([*args, sql]) == 0
+        assert capsys.readouterr().out.splitlines()[2].strip() == "2"
     finally:
         status, out, _ = running.stop()
     assert status == 0
@@ -224,16 +232,33 @@ def test_serve_on_a_busy_port_fails_with_one_line(capsys: pytest.CaptureFixture[
     assert "--port" in err
 
 
-def test_query_api_key_defaults_from_the_environment(
+def test_query_credentials_from_flags_or_the_lakehouse_variables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    running = start_serve(tmp_path, "--api-key", "pk_env")
+    running = start_serve(tmp_path, "--query-user", "ana", "--query-password", "s3cret")
     try:
-        monkeypatch.setenv("OTEL_EXPORTER_ALTERTABLE_API_KEY", "pk_env")
-        assert main(["query", "--endpoint", running.endpoint, "SELECT 42 AS answer"]) == 0
+        args = ["query", "--endpoint", running.endpoint]
+        # The placeholder pair is refused by a receiver with configured credentials.
+        assert main([*args, "SELECT 42 AS answer"]) == 1
+        assert "refused the query credentials" in capsys.readouterr().err
+        assert main([*args, "--user", "ana", "--password", "nope", "SELECT 1"]) == 1
+        capsys.readouterr()
+        assert main([*args, "--user", "ana", "--password", "s3cret", "SELECT 42 AS a"]) == 0
         assert capsys.readouterr().out.splitlines()[2].strip() == "42"
+        monkeypatch.setenv("ALTERTABLE_LAKEHOUSE_USERNAME", "ana")
+        monkeypatch.setenv("ALTERTABLE_LAKEHOUSE_PASSWORD", "s3cret")
+        assert main([*args, "--json", "SELECT 42 AS answer"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"columns": ["answer"], "rows": [[42]]}
     finally:
         running.stop()
+
+
+def test_query_streams_a_large_result(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    sql = "SELECT i, repeat('x', 50) AS pad FROM range(200000) t(i)"
+    assert main(["query", "--endpoint", served.endpoint, "--json", sql]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert len(rows) == 200000
+    assert rows[-1] == [199999, "x" * 50]
 
 
 def test_no_command_prints_help() -> None:
@@ -249,3 +274,67 @@ def test_table_alignment(capsys: pytest.CaptureFixture[str]) -> None:
         "longer  123  NULL",
         "(2 rows)",
     ]
+
+
+# -- safe on a developer's machine ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "devbox.example"])
+def test_serve_beyond_loopback_without_a_key_refuses_to_start(tmp_path: Path, host: str) -> None:
+    command = [sys.executable, "-m", "opentelemetry_exporter_altertable.cli", "serve"]
+    try:
+        finished = subprocess.run(
+            [*command, "--host", host, "--port", "0", "--db", str(tmp_path / "x.duckdb")],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"serve --host {host} started without a key") from exc
+    assert finished.returncode == 2
+    assert finished.stdout == ""
+    assert f"--host {host}" in finished.stderr and "--api-key" in finished.stderr
+    assert len(finished.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.duckdb").exists()
+
+
+def test_serve_on_every_interface_with_a_key_prints_the_bound_address(tmp_path: Path) -> None:
+    running = start_serve(tmp_path, "--host", "0.0.0.0", "--api-key", "secret-key")
+    try:
+        port = running.endpoint.rsplit(":", 1)[1]
+        assert running.endpoint == f"http://0.0.0.0:{port}"
+        assert running.process.stdout is not None
+        banner = [running.process.stdout.readline() for _ in range(9)]
+        assert banner[0].split() == ["from", "here:", f"http://127.0.0.1:{port}"]
+        hint = next(line for line in banner if "query with:" in line)
+        assert f"--endpoint http://127.0.0.1:{port} --api-key KEY" in hint
+        assert "secret-key" not in "".join(banner)
+        response = requests.post(
+            f"http://127.0.0.1:{port}/track",
+            json={"environment": "production", "event": "E", "properties": {}},
+            headers={"X-API-Key": "secret-key"},
+            timeout=10,
+        )
+        assert response.status_code == 200
+    finally:
+        running.stop()
+
+
+def test_serve_banner_query_hint_names_a_non_default_endpoint(served: Served) -> None:
+    assert served.process.stdout is not None
+    banner = [served.process.stdout.readline() for _ in range(8)]
+    hint = next(line for line in banner if "query with:" in line)
+    assert f"{PROG} query --endpoint {served.endpoint} " in hint
+    assert "--api-key" not in hint
+    page = next(line for line in banner if "page:" in line)
+    assert f"open {served.endpoint}/ in a browser" in page
+    assert requests.get(served.endpoint + "/", timeout=10).headers["Content-Type"].startswith(
+        "text/html"
+    )
+
+
+def test_query_hint_omits_the_default_endpoint() -> None:
+    assert _query_hint(DEFAULT_ENDPOINT, keyed=False) == (
+        f'{PROG} query "SELECT * FROM altertable.analytics.events"'
+    )

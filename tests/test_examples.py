@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -355,4 +356,7 @@ def test_demo_runs_end_to_end_and_prints_the_guide_queries() -> None:
     assert identity_rows[0].split()[:3] == [BILLING_ID, "ada@example.com", "premium"]
     assert "(1 row)" in identities
     assert "demo: done" in out
+    # It points at the page, and without a terminal (as here) it does not wait for Ctrl-C.
+    assert re.search(r"demo: open http://127\.0\.0\.1:\d+/ in a browser", out), out
+    assert "keeps running" not in out
     assert elapsed < 60, f"the demo took {elapsed:.1f}s"

@@ -180,14 +180,14 @@ def test_faults_come_before_auth_and_spare_query_and_health(session: requests.Se
         assert unauthenticated.status_code == 503  # a front-end outage precedes the API's checks
         health = session.get(f"{receiver.endpoint}/health", timeout=5)
         assert health.status_code == 200
-        query = session.post(
+        query = requests.post(
             f"{receiver.endpoint}/query",
             json={"statement": "SELECT 42"},
-            headers=HEADERS,
+            auth=("local", "local"),
             timeout=5,
         )
         assert query.status_code == 200
-        assert query.json()["rows"] == [[42]]
+        assert query.text.splitlines()[2] == "[42]"
         assert receiver.faults is not None
         assert receiver.faults.counts()["requests"] == 1
 

@@ -11,7 +11,7 @@ dropped connections, outages) for reliability tests.
 from __future__ import annotations
 
 from ._faults import FaultInjector, FaultPlan
-from ._http import DEFAULT_ENVIRONMENTS, LocalReceiver
+from ._local import DEFAULT_ENVIRONMENTS, LocalReceiver
 from ._measure import measure_ingest
 from ._validation import BUILT_IN_PROPERTIES
 

@@ -11,6 +11,16 @@ never leaves rows behind.
 
 Used to soak-test delivery (``benchmarks/soak.py``) and in tests:
 ``LocalReceiver(faults=FaultPlan(error_rate=0.1, drop_rate=0.02, outages=((10, 30),)))``.
+
+Why three fake APIs, not one: each answers a different question. This module adds *random,
+seeded* faults in front of the real receiver, so what does get through is validated and stored
+exactly as the API would, and a soak can count rows (nothing lost, nothing doubled).
+``tests/faultserver.py`` is a *scripted* server with no storage and no validation: a test
+queues exact answers (a 503 then a 200, a hang, a slow body, a reset) and inspects every raw
+request, which the receiver's item-by-item rules would get in the way of.
+``benchmarks/_sink.py`` does *nothing* but read and answer 200 in one write, so a benchmark
+measures the exporter and not a server. Merging them would give one server with three modes
+and none of them simple.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def measure_ingest(
     Bodies are encoded before the clock starts, so this measures the receiver, not the client.
     Raises ``RuntimeError`` if a request fails or the stored count differs.
     """
-    from ._http import LocalReceiver
+    from ._local import LocalReceiver
 
     events = _events(n_events)
     bodies = [json.dumps(events[i : i + batch]).encode() for i in range(0, n_events, batch)]

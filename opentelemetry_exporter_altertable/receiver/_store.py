@@ -28,26 +28,41 @@ to the merged identity, whose primary id is ``new_user_id``.
 
 A Python mirror of the identity tables answers lookups without queries; the receiver is the
 only writer of its database file (DuckDB locks it), so the mirror stays exact. One lock
-serialises every use of the single connection.
+serialises every use of the store's own connection; untrusted queries get connections of
+their own (:meth:`Store.reader`) and never take it. Once set up, the database is locked down
+for everyone: external access off (no file read or written, no attach, install or load) and
+the configuration locked (no ``SET``).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
+import math
 import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from datetime import time as dt_time
+from decimal import Decimal
 from typing import Any
 
 from ._validation import AliasItem, IdentifyItem, TrackItem
 
-__all__ = ["INSTALL_HINT", "Store", "StoreError", "import_duckdb", "new_uuid7"]
+__all__ = [
+    "INSTALL_HINT",
+    "Store",
+    "StoreError",
+    "import_duckdb",
+    "new_uuid7",
+    "sql_string",
+    "to_jsonable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +153,7 @@ SELECT
     now()
 FROM (SELECT unnest(json_transform($1, '[["JSON"]]')) AS r)
 """
+_LOCK_DOWN = "SET enable_external_access = false; SET lock_configuration = true"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -209,9 +225,9 @@ class Store:
         self._closed = False
         self._conn: Any = duckdb.connect(":memory:")
         try:
-            self._conn.execute("SET TimeZone = 'UTC'")
+            self._conn.execute("SET GLOBAL TimeZone = 'UTC'")
             target = ":memory:" if self.db_path is None else self.db_path
-            self._conn.execute(f"ATTACH {_sql_string(target)} AS altertable")
+            self._conn.execute(f"ATTACH {sql_string(target)} AS altertable")
             self._conn.execute(_SCHEMA)
             self._insert_sql = _INSERT_EVENTS.format(uuid=self._uuid_function())
             self._conn.execute(
@@ -222,6 +238,10 @@ class Store:
             self._links: dict[tuple[str, str], str] = {}
             self._identities: dict[str, _Identity] = {}
             self._load_identities()
+            # Last: from here on no connection to this database (ours, or the readers that
+            # /query uses) can read or write a file, attach, install, load or change a setting.
+            self._conn.execute(_LOCK_DOWN)
+            self._readers: set[Any] = set()
         except BaseException:
             self._conn.close()
             raise
@@ -439,10 +459,37 @@ class Store:
                 if kinds - {"SELECT", "EXPLAIN", "PRAGMA"}:
                     self._load_identities()
 
+    def reader(self) -> Any:
+        """A new DuckDB connection to the same database, for one untrusted query.
+
+        It runs beside ingestion (DuckDB's MVCC), never under the store's lock, and inherits the
+        locked-down configuration. Give it back with :meth:`release_reader`.
+        """
+        with self._lock:
+            self._check_open()
+            cursor = self._conn.cursor()
+            self._readers.add(cursor)
+            return cursor
+
+    def readers_open(self) -> int:
+        with self._lock:
+            return len(self._readers)
+
+    def release_reader(self, cursor: Any) -> None:
+        with self._lock:
+            self._readers.discard(cursor)
+        with contextlib.suppress(Exception):
+            cursor.close()
+
     def interrupt(self) -> None:
-        """Abort the statement running now, if any (used by a stop that cannot wait)."""
+        """Abort the statements running now, if any (used by a stop that cannot wait)."""
         with contextlib.suppress(Exception):
             self._conn.interrupt()
+        with self._lock:
+            readers = list(self._readers)
+        for cursor in readers:
+            with contextlib.suppress(Exception):
+                cursor.interrupt()
 
     def close(self) -> None:
         """Checkpoint and close; later calls raise."""
@@ -465,5 +512,28 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _sql_string(text: str) -> str:
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal (quotes doubled), for the statements DuckDB cannot
+    parameterise, such as ``ATTACH``."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def to_jsonable(value: Any) -> Any:
+    """Make a DuckDB value JSON-safe: datetimes as ISO 8601, decimals as floats, etc."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (datetime, date, dt_time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return to_jsonable(float(value))
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    return str(value)

@@ -7,7 +7,11 @@ the API reference and the official mock server (see ``FACTS.md``):
   (``Content-Encoding: gzip``). Any ``Content-Type`` is accepted, because the browser SDK
   posts beacons as ``text/plain``.
 * Malformed JSON (including ``NaN``/``Infinity``, numbers out of range, lone surrogates and
-  invalid UTF-8, all of which a strict JSON parser refuses) is ``400``.
+  invalid UTF-8, all of which a strict JSON parser refuses) is ``400``, and so is JSON nested
+  deeper than :data:`MAX_DEPTH` (the parser's own recursion limit is never reached).
+* What a body may cost is bounded before it is parsed: at most ``max_bytes`` once inflated
+  (checked while inflating, so a gzip bomb stops at the limit), at most :data:`MAX_VALUES`
+  JSON values and :data:`MAX_ITEMS` items; beyond them ``413``, which makes a client split.
 * A body that does not match the schema is ``422``, for the *whole* request: like the
   mock's JSON layer, the schema is checked for every item before anything is stored. That
   covers a missing or non-string ``event``/``environment``/``distinct_id``/``new_user_id``,
@@ -37,6 +41,9 @@ from .._api import BUILT_IN_PROPERTIES as _MAPPING_BUILT_INS
 
 __all__ = [
     "BUILT_IN_PROPERTIES",
+    "MAX_DEPTH",
+    "MAX_ITEMS",
+    "MAX_VALUES",
     "AliasItem",
     "ApiError",
     "IdentifyItem",
@@ -52,7 +59,18 @@ __all__ = [
 BUILT_IN_PROPERTIES = _MAPPING_BUILT_INS
 """Property names starting with ``$`` that the API knows; any other ``$`` key is refused."""
 
+MAX_DEPTH = 64
+"""Deepest nesting of arrays and objects accepted in a body (an item's properties sit at 2)."""
+MAX_VALUES = 1_000_000
+"""Most JSON values in one body, counted from above as separators (``,`` ``:``) plus opened
+containers outside strings: an array of objects counts each twice. ~100 MB parsed, at most."""
+MAX_ITEMS = 10_000
+"""Most items in one array body (the exporters send 100 by default)."""
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_CONTAINERS = (dict, list)
+# A JSON string literal, unrolled so that long strings scan in C without backtracking.
+_STRING_LITERAL = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _ISO_8601 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})"
     r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
@@ -123,23 +141,105 @@ def _finite_float(text: str) -> float:
 
 
 def decode_body(raw: bytes, content_encoding: str | None, max_bytes: int) -> Any:
-    """Decompress (gzip) and parse a request body; ``400`` when it is not strict JSON."""
+    """Decompress (gzip) and parse a request body; ``400`` when it is not strict JSON.
+
+    Bounded in memory: inflating stops one byte past ``max_bytes``, and a body with more than
+    :data:`MAX_VALUES` values is refused (``413``) before the parser builds any of them.
+    """
     encoding = (content_encoding or "").strip().lower()
     if encoding in ("gzip", "x-gzip"):
-        raw = _gunzip(raw, max_bytes)
-    elif encoding not in ("", "identity"):
+        data: bytes | bytearray = _gunzip(raw, max_bytes)
+    elif encoding in ("", "identity"):
+        data = raw
+    else:
         raise ApiError(400, "invalid-headers", f"unsupported Content-Encoding {encoding!r}")
     try:
-        text = raw.decode("utf-8")
-        doc = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid-json", f"malformed JSON body: {exc}") from None
-    if "\\u" in text and _has_lone_surrogate(doc):
-        raise ApiError(400, "invalid-json", "malformed JSON body: lone surrogate in a string")
+    del data
+    _check_value_count(text)
+    try:
+        doc = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except ValueError as exc:
+        raise ApiError(400, "invalid-json", f"malformed JSON body: {exc}") from None
+    except RecursionError:
+        raise _too_deep() from None
+    if isinstance(doc, list) and len(doc) > MAX_ITEMS:
+        raise ApiError(413, "payload-too-large", f"more than {MAX_ITEMS} items in one request")
+    _check_shape(doc, "\\u" in text)
     return doc
 
 
-def _gunzip(raw: bytes, max_bytes: int) -> bytes:
+def _check_value_count(text: str) -> None:
+    """Refuse a body with more than :data:`MAX_VALUES` values, counted without parsing.
+
+    Every value but the first follows a ``,`` or ``:`` or opens a container, so counting those
+    characters bounds the number of values from above in C speed. Only when that bound is over
+    the limit are the string literals taken out (their commas and brackets are not structure)
+    and the count made exact.
+    """
+    if len(text) <= 2 * MAX_VALUES - 2 or _structural_count(text) <= MAX_VALUES:
+        return  # every value but the last takes two characters at least: ``0,``
+    if _structural_count(_STRING_LITERAL.sub('""', text)) > MAX_VALUES:
+        raise ApiError(413, "payload-too-large", f"body has more than {MAX_VALUES} JSON values")
+
+
+def _structural_count(text: str) -> int:
+    return text.count(",") + text.count(":") + text.count("[") + text.count("{") + 1
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, "invalid-json", f"malformed JSON body: nested deeper than {MAX_DEPTH}")
+
+
+def _check_shape(doc: Any, check_surrogates: bool) -> None:
+    """Nesting within :data:`MAX_DEPTH`; with ``check_surrogates``, no lone surrogate.
+
+    Iterative, so no depth of input can exhaust the stack here; only containers are stacked.
+    Each level is one comprehension (run in C), which keeps this to ~1 us per ingested event.
+    """
+    level = [doc] if type(doc) in _CONTAINERS else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise _too_deep()
+        level = [
+            value
+            for container in level
+            for value in (container.values() if type(container) is dict else container)
+            if type(value) in _CONTAINERS
+        ]
+    if check_surrogates:
+        _check_surrogates(doc)
+
+
+def _check_surrogates(doc: Any) -> None:
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            _check_string(value)
+        elif isinstance(value, dict):
+            for key in value:
+                _check_string(key)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
+def _check_string(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(
+            400, "invalid-json", "malformed JSON body: lone surrogate in a string"
+        ) from None
+
+
+def _gunzip(raw: bytes, max_bytes: int) -> bytearray:
+    """Inflate gzip (members concatenated), never holding more than ``max_bytes + 1`` out."""
     out = bytearray()
     data = raw
     while data:
@@ -153,21 +253,7 @@ def _gunzip(raw: bytes, max_bytes: int) -> bytes:
         if not inflater.eof:
             raise ApiError(400, "invalid-json", "body is truncated gzip")
         data = inflater.unused_data
-    return bytes(out)
-
-
-def _has_lone_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_lone_surrogate(v) for v in value)
-    return False
+    return out
 
 
 def parse_timestamp(value: Any, where: str, now: datetime) -> datetime:
