@@ -53,7 +53,9 @@ def running_bridge(endpoint: str, **settings: Any) -> Iterator[BridgeServer]:
 def sample_spans(count: int = 3) -> list[ReadableSpan]:
     """Spans exercising every rule the bridge must carry: kinds, events, identity, values."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ALWAYS_ON, resource=Resource(RESOURCE), shutdown_on_exit=False)
+    provider = TracerProvider(
+        sampler=ALWAYS_ON, resource=Resource(RESOURCE), shutdown_on_exit=False
+    )
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("tests.bridge", "1.0")
     try:

@@ -71,8 +71,8 @@ def _rows(receiver: LocalReceiver) -> list[tuple[Any, ...]]:
 
 def _identities(receiver: LocalReceiver) -> list[tuple[Any, ...]]:
     rows = receiver.query(
-        "SELECT environment, distinct_id, traits, distinct_ids FROM altertable.analytics.identities "
-        "ORDER BY distinct_id"
+        "SELECT environment, distinct_id, traits, distinct_ids "
+        "FROM altertable.analytics.identities ORDER BY distinct_id"
     )
     return [(env, did, json.loads(traits), ids) for env, did, traits, ids in rows]
 

@@ -16,14 +16,32 @@ In code::
 
 from __future__ import annotations
 
-import os
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .. import environment_variables as ev
-from ._app import DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_AFTER, Answer, Bridge
-from ._delivery import Delivery, Outcome
-from ._server import DEFAULT_HOST, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PORT, BridgeServer
+if TYPE_CHECKING:
+    from ._app import DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_AFTER, Answer, Bridge
+    from ._delivery import Delivery, Outcome
+    from ._factory import DEFAULT_BRIDGE_TIMEOUT, TOKEN_VARIABLE, create_bridge
+    from ._server import DEFAULT_HOST, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PORT, BridgeServer
 
+#: Where each public name lives. Imported on first use, so ``altertable-otel --help`` works
+#: (and says how to install the ``otlp`` extra) without protobuf installed.
+_HOMES = {
+    "DEFAULT_BRIDGE_TIMEOUT": "_factory",
+    "TOKEN_VARIABLE": "_factory",
+    "create_bridge": "_factory",
+    "DEFAULT_MAX_BODY_BYTES": "_app",
+    "DEFAULT_RETRY_AFTER": "_app",
+    "Answer": "_app",
+    "Bridge": "_app",
+    "Delivery": "_delivery",
+    "Outcome": "_delivery",
+    "DEFAULT_HOST": "_server",
+    "DEFAULT_MAX_IN_FLIGHT": "_server",
+    "DEFAULT_PORT": "_server",
+    "BridgeServer": "_server",
+}
 __all__ = [
     "DEFAULT_BRIDGE_TIMEOUT",
     "DEFAULT_HOST",
@@ -40,31 +58,9 @@ __all__ = [
     "create_bridge",
 ]
 
-TOKEN_VARIABLE = "ALTERTABLE_BRIDGE_TOKEN"
-#: Seconds one request's delivery may take when no timeout is set: below the 10 s an OTLP
-#: sender waits by default, so a sender hears 503 (and retries) rather than timing out.
-DEFAULT_BRIDGE_TIMEOUT = 5.0
 
-
-def create_bridge(
-    *,
-    token: str | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    retry_after: int = DEFAULT_RETRY_AFTER,
-    **settings: Any,
-) -> Bridge:
-    """A :class:`Bridge` delivering with the exporters' settings (arguments, then variables).
-
-    ``settings`` are the exporters' keyword arguments (``api_key``, ``endpoint``,
-    ``environment``, ``timeout``, ``spool_dir``, ...); ``token`` falls back to
-    ``ALTERTABLE_BRIDGE_TOKEN``.
-    """
-    if settings.get("timeout") is None and not os.environ.get(
-        ev.OTEL_EXPORTER_ALTERTABLE_TIMEOUT, ""
-    ).strip():
-        settings["timeout"] = DEFAULT_BRIDGE_TIMEOUT
-    if token is None:
-        token = os.environ.get(TOKEN_VARIABLE, "").strip() or None
-    return Bridge(
-        Delivery(**settings), token=token, max_body_bytes=max_body_bytes, retry_after=retry_after
-    )
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

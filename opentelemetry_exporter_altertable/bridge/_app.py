@@ -119,6 +119,10 @@ class Bridge:
             environment=delivery.config.environment, on_warning=delivery._warn_once
         )
 
+    @property
+    def token_required(self) -> bool:
+        return self._token is not None
+
     def authorized(self, headers: Mapping[str, str]) -> bool:
         """``Authorization: Bearer <token>`` when a token is set (``headers`` in lower case)."""
         if self._token is None:

@@ -14,7 +14,6 @@ before ``json_format`` parses the document, so both encodings go through one mes
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import time
 from collections.abc import Iterable

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._mapping import Calls
-from .._transport import DeliveryReport
 from .._spool import Spool
+from .._transport import DeliveryReport
 from ..exporters import _AltertableExporter
 
 
