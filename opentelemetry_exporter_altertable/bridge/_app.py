@@ -18,7 +18,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 import zlib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -118,6 +120,19 @@ class Bridge:
         self._options = MappingOptions(
             environment=delivery.config.environment, on_warning=delivery._warn_once
         )
+        self._answers: Counter[tuple[str, str, int]] = Counter()
+        self._answers_lock = threading.Lock()
+
+    def answers(self) -> Counter[tuple[str, str, int]]:
+        """Answers so far by ``(path, encoding, status)``, encoding ``protobuf``/``json``/``-``."""
+        with self._answers_lock:
+            return Counter(self._answers)
+
+    def count(self, path: str, headers: Mapping[str, str], status: int) -> None:
+        protobuf = self.encoding(headers)
+        encoding = "-" if protobuf is None else "protobuf" if protobuf else "json"
+        with self._answers_lock:
+            self._answers[(path, encoding, status)] += 1
 
     @property
     def token_required(self) -> bool:
@@ -144,6 +159,11 @@ class Bridge:
 
     def handle(self, path: str, headers: Mapping[str, str], raw: bytes) -> Answer:
         """Answer one POST to ``path`` (``/v1/traces`` or ``/v1/logs``) whose body is read."""
+        answer = self._handle(path, headers, raw)
+        self.count(path, headers, answer.status)
+        return answer
+
+    def _handle(self, path: str, headers: Mapping[str, str], raw: bytes) -> Answer:
         protobuf = self.encoding(headers)
         if not self.authorized(headers):
             return error(401, "missing or wrong bearer token", bool(protobuf))

@@ -102,7 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
             except Exception:  # a bug must not kill the connection's thread silently
                 _logger.exception("bridge: internal error handling %s", path)
                 answer = error(500, "internal error in the bridge", protobuf)
-            self._send(answer)
+            self._send(answer, counted=True)
         finally:
             server.slots.release()
 
@@ -148,7 +148,11 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             raise _BadBody("invalid chunked body") from None
 
-    def _send(self, answer: Answer, allow: str | None = None) -> None:
+    def _send(self, answer: Answer, allow: str | None = None, counted: bool = False) -> None:
+        if not counted and self.command == "POST":
+            path = urlsplit(self.path).path.rstrip("/")
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            self._server.bridge.count(path[:200], headers, answer.status)
         lines = [
             f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}",
             f"Server: {self.server_version}",
