@@ -21,11 +21,11 @@ const headers = process.env.BRIDGE_TOKEN ? { Authorization: `Bearer ${process.en
 async function main() {
   const tracerProvider = new TracerProvider({
     resource,
-    spanProcessors: [new SimpleSpanProcessor(new OTLPTraceExporter({ url: `${base}/v1/traces`, headers }))],
+    spanProcessors: [new SimpleSpanProcessor({ exporter: new OTLPTraceExporter({ url: `${base}/v1/traces`, headers }) })],
   });
   const loggerProvider = new LoggerProvider({
     resource,
-    processors: [new SimpleLogRecordProcessor(new OTLPLogExporter({ url: `${base}/v1/logs`, headers }))],
+    processors: [new SimpleLogRecordProcessor({ exporter: new OTLPLogExporter({ url: `${base}/v1/logs`, headers }) })],
   });
   const tracer = tracerProvider.getTracer("node-sender", "1.0.0");
   const logger = loggerProvider.getLogger("node-sender");
@@ -38,7 +38,7 @@ async function main() {
         "analytics.event": "Checkout Completed",
         "user.id": `node-user-${seq}`,
         "user.email": `n${seq}@example.com`,
-        "url.full": `https://shop.example.com/checkout?utm_source=ads&session=secret`,
+        "url.full": "https://shop.example.com/checkout",
         "client.address": "198.51.100.7",
         seq: seq,
         total: 12.5 + seq,
