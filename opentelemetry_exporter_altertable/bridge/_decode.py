@@ -34,6 +34,7 @@ LOGS = "/v1/logs"
 #: OTLP ``Span.SpanKind`` -> the mapping's span kinds. UNSPECIFIED is read as INTERNAL, as the
 #: specification says a receiver should.
 _SPAN_KINDS = {0: "internal", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+_SCALARS = frozenset({"string_value", "int_value", "bool_value", "double_value", "bytes_value"})
 #: Where OTLP JSON carries hex ids, by container key (both spellings are valid JSON names).
 _ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
 #: Scope names of this package: its own log lines are never exported (as in-process).
@@ -84,15 +85,9 @@ def _attrs(pairs: Iterable[KeyValue]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         value = pair.value
-        kind = value.WhichOneof("value")  # the common scalar kinds inline, for speed
-        if kind == "string_value":
-            out[pair.key] = value.string_value
-        elif kind == "int_value":
-            out[pair.key] = value.int_value
-        elif kind == "bool_value":
-            out[pair.key] = value.bool_value
-        else:
-            out[pair.key] = _any(value)
+        kind = value.WhichOneof("value")
+        # Scalars (nearly every attribute) in one getattr; arrays, maps and empties via _any.
+        out[pair.key] = getattr(value, kind) if kind in _SCALARS else _any(value)
     return out
 
 
