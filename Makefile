@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := dev,local
+EXTRAS := dev,local,otlp
 
-.PHONY: install test test-oldest test-py310 test-py313 lint typecheck pytest demo bench soak clean browser
+# The OpenTelemetry JS SDK, for the bridge's non-Python sender test (pinned in tests/node).
+NODE_STAMP := tests/node/node_modules/.installed
+
+.PHONY: node-otel install test test-oldest test-py310 test-py313 lint typecheck pytest demo bench soak clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +30,14 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
-pytest: $(STAMP) browser
+# The bridge's non-Python sender: the OpenTelemetry JS SDK at the versions tests/node pins.
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+node-otel: $(NODE_STAMP)
+
+pytest: $(STAMP) browser node-otel
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest
@@ -41,7 +51,7 @@ $(OLD_STAMP): pyproject.toml .ci/constraints-oldest-sdk.txt
 	PIP_CONSTRAINT= $(OLD_VENV)/bin/python -m pip install --quiet -c .ci/constraints-oldest-sdk.txt -e '.[$(EXTRAS)]'
 	touch $(OLD_STAMP)
 
-test-oldest: $(OLD_STAMP) browser
+test-oldest: $(OLD_STAMP) browser node-otel
 	$(OLD_VENV)/bin/python -m mypy --strict opentelemetry_exporter_altertable
 	$(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
@@ -56,7 +66,7 @@ define python_suite
 	.venv-py$(1)/bin/python -m pip install --quiet -e '.[$$(EXTRAS)]'
 	touch $$@
 
-test-py$(1): .venv-py$(1)/.installed browser
+test-py$(1): .venv-py$(1)/.installed browser node-otel
 	.venv-py$(1)/bin/python -m mypy --strict opentelemetry_exporter_altertable
 	.venv-py$(1)/bin/python -m pytest -q -p no:cacheprovider
 endef
@@ -73,4 +83,4 @@ soak: $(STAMP)
 	$(PY) benchmarks/soak.py --events 1000000
 
 clean:
-	rm -rf $(VENV) $(OLD_VENV) .venv-py310 .venv-py313 .mypy_cache .ruff_cache .pytest_cache artifacts altertable-local.duckdb*
+	rm -rf tests/node/node_modules $(VENV) $(OLD_VENV) .venv-py310 .venv-py313 .mypy_cache .ruff_cache .pytest_cache artifacts altertable-local.duckdb*

@@ -298,6 +298,50 @@ def bench_receiver(
     return out
 
 
+def bench_bridge(
+    sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any
+) -> Result:
+    """The OTLP bridge: a sender process posts OTLP protobuf requests of 512 tagged spans to a
+    bridge in this process, which maps and delivers them to the sink; spans per second, each
+    request answered 200 only once its calls were accepted."""
+    import pickle
+    import tempfile
+
+    try:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        from opentelemetry_exporter_altertable.bridge import BridgeServer, create_bridge
+    except ImportError as exc:
+        return Result(f"bridge skipped: {exc}", "spans", 0)
+    res = Result(
+        "bridge: OTLP protobuf (512/request) -> /track", "spans", sizes.export_batches * BATCH
+    )
+    bodies = [encode_spans(batch).SerializeToString() for batch in pool]
+    extra: dict[str, Any] = {"compression": args.compression} if args.compression else {}
+    bridge = create_bridge(
+        api_key=API_KEY, endpoint=sink.url, environment=ENVIRONMENT,
+        max_batch_size=args.max_batch_size, **extra,
+    )  # fmt: skip
+    with tempfile.NamedTemporaryFile(suffix=".pickle") as f, BridgeServer(bridge, port=0) as server:
+        pickle.dump(bodies, f)
+        f.flush()
+        sink.reset()
+        client = Path(__file__).with_name("_bridge_client.py")
+        done = subprocess.run(
+            [sys.executable, str(client), server.endpoint, f.name, str(sizes.export_batches),
+             str(sizes.rounds), str(BATCH)],
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"bridge client failed: {done.stderr[-500:]}")
+        res.rates = json.loads(done.stdout)
+        res.bytes_per_item = _per_item(sink, "/track", (sizes.rounds + 1) * res.per_round)
+        res.note = (
+            f"sender in its own process, {sum(len(b) for b in bodies) // len(bodies):,} B/request"
+        )
+    return res
+
+
 # --------------------------------------------------------------------------- burst
 
 
@@ -600,6 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenarios["sdk"] = bench_sdk(sink, payloads, sizes)
         scenarios["floor"] = bench_floor(payloads, sizes, args.max_batch_size)
         scenarios["skip"] = bench_skip(sink, untagged_pool, sizes, args)
+        scenarios["bridge"] = bench_bridge(sink, tagged_pool, sizes, args)
     scenarios.update(bench_receiver(tagged_pool, sizes, args))
 
     ratios = {
@@ -608,6 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ours/floor": _ratio(scenarios["ours"], scenarios["floor"]),
         "skip/tagged": _ratio(scenarios["skip"], scenarios["ours"]),
         "orjson/stdlib": _ratio(scenarios["ours"], scenarios["ours_stdlib"]),
+        "bridge/ours": _ratio(scenarios["bridge"], scenarios["ours"]),
     }
     report: dict[str, Any] = {
         "meta": {

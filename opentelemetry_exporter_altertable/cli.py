@@ -151,6 +151,9 @@ def _serve(args: argparse.Namespace) -> int:
         ) from None
     except Exception as exc:  # DuckDB refusing the file, typically a lock held elsewhere
         raise CommandError(f"cannot open {db_path}: {_first_line(exc)}") from None
+    from .bridge._cli import add_otlp_routes
+
+    stop_otlp = add_otlp_routes(receiver, (args.api_keys or ["local"])[0])
 
     stop = threading.Event()
     previous = _install_stop_handlers(stop)
@@ -168,6 +171,12 @@ def _serve(args: argparse.Namespace) -> int:
         queries = "any user and password" if query_user is None else "the configured pair"
         print(f"  /query auth:  {queries} (HTTP Basic, read-only)", flush=True)
         print(f"  page:         open {receiver.page_url} in a browser", flush=True)
+        otlp = (
+            f"OTEL_EXPORTER_OTLP_ENDPOINT={receiver.endpoint} (any SDK, /v1/traces and /v1/logs)"
+            if stop_otlp is not None
+            else "install the otlp extra to accept OTLP here too"
+        )
+        print(f"  OTLP:         {otlp}", flush=True)
         print(
             f"  export with:  {ev.OTEL_EXPORTER_ALTERTABLE_ENDPOINT}={receiver.endpoint}\n"
             f"  query with:   {_query_hint(receiver.endpoint, receiver.api_keys is not None)}\n"
@@ -178,6 +187,8 @@ def _serve(args: argparse.Namespace) -> int:
             pass
     finally:
         receiver.stop()  # before restoring the handlers: a second Ctrl-C cannot cut it short
+        if stop_otlp is not None:
+            stop_otlp()
         _restore_handlers(previous)
         package_logger.removeHandler(handler)
         package_logger.setLevel(level)
@@ -530,6 +541,15 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+# -- bridge --------------------------------------------------------------------------------
+
+
+def _add_bridge(subparsers: Any) -> None:
+    from .bridge._cli import add_parser, run_bridge
+
+    add_parser(subparsers, lambda args: run_bridge(args, CommandError))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -537,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_serve, _add_query, _add_check):
+    for add in (_add_serve, _add_query, _add_check, _add_bridge):
         add(subparsers)
     return parser
 

@@ -25,8 +25,10 @@ def test_quick_benchmark_produces_every_scenario(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert {"ours", "ours_stdlib", "otlp", "sdk", "floor", "skip"} <= set(report["scenarios"])
-    for name in ("ours", "otlp", "sdk", "floor", "skip"):
+    expected = {"ours", "ours_stdlib", "otlp", "sdk", "floor", "skip", "bridge"}
+    assert expected <= set(report["scenarios"])
+    for name in ("ours", "otlp", "sdk", "floor", "skip", "bridge"):
         assert max(report["scenarios"][name]["rates"]) > 0, name
-    assert set(report["ratios"]) >= {"ours/OTLP", "ours/SDK", "ours/floor", "skip/tagged"}
+    ratios = {"ours/OTLP", "ours/SDK", "ours/floor", "skip/tagged", "bridge/ours"}
+    assert set(report["ratios"]) >= ratios
     assert "ours/OTLP" in result.stdout

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from ._app import DEFAULT_ENVIRONMENTS, DEFAULT_MAX_BODY_BYTES, Application
+from ._app import DEFAULT_ENVIRONMENTS, DEFAULT_MAX_BODY_BYTES, Application, Method, Route
 from ._faults import FaultInjector, FaultPlan
 from ._page import add_page_routes
 from ._query import DEFAULT_QUERY_TIMEOUT, QueryEndpoint, SafeQueries
@@ -98,6 +98,15 @@ class LocalReceiver:
         self._store: Store | None = None
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
+        self._extra_routes: list[tuple[Method, str, Route]] = []
+
+    def route(self, method: Method, path: str, handler: Route) -> None:
+        """Serve ``method path`` with ``handler`` too (before or after ``start``): how other
+        front ends, such as the OTLP bridge's ``/v1/traces``, share the receiver's port."""
+        with self._lock:
+            self._extra_routes.append((method, path, handler))
+            if self._server is not None:
+                self._server.app.route(method, path, handler)
 
     def start(self) -> LocalReceiver:
         """Open the database, bind the port and serve in a background thread."""
@@ -122,6 +131,8 @@ class LocalReceiver:
                     QueryEndpoint(queries, self.query_credentials, self.api_keys, app.decode),
                 )
                 add_page_routes(app)
+                for method, path, handler in self._extra_routes:
+                    app.route(method, path, handler)
                 server = Server(
                     (self.host, self.port),
                     app,

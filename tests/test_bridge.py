@@ -1,0 +1,116 @@
+"""The OTLP bridge end to end: the OTel SDK's own OTLP/HTTP exporters -> bridge -> Altertable.
+
+The same telemetry is exported in-process and through the bridge; the calls (and the rows the
+local receiver stores) must be the same.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from bridge_support import (
+    KEY,
+    otlp_log_exporter,
+    otlp_span_exporter,
+    running_bridge,
+    sample_logs,
+    sample_spans,
+)
+from faultserver import FaultServer
+from opentelemetry.sdk._logs.export import LogRecordExportResult
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from opentelemetry_exporter_altertable import AltertableLogExporter, AltertableSpanExporter
+from opentelemetry_exporter_altertable.receiver import LocalReceiver
+
+ENDPOINTS = ("/identify", "/alias", "/track")
+
+
+def _payloads(server: FaultServer) -> dict[str, list[Any]]:
+    return {path: server.accepted_items(path) for path in ENDPOINTS}
+
+
+def test_same_calls_in_process_and_through_the_bridge() -> None:
+    spans, logs = sample_spans(), sample_logs()
+    with FaultServer() as direct, FaultServer() as bridged:
+        span_exporter = AltertableSpanExporter(api_key=KEY, endpoint=direct.endpoint)
+        log_exporter = AltertableLogExporter(api_key=KEY, endpoint=direct.endpoint)
+        try:
+            assert span_exporter.export(spans) is SpanExportResult.SUCCESS
+            assert log_exporter.export(logs) is LogRecordExportResult.SUCCESS
+        finally:
+            span_exporter.shutdown()
+            log_exporter.shutdown()
+        with running_bridge(bridged.endpoint) as bridge:
+            otlp_spans = otlp_span_exporter(bridge.endpoint)
+            otlp_logs = otlp_log_exporter(bridge.endpoint)
+            assert otlp_spans.export(spans) is SpanExportResult.SUCCESS
+            assert otlp_logs.export(logs) is LogRecordExportResult.SUCCESS
+            otlp_spans.shutdown()
+            otlp_logs.shutdown()
+        expected, got = _payloads(direct), _payloads(bridged)
+    # 3 server spans + 3 tagged events + 3 client spans, 6 tagged log records.
+    assert len(expected["/track"]) == 15
+    assert len(expected["/alias"]) == 3
+    assert len(expected["/identify"]) == 3
+    assert got == expected  # nothing differs: same payloads, same order
+    # The bridge answered and forwarded, and never let the key into an answer.
+    assert all(r.headers.get("x-api-key") == KEY for r in bridged.requests)
+
+
+def _rows(receiver: LocalReceiver) -> list[tuple[Any, ...]]:
+    rows = receiver.query(
+        "SELECT event, timestamp, distinct_id, anonymous_id, device_id, session_id, "
+        "environment, properties FROM altertable.analytics.events "
+        "ORDER BY timestamp, event, properties"
+    )
+    return [(*row[:-1], json.loads(row[-1])) for row in rows]
+
+
+def _identities(receiver: LocalReceiver) -> list[tuple[Any, ...]]:
+    rows = receiver.query(
+        "SELECT environment, distinct_id, traits, distinct_ids "
+        "FROM altertable.analytics.identities ORDER BY distinct_id"
+    )
+    return [(env, did, json.loads(traits), ids) for env, did, traits, ids in rows]
+
+
+def test_rows_from_the_sdk_otlp_exporters_match_the_in_process_path() -> None:
+    spans, logs = sample_spans(), sample_logs()
+    with LocalReceiver() as direct, LocalReceiver() as bridged:
+        span_exporter = AltertableSpanExporter(api_key=KEY, endpoint=direct.endpoint, sync=True)
+        log_exporter = AltertableLogExporter(api_key=KEY, endpoint=direct.endpoint, sync=True)
+        assert span_exporter.export(spans) is SpanExportResult.SUCCESS
+        assert log_exporter.export(logs) is LogRecordExportResult.SUCCESS
+        span_exporter.shutdown()
+        log_exporter.shutdown()
+        with running_bridge(bridged.endpoint, sync=True) as bridge:
+            otlp_spans = otlp_span_exporter(bridge.endpoint)
+            otlp_logs = otlp_log_exporter(bridge.endpoint)
+            assert otlp_spans.export(spans) is SpanExportResult.SUCCESS
+            assert otlp_logs.export(logs) is LogRecordExportResult.SUCCESS
+            otlp_spans.shutdown()
+            otlp_logs.shutdown()
+        expected = _rows(direct)
+        assert len(expected) == 15
+        assert _rows(bridged) == expected
+        assert _identities(bridged) == _identities(direct)
+        assert {row[6] for row in expected} == {"staging"}
+
+
+@pytest.mark.parametrize("compression", ["gzip", None])
+def test_gzip_and_plain_protobuf_bodies(compression: str | None) -> None:
+    from opentelemetry.exporter.otlp.proto.http import Compression
+
+    spans = sample_spans(1)
+    with FaultServer() as api, running_bridge(api.endpoint) as bridge:
+        exporter = otlp_span_exporter(
+            bridge.endpoint,
+            compression=Compression.Gzip if compression else Compression.NoCompression,
+        )
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+        events = [item["event"] for item in api.accepted_items("/track")]
+    assert sorted(events) == ["Cart Viewed", "Payment Sent", "item added"]
