@@ -120,11 +120,15 @@ class Backlog:
                 raise report.interrupted
             return
 
-    def keep(self, report: DeliveryReport) -> None:
-        """Spool what is still owed, or count it lost; then log this export's drops once."""
+    def keep(self, report: DeliveryReport) -> int:
+        """Spool what is still owed, or count it lost; then log this export's drops once.
+
+        Returns how many of the report's owed calls the spool took (the bridge answers by it).
+        """
         dropped = Counter(report.rejected)
         owed = sum(len(v) for v in report.pending.values())
         detail = report.detail
+        kept = 0
         if owed:
             reason = report.pending_reason or "retryable"
             if self._spool is not None:
@@ -145,6 +149,7 @@ class Backlog:
                     f"set {ev.OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR} to keep undelivered calls on disk"
                 )
         self._drops.report(dropped, detail)
+        return kept
 
     def after_fork(self) -> None:
         """A forked child opens its own spool handle (fresh locks, its own claims)."""

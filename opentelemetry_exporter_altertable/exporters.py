@@ -220,6 +220,10 @@ class _AltertableExporter:
                 self._active -= 1
                 self._idle.notify_all()
 
+    def _keep(self, report: DeliveryReport) -> int:
+        """Hand what is still owed to the backlog; returns how many calls it spooled."""
+        return self._backlog.keep(report)
+
     def _deliver(self, calls: Calls) -> str | None:
         """Send (after replaying the spool); ``None`` on full success, else why not."""
         deadline = time.monotonic() + self._config.timeout
@@ -233,14 +237,14 @@ class _AltertableExporter:
             owed = DeliveryReport()
             for endpoint, items in by_endpoint.items():
                 owed.owe(endpoint, items, "retryable")
-            self._backlog.keep(owed)
+            self._keep(owed)
             raise
         if not by_endpoint:
             return None
         report = self._transport.deliver(by_endpoint, deadline)
         if calls.identifies and "identify" not in report.pending and not report.rejected:
             self._identified.remember(calls.identifies)
-        self._backlog.keep(report)
+        self._keep(report)
         if report.interrupted is not None:  # Ctrl-C mid-export: kept above, now re-raised
             raise report.interrupted
         if report.pending:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._mapping import Calls
-from .._spool import Spool
 from .._transport import DeliveryReport
 from ..exporters import _AltertableExporter
 
@@ -37,19 +36,6 @@ class _Pending(threading.local):
     kept: int = 0
 
 
-class _CountingSpool(Spool):
-    """The exporters' spool, telling the calling thread how many calls each ``put`` kept."""
-
-    def __init__(self, pending: _Pending, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._calling = pending
-
-    def put(self, *args: Any, **kwargs: Any) -> int:
-        kept = super().put(*args, **kwargs)
-        self._calling.kept += kept
-        return kept
-
-
 class Delivery(_AltertableExporter):
     """An exporter core without an SDK signal: calls in, an :class:`Outcome` out.
 
@@ -63,19 +49,10 @@ class Delivery(_AltertableExporter):
         self._pending = _Pending()
         super().__init__(**settings)
 
-    def _open_spool(self) -> Spool:
-        base = super()._open_spool()
-        return _CountingSpool(
-            self._pending,
-            base.directory,
-            max_bytes=self._config.spool_max_bytes,
-            stale_claim_age=max(600.0, 4 * self._config.timeout),
-        )
-
     def deliver(self, count: int, build: Callable[[], Calls]) -> Outcome:
         """Map (``build``) and deliver the calls of ``count`` records; never raises."""
         pending = self._pending
-        pending.report = None
+        pending.report, pending.kept = None, 0
         if self._shutdown:
             return Outcome(refused="shutdown")
         if not self._config.api_key:
@@ -89,7 +66,9 @@ class Delivery(_AltertableExporter):
         owed = sum(len(items) for items in report.pending.values())
         return Outcome(rejected=sum(report.rejected.values()), lost=owed - pending.kept)
 
-    def _keep_pending(self, report: DeliveryReport) -> None:
-        self._pending.kept = 0  # count only this request's calls, not what replay re-spooled
+    def _keep(self, report: DeliveryReport) -> int:
+        # This request's report and what the spool took of it (not what replay re-spooled).
+        kept = super()._keep(report)
         self._pending.report = report
-        super()._keep_pending(report)
+        self._pending.kept = kept
+        return kept
