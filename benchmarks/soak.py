@@ -459,7 +459,7 @@ def _environment() -> dict[str, str]:
     }
 
 
-def run_soak(config: SoakConfig, say: Callable[[str], None] | None = None) -> SoakResult:
+def run_soak(config: SoakConfig, say: Callable[[str], None] | None = None) -> SoakResult:  # noqa: PLR0915  # the soak's steps in order, read top to bottom
     """Run one soak; the receiver process and the spool directory are gone when it returns."""
     note = say or (lambda _line: None)
     config_dict = asdict(config)

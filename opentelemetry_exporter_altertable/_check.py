@@ -38,7 +38,7 @@ def check_event(config: ExporterConfig, now_ns: int) -> dict[str, object]:
     }
 
 
-def run_check(
+def run_check(  # noqa: PLR0911  # one answer per diagnosis, each a return
     config: ExporterConfig, now_ns: int, session: requests.Session | None = None
 ) -> CheckResult:
     """Send one event with ``sync=true`` and explain the answer."""

@@ -511,7 +511,7 @@ def _classify(key: str, exclude: ExcludeMatcher) -> KeyClass:
     return _Key.PROPERTY if key.isascii() else (_Key.RENAMED, _clean_str(key))
 
 
-def _scan_track(
+def _scan_track(  # noqa: PLR0912  # the hot one-pass scan: a branch per key class beats helper calls per attribute
     record: Record, classes: dict[str, KeyClass], exclude: ExcludeMatcher
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One pass over a tagged record's attributes: its properties and traits.

@@ -154,7 +154,7 @@ class RetryPolicy:
         return max(0.0, base)
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:  # noqa: PLR0911  # each malformed header form returns None where it is found
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date).
 
     ``None`` when absent or malformed (the policy's own backoff applies); a date in the past

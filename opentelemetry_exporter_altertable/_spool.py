@@ -479,7 +479,7 @@ class Spool:
         unclaimed.sort()
         return unclaimed
 
-    def _try_claim(self, name: str, expired: list[int]) -> SpoolClaim | None:
+    def _try_claim(self, name: str, expired: list[int]) -> SpoolClaim | None:  # noqa: PLR0911  # each way a claim can fail returns where it is seen
         """Claim ``name`` by renaming it; None if someone else won, or it was unusable."""
         original = self._dir / name
         claimed = self._dir / (

@@ -295,7 +295,7 @@ class Transport:
                     stopped = "retryable"
         return report
 
-    def _send(
+    def _send(  # noqa: PLR0911  # one return per class of answer, in the contract's order
         self, endpoint: str, items: Sequence[Payload], deadline: float, report: DeliveryReport
     ) -> str | None:
         """Deliver one chunk, splitting it when the API refuses part of it.
@@ -365,7 +365,7 @@ class Transport:
                 good.append(item)
         return self._send(endpoint, good, deadline, report) if good else None
 
-    def _post_with_retries(self, endpoint: str, body: bytes, deadline: float) -> Answer:
+    def _post_with_retries(self, endpoint: str, body: bytes, deadline: float) -> Answer:  # noqa: PLR0912  # the retry loop: each exit is a rule of the contract
         """POST until an answer that is not worth retrying, and read it.
 
         Raises :class:`_Stop` when the chunk cannot be delivered now: retries exhausted, the

@@ -46,7 +46,7 @@ def _value(value: Any) -> Any:
     return json_safe(value)
 
 
-def json_safe(value: Any, _depth: int = 0) -> Any:
+def json_safe(value: Any, _depth: int = 0) -> Any:  # noqa: PLR0911  # a flat type dispatch, the commonest types first
     """Turn an attribute or body value into something ``json.dumps(allow_nan=False)`` accepts.
 
     Sequences become lists, NaN and infinities become ``None`` (JSON cannot carry them),

@@ -111,7 +111,7 @@ def _add_serve(subparsers: Any) -> None:
     parser.set_defaults(run=_serve)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace) -> int:  # noqa: PLR0915  # the serve command's steps in order
     from .receiver import DEFAULT_ENVIRONMENTS, LocalReceiver
     from .receiver._local import is_loopback_host
 

@@ -71,7 +71,7 @@ def rows_text(browser: Browser, table: str) -> list[list[str]]:
     return result
 
 
-def test_page_shows_events_live_runs_sql_and_renders_values_as_text(
+def test_page_shows_events_live_runs_sql_and_renders_values_as_text(  # noqa: PLR0915  # one browser session walks the whole page
     receiver: LocalReceiver, browser: Browser
 ) -> None:
     page = requests.get(receiver.page_url, timeout=10)

@@ -61,7 +61,7 @@ class Decoded:
 # --------------------------------------------------------------------------- values
 
 
-def _any(value: AnyValue) -> Any:
+def _any(value: AnyValue) -> Any:  # noqa: PLR0911  # one return per AnyValue kind
     """An OTLP ``AnyValue`` as the Python value the SDK would hold (every kind)."""
     kind = value.WhichOneof("value")
     if kind == "string_value":

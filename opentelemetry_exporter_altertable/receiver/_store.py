@@ -518,7 +518,7 @@ def sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def to_jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:  # noqa: PLR0911  # one return per DuckDB value type
     """Make a DuckDB value JSON-safe: datetimes as ISO 8601, decimals as floats, etc."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
