@@ -277,22 +277,15 @@ class _AltertableExporter:
         deadline = time.monotonic() + EXIT_BUDGET
         self._transport.begin_exit(deadline)
         self._drops.hold()  # said once, by shutdown
-        with self._idle:
-            while self._active:
-                remaining = deadline - _EXIT_SPOOL_TIME - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._idle.wait(remaining)
-            if not self._active:
-                return
+        if self._wait_for_exports(deadline - _EXIT_SPOOL_TIME):
+            return
         self._transport.abort_requests()
-        with self._idle:
-            while self._active:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._idle.wait(remaining)
+        self._wait_for_exports(deadline)
 
+    def _wait_for_exports(self, deadline: float) -> bool:
+        """Wait until no export is running, or until ``deadline``; True if none is running."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._active, deadline - time.monotonic())
 
     def _after_fork(self) -> None:
         """In a forked child: fresh locks, connections and spool handle; counts carry over.
@@ -320,13 +313,7 @@ class _AltertableExporter:
             return
         self._shutdown = True
         self._transport.close()
-        deadline = time.monotonic() + max(0.0, timeout_millis) / 1000
-        with self._idle:
-            while self._active:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._idle.wait(remaining)
+        self._wait_for_exports(time.monotonic() + max(0.0, timeout_millis) / 1000)
         self._drops.flush()  # after the running exports, so their drops are said too
         self._transport.release()
 

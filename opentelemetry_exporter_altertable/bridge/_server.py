@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import socketserver
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from .._http_server import TrackingHTTPServer
 from ..version import __version__
 from ._app import PATHS, Answer, Bridge, error
 
@@ -171,51 +171,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(head + answer.body)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
-
+class _Server(TrackingHTTPServer):
     def __init__(
         self, address: tuple[str, int], bridge: Bridge, max_in_flight: int, idle_timeout: float
     ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         self.bridge = bridge
         self.slots = threading.BoundedSemaphore(max_in_flight)
         self.max_in_flight = max_in_flight
         self.idle_timeout = idle_timeout
         self.stopping = False
-        self._open: set[socket.socket] = set()
-        self._idle = threading.Condition()
         super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)  # no reverse DNS lookup (HTTPServer's getfqdn)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._idle:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        try:
-            super().shutdown_request(request)
-        finally:
-            with self._idle:
-                self._open.discard(request)
-                self._idle.notify_all()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        _logger.debug("connection from %s failed", client_address, exc_info=True)
-
-    def end_idle_connections(self) -> None:
-        """Wake threads waiting for a keep-alive connection's next request (they see EOF)."""
-        with self._idle:
-            for sock in self._open:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RD)
 
     def wait_handled(self, timeout: float) -> bool:
         """Wait until no request is being handled (every slot free)."""

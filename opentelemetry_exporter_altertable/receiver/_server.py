@@ -26,16 +26,16 @@ import re
 import select
 import selectors
 import socket
-import socketserver
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
+from .._http_server import TrackingHTTPServer
 from ..version import __version__
 from ._app import INGEST_PATHS, Application, Method, Request, Response, error_response
 from ._validation import ApiError
@@ -312,11 +312,8 @@ def _route(path: str) -> str:
     return path.rstrip("/") or "/"
 
 
-class Server(ThreadingHTTPServer):
+class Server(TrackingHTTPServer):
     """Tracks its open connections so ``stop()`` can end idle keep-alive ones at once."""
-
-    daemon_threads = True
-    request_queue_size = 128
 
     def __init__(
         self,
@@ -328,8 +325,6 @@ class Server(ThreadingHTTPServer):
         max_in_work: int = DEFAULT_MAX_IN_WORK,
         queue_wait: float = DEFAULT_QUEUE_WAIT,
     ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         self.app = app
         self.max_in_work = max_in_work
         self.queue_wait = queue_wait
@@ -337,8 +332,6 @@ class Server(ThreadingHTTPServer):
         self._other_slots = _Places(max_in_work)
         self.request_log_level = request_log_level
         self.idle_timeout = idle_timeout
-        self._active: set[socket.socket] = set()
-        self._idle = threading.Condition()
         self._counts: Counter[tuple[str, int]] = Counter()
         self._counts_lock = threading.Lock()
         self._stopping = False
@@ -349,29 +342,6 @@ class Server(ThreadingHTTPServer):
             self._wake_reader.close()
             self._wake_writer.close()
             raise
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn): slow and useless here.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._idle:
-            self._active.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        try:
-            super().shutdown_request(request)
-        finally:
-            with self._idle:
-                self._active.discard(request)
-                self._idle.notify_all()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.debug("connection from %s failed", client_address, exc_info=True)
 
     def slots(self, path: str) -> _Places:
         """The places in work for a POST to ``path``: ingestion shares one set, the rest
@@ -385,13 +355,6 @@ class Server(ThreadingHTTPServer):
     def counts(self) -> Counter[tuple[str, int]]:
         with self._counts_lock:
             return Counter(self._counts)
-
-    def end_idle_connections(self) -> None:
-        """Wake handler threads blocked reading the next request (their reads see EOF)."""
-        with self._idle:
-            for sock in self._active:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RD)
 
     def serve(self) -> None:
         """Accept connections until :meth:`stop_serving`; unlike ``serve_forever`` it wakes at
@@ -427,6 +390,3 @@ class Server(ThreadingHTTPServer):
         self._wake_reader.close()
         self._wake_writer.close()
 
-    def wait_idle(self, timeout: float) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._active, timeout)
