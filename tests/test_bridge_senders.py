@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -98,6 +99,19 @@ def _rotel_binary() -> str:
     return str(path)
 
 
+def _rotel_environment() -> dict[str, str]:
+    """The agent links the libpython of the interpreter its wheel is for. A system Python
+    has it on the loader's path; pyenv's builds keep it in their own LIBDIR (found by
+    Python's RPATH, not by other binaries), so it is put on LD_LIBRARY_PATH."""
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(libdir), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+    return env
+
+
 def test_sdk_to_a_real_collector_to_the_bridge_all_events_arrive(tmp_path: Path) -> None:
     with LocalReceiver() as receiver, running_bridge(receiver.endpoint, sync=True) as bridge:
         port = _free_port()
@@ -121,6 +135,7 @@ def test_sdk_to_a_real_collector_to_the_bridge_all_events_arrive(tmp_path: Path)
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env=_rotel_environment(),
         )
         try:
             deadline = time.monotonic() + 20
