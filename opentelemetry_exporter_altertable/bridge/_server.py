@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from .._http_server import TrackingHTTPServer
+from .._http_server import KeepAliveHandler, TrackingHTTPServer
 from ..version import __version__
 from ._app import PATHS, Answer, Bridge, error
 
@@ -43,20 +41,12 @@ class _BadBody(Exception):
     pass
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(KeepAliveHandler):
     server_version = f"altertable-otel-bridge/{__version__}"
-    sys_version = ""
 
     @property
     def _server(self) -> _Server:
         return cast(_Server, self.server)
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(self._server.idle_timeout)
-        with contextlib.suppress(OSError):
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:
         _logger.debug("%s %s", self.address_string(), format % args)

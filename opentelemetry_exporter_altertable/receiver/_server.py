@@ -31,11 +31,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
-from .._http_server import TrackingHTTPServer
+from .._http_server import KeepAliveHandler, TrackingHTTPServer
 from ..version import __version__
 from ._app import INGEST_PATHS, Application, Method, Request, Response, error_response
 from ._validation import ApiError
@@ -85,20 +84,12 @@ class _Places:
             return self._changed.wait_for(lambda: self.taken == count, timeout)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(KeepAliveHandler):
     server_version = f"altertable-otel-receiver/{__version__}"
-    sys_version = ""
 
     @property
     def _server(self) -> Server:
         return cast(Server, self.server)
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(self._server.idle_timeout)
-        with contextlib.suppress(OSError):  # not TCP, e.g. a Unix socket
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:
         # http.server's own complaints (bad request lines, timeouts); request lines are ours.
