@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -23,9 +24,16 @@ def port_argument(default: int) -> int:
     return int(parser.parse_args().port)
 
 
-def stop_on_sigterm() -> None:
+def stop_on_sigterm(server: WSGIServer) -> None:
+    """SIGTERM ends ``serve_forever`` after the request in hand, from a thread of its own.
+
+    Raising ``KeyboardInterrupt`` from the handler instead loses a race: when the signal lands
+    while a request is still being written, wsgiref's handler catches every exception, logs it
+    and goes on serving, so the process never exits.
+    """
+
     def stop(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
 
@@ -46,7 +54,7 @@ def serve_wsgi(app: Any, port: int) -> None:
     """Serve ``app`` on 127.0.0.1 with the standard library's server, one request at a time."""
     server: WSGIServer = make_server("127.0.0.1", port, app, handler_class=_QuietHandler)
     print(f"listening on http://127.0.0.1:{server.server_port}", flush=True)
-    stop_on_sigterm()
+    stop_on_sigterm(server)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
