@@ -79,9 +79,16 @@ class DeliveryReport:
 Encoder = Callable[[Sequence[Payload]], bytes]
 
 
+#: One encoder for every request (``json.dumps`` with options builds one per call). No
+#: circular-reference check: payloads are trees built by ``_values.json_safe`` (depth-cut).
+_JSON = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
+)
+
+
 def encode_json(items: Sequence[Payload]) -> bytes:
     """Compact UTF-8 JSON; payloads are already JSON-safe (see ``_mapping.json_safe``)."""
-    return json.dumps(items, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return _JSON.encode(items).encode()
 
 
 def fast_encoder() -> Encoder | None:
