@@ -47,7 +47,7 @@ OLD_KEYS = frozenset(
 WEB_KEYS = STABLE_KEYS | OLD_KEYS
 
 
-def text(value: Any) -> str | None:
+def text(value: Any) -> str | None:  # noqa: PLR0911  # a flat type dispatch, plain str first
     """A usable string from an attribute value: a string, decoded bytes, a sequence's first.
 
     Numbers become their decimal form; ``None``, booleans, empty strings and anything else
