@@ -149,22 +149,37 @@ class _Decoder:
 def read_body(
     response: requests.Response, deadline: float, limit: int = MAX_ANSWER_BYTES
 ) -> bytes:
-    """Read a streamed answer whole, decoded, but never past ``deadline`` nor ``limit``.
+    """:func:`read_stream` of a ``requests`` answer (streamed), kept as its ``content``."""
+    body = read_stream(response.raw, deadline, limit)
+    response._content = body  # what response.json() and .text read
+    return body
 
-    ``requests`` applies its timeout to each socket read, so a server that trickles its answer
-    a byte at a time could hold an export forever: the clock is checked (and the socket's
-    timeout shortened) between reads. Raises :class:`AnswerTimeout` past the deadline and lets
-    network errors through (the caller classifies them); a body that is too large, or that
-    cannot be decoded, reads as empty (the status alone then decides).
+
+def _discard(raw: Any) -> None:
+    """Close an answer not read to its end: its connection cannot be reused."""
+    raw.close()
+    release = getattr(raw, "release_conn", None)
+    if release is not None:
+        release()
+
+
+def read_stream(raw: Any, deadline: float, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    """Read a streamed urllib3 answer whole, decoded, but never past ``deadline`` nor ``limit``.
+
+    A socket timeout applies to each read, so a server that trickles its answer a byte at a
+    time could hold an export forever: the clock is checked (and the socket's timeout
+    shortened) between reads. Raises :class:`AnswerTimeout` past the deadline and lets network
+    errors through (the caller classifies them); a body that is too large, or that cannot be
+    decoded, reads as empty (the status alone then decides). The connection goes back to its
+    pool once the answer is read to its end, and is closed otherwise.
     """
-    raw = response.raw
-    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    encoding = raw.headers.get("Content-Encoding", "").strip().lower()
     read1 = getattr(raw, "read1", None)
     try:
         decoder = _Decoder(encoding, limit)
     except ValueError as exc:
         _logger.debug("answer not decoded: %s", exc)
-        response.close()
+        _discard(raw)
         return b""
     received = 0
     try:
@@ -188,10 +203,12 @@ def read_body(
         body = decoder.result()
     except (_TooLarge, zlib.error) as exc:
         _logger.debug("answer body ignored (%s)", type(exc).__name__)
-        response.close()  # the rest is not read: this connection cannot be reused
+        _discard(raw)  # the rest is not read: this connection cannot be reused
         return b""
     except BaseException:
-        response.close()
+        _discard(raw)
         raise
-    response._content = body  # what response.json() and .text read
+    release = getattr(raw, "release_conn", None)
+    if release is not None:
+        release()
     return body

@@ -268,6 +268,7 @@ class _Builder:
         self._resources: dict[int, _ResourceInfo] = {}
         self._identify_keys: set[tuple[Any, ...]] = set()
         self._key_classes: dict[str, KeyClass] = {}
+        self._plans: tuple[dict[tuple[str, ...], _Plan | None], ...] = ({}, {})
         self._exclude = options.properties_exclude
         self._pageviews = options.pageviews
 
@@ -364,6 +365,15 @@ class _Builder:
     def add(self, record: Record, res: _ResourceInfo) -> None:
         """Build every call this (interesting) record yields."""
         attrs, parent = record.attrs, record.parent
+        if not parent and not record.body and type(attrs.get(EVENT_KEY)) is str:
+            server = record.span_kind == "server"
+            plans = self._plans[server]
+            keys = tuple(attrs)
+            plan = plans.get(keys, _UNPLANNED)
+            if plan is _UNPLANNED:
+                plan = plans[keys] = _plan(keys, server, self._key_classes, self._exclude)
+            if plan is not None and self._add_planned_track(record, res, plan):
+                return
         ids = self.identity((attrs, parent) if parent else (attrs,), res.ids)
         distinct_id = ids.get("distinct_id")
 
@@ -424,6 +434,38 @@ class _Builder:
             }
         )
 
+    def _add_planned_track(self, record: Record, res: _ResourceInfo, plan: _Plan) -> bool:
+        """The track of a plain tagged record, by its key plan; False (nothing done) when a
+        value needs the general rules (a non-ASCII or non-string id or event, a reserved id).
+
+        Gives exactly what :meth:`add` would: the plan only decides once per key set what
+        every record with those keys shares.
+        """
+        attrs = record.attrs
+        event = attrs[EVENT_KEY]
+        if not event.isascii() or not event or event.isspace():
+            return False
+        ids: dict[str, str] = {}
+        fallback = res.ids
+        for field_name, keys in plan.ids:
+            if keys:
+                raw = attrs[keys[0]]
+                if type(raw) is not str or not raw or not raw.isascii():
+                    return False
+                if field_name == "distinct_id" and is_reserved_id(raw):
+                    return False
+                ids[field_name] = raw
+            else:
+                found = fallback.get(field_name)
+                if found is not None:
+                    ids[field_name] = found
+        properties: dict[str, Any] = {}
+        for key, name in plan.properties:
+            value = attrs[key]
+            properties[name] = value if type(value) is str and value.isascii() else _value(value)
+        self._finish_track(record, res, event=event, properties=properties, ids=ids)
+        return True
+
     def _add_track(
         self,
         record: Record,
@@ -440,14 +482,25 @@ class _Builder:
                 if key[:1] == "$" and key not in BUILT_IN_PROPERTIES:
                     properties = self._strip_unknown_builtins(properties)
                     break
+        self._finish_track(record, res, event=event, properties=properties, ids=ids)
 
+    def _finish_track(
+        self,
+        record: Record,
+        res: _ResourceInfo,
+        *,
+        event: str,
+        properties: dict[str, Any],
+        ids: dict[str, str],
+    ) -> None:
+        """Web context, the built-ins and trace ids, then the payload."""
         attrs, parent = record.attrs, record.parent
         if not (WEB_KEYS.isdisjoint(attrs) and WEB_KEYS.isdisjoint(parent)):
             # The record, then its span (a span event falls back to its span's context).
             levels = (attrs, parent) if parent else (attrs,)
             for builtin, value in web_context(levels, record.span_kind == "server").items():
                 if builtin not in properties:  # an explicit analytics.properties.$url wins
-                    properties[builtin] = _value(value)
+                    properties[builtin] = value if value.isascii() else _clean_str(value)
         properties.setdefault("$ip", 0)
         if res.release is not None:
             properties.setdefault("$release", res.release)
@@ -509,6 +562,54 @@ def _classify(key: str, exclude: ExcludeMatcher) -> KeyClass:
     if key in OLD_KEYS:
         return (_Key.OLD_WEB, key)
     return _Key.PROPERTY if key.isascii() else (_Key.RENAMED, _clean_str(key))
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What every tagged record with one key set (in one order) yields, decided once."""
+
+    properties: tuple[tuple[str, str], ...]
+    """(attribute key, property name), in the order the general scan would write them."""
+    ids: tuple[tuple[str, tuple[str, ...]], ...]
+    """Each identity field and its first present key (none: the resource's fallback)."""
+
+
+_UNPLANNED: Any = object()
+
+
+def _plan(
+    keys: tuple[str, ...], server: bool, classes: dict[str, KeyClass], exclude: ExcludeMatcher
+) -> _Plan | None:
+    """The plan for records with exactly these keys, or ``None`` when one of them needs the
+    general rules (an alias, traits, a ``$`` property name, a key that is not a string)."""
+    if ALIAS_KEY in keys:
+        return None
+    properties: list[tuple[str, str]] = []
+    overrides: list[tuple[str, str]] = []
+    for key in keys:
+        if type(key) is not str:
+            return None
+        kind = classes.get(key)
+        if kind is None:
+            kind = classes[key] = _classify(key, exclude)
+        if kind == _PROPERTY:
+            properties.append((key, key))
+        elif kind != _SKIP:
+            tag, name = kind  # type: ignore[misc]
+            if tag == _TRAIT:
+                return None
+            if tag == _OVERRIDE:
+                overrides.append((key, name))
+            elif tag != _OLD_WEB or not server:
+                properties.append((key, name))
+    if any(name[:1] == "$" for _, name in (*properties, *overrides)):
+        return None
+    present = set(keys)
+    ids = tuple(
+        (field_name, tuple(key for key in id_keys if key in present)[:1])
+        for field_name, id_keys in _ID_FIELDS
+    )
+    return _Plan(properties=(*properties, *overrides), ids=ids)
 
 
 def _scan_track(  # noqa: PLR0912  # the hot one-pass scan: a branch per key class beats helper calls per attribute

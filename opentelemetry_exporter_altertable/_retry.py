@@ -43,6 +43,7 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     urllib3.exceptions.TimeoutError,
     urllib3.exceptions.ProtocolError,
     urllib3.exceptions.NewConnectionError,
+    urllib3.exceptions.ProxyError,  # the proxy unreachable: requests' ProxyError, a ConnectionError
     http.client.HTTPException,
     OSError,  # socket timeouts and resets; AnswerTimeout is one too
 )

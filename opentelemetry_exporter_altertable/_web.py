@@ -47,12 +47,14 @@ OLD_KEYS = frozenset(
 WEB_KEYS = STABLE_KEYS | OLD_KEYS
 
 
-def text(value: Any) -> str | None:
+def text(value: Any) -> str | None:  # noqa: PLR0911  # a flat type dispatch, plain str first
     """A usable string from an attribute value: a string, decoded bytes, a sequence's first.
 
     Numbers become their decimal form; ``None``, booleans, empty strings and anything else
     become ``None``.
     """
+    if type(value) is str:  # the common case, first
+        return value or None
     if isinstance(value, str):
         return str.__str__(value) or None
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -243,13 +245,14 @@ def _first(levels: Sequence[Attrs], key: str) -> str | None:
     return None
 
 
-def web_context(levels: Sequence[Attrs], server: bool) -> dict[str, Any]:
+def web_context(levels: Sequence[Attrs], server: bool) -> dict[str, str]:
     """The web built-ins of a record: stable names on every record (``levels``: the record,
     then its span), the old names as fallbacks when the record is (or belongs to) a server span.
 
     Only what is known is returned; ``$ip`` is left out when no client address is known.
+    Every value is a string.
     """
-    out: dict[str, Any] = {}
+    out: dict[str, str] = {}
     for attrs in levels:
         url = stable_url(attrs)
         if url is None and server:
@@ -259,7 +262,7 @@ def web_context(levels: Sequence[Attrs], server: bool) -> dict[str, Any]:
             break
     for attrs in levels:
         utm = stable_utm(attrs)
-        if not utm and server:
+        if not utm and server and ("http.target" in attrs or "http.url" in attrs):
             utm = old_utm(attrs)
         if utm:
             out.update(utm)
