@@ -1,4 +1,4 @@
-"""Promises of the contract that need a test of their own.
+"""Promises of the contract that need a test of their own, and classifications in words.
 
 Proxy and CA settings from the environment, exponential backoff with jitter inside its bounds,
 the identify cache's bound, a user's session left as it was, and one warning per key for the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,13 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_builders import T0_NS, finished_spans
 
 from opentelemetry_exporter_altertable import AltertableSpanExporter, RetryPolicy
+from opentelemetry_exporter_altertable._backlog import spool_reason
+from opentelemetry_exporter_altertable._retry import (
+    is_tls_error,
+    is_transient_error,
+    parse_retry_after,
+    tls_problem,
+)
 
 MakeExporter = Callable[..., AltertableSpanExporter]
 Spans = Callable[..., list[ReadableSpan]]
@@ -293,3 +301,97 @@ def _tagged(count: int) -> list[ReadableSpan]:
         [(f"s{n}", {"analytics.event": "Paid", "user.id": "u1", "seq": n}, (), T0_NS, T0_NS)
          for n in range(count)]
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- classifications
+
+NOT_TLS = "the endpoint does not speak TLS (a plain-HTTP port behind https://?)"
+OTHER_HOST = "the certificate is for another host name"
+UNTRUSTED = "the certificate is not trusted (self-signed, or a TLS-intercepting proxy's)"
+
+
+@pytest.mark.parametrize(
+    ("message", "problem"),
+    [
+        ("[SSL: WRONG_VERSION_NUMBER] (_ssl.c:1000)", NOT_TLS),
+        ("ssl.c:1000: Wrong Version Number", NOT_TLS),
+        ("[SSL] record layer failure", NOT_TLS),
+        ("Packet Length Too Long", NOT_TLS),
+        ("SSL routines: unknown protocol", NOT_TLS),
+        ("Hostname Mismatch", OTHER_HOST),
+        ("hostname 'a' doesn't match 'b'", OTHER_HOST),
+        ("certificate is NOT VALID FOR '127.0.0.1'", OTHER_HOST),
+        ("IP address mismatch", OTHER_HOST),
+        ("[SSL: CERTIFICATE_VERIFY_FAILED] Certificate Verify Failed", UNTRUSTED),
+        ("Self-Signed certificate in chain", UNTRUSTED),
+        ("self signed certificate", UNTRUSTED),
+        ("Unable to get local issuer certificate", UNTRUSTED),
+        ("handshake failure", "the TLS handshake failed"),
+    ],
+)
+def test_each_tls_failure_is_named_by_its_cause(message: str, problem: str) -> None:
+    assert tls_problem(ssl.SSLError(message)) == problem
+
+
+@pytest.mark.parametrize(
+    ("reason", "kept_as"),
+    [("auth", "auth"), ("environment-not-found", "auth"), ("endpoint-not-found", "auth"),
+     ("tls", "auth"), ("retryable", "retryable"), ("invalid-event", "retryable")],
+)  # fmt: skip
+def test_calls_owed_for_a_setting_are_spooled_as_auth_parcels(reason: str, kept_as: str) -> None:
+    assert spool_reason(reason) == kept_as
+
+
+def _chain(depth: int, innermost: BaseException) -> BaseException:
+    """``innermost`` as the cause of ``depth`` wrapping exceptions."""
+    current = innermost
+    for n in range(depth):
+        wrapper = RuntimeError(f"wrapper {n}")
+        wrapper.__cause__ = current
+        current = wrapper
+    return current
+
+
+def test_a_tls_failure_is_found_up_to_eight_causes_deep() -> None:
+    import urllib3.exceptions
+
+    assert is_tls_error(_chain(7, ssl.SSLError("x")))  # the eighth exception looked at
+    assert not is_tls_error(_chain(8, ssl.SSLError("x")))  # the ninth: not looked at
+    assert not is_tls_error(_chain(7, OSError("x")))
+    wrapped = urllib3.exceptions.MaxRetryError(None, "/track", ssl.SSLError("x"))  # type: ignore[arg-type]
+    assert is_tls_error(wrapped)
+    assert not is_tls_error(urllib3.exceptions.MaxRetryError(None, "/t", OSError("x")))  # type: ignore[arg-type]
+    assert not is_transient_error(requests.exceptions.SSLError("x"))  # a ConnectionError too
+    assert is_transient_error(requests.exceptions.ConnectionError("x"))
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("0", 0.0), ("7", 7.0), (" 2 ", 2.0), ("0.0", 0.0), ("0.5", 0.5), ("1.5", 1.5),
+     ("-0.5", None), ("inf", None), ("nan", None), ("", None), (None, None),
+     ("Wed, 21 Oct 2015 07:28:10 GMT", 10.0), ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
+     ("Wed, 21 Oct 2015 07:28:10", None)],
+)  # fmt: skip
+def test_retry_after_in_seconds_from_either_form(value: str | None, seconds: float | None) -> None:
+    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert parse_retry_after(value, now=now) == seconds
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"total": -1}, "RetryPolicy.total must be >= 0"),
+     ({"backoff_factor": -0.01}, "RetryPolicy backoff values must be >= 0"),
+     ({"backoff_max": -0.01}, "RetryPolicy backoff values must be >= 0"),
+     ({"jitter": -0.01}, "RetryPolicy.jitter must be between 0 and 1"),
+     ({"jitter": 1.01}, "RetryPolicy.jitter must be between 0 and 1")],
+)  # fmt: skip
+def test_a_retry_policy_out_of_bounds_is_refused(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        RetryPolicy(**settings)
+    assert str(raised.value) == message
+
+
+def test_a_retry_policy_on_its_bounds_is_accepted() -> None:
+    edge = RetryPolicy(total=0, backoff_factor=0, backoff_max=0, jitter=0)
+    assert (edge.total, edge.backoff_factor, edge.backoff_max, edge.jitter) == (0, 0, 0, 0)
+    assert RetryPolicy(jitter=1).jitter == 1
