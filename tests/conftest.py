@@ -15,8 +15,22 @@ from opentelemetry_exporter_altertable import AltertableSpanExporter, RetryPolic
 
 #: A key no log line or exception may ever show.
 FAKE_API_KEY = "pk_test_SECRET-4f1c9d2e7a-NEVER-LOG-ME"
-#: Quick, jitter-free retries: exact attempt counts, tests that take milliseconds.
-FAST_RETRY = RetryPolicy(total=3, backoff_factor=0.01, backoff_max=0.05, jitter=0)
+
+
+def fast_retry() -> RetryPolicy:
+    """Quick, jitter-free retries: exact attempt counts, tests that take milliseconds.
+
+    Built when asked for, not at import: under ``make mutation`` a mutated ``RetryPolicy``
+    must fail a test, not the loading of this file.
+    """
+    return RetryPolicy(total=3, backoff_factor=0.01, backoff_max=0.05, jitter=0)
+
+
+def __getattr__(name: str) -> Any:
+    """``from conftest import FAST_RETRY``: :func:`fast_retry`'s policy."""
+    if name == "FAST_RETRY":
+        return fast_retry()
+    raise AttributeError(name)
 
 
 @pytest.fixture
@@ -38,7 +52,7 @@ def make_exporter(
             "api_key": FAKE_API_KEY,
             "endpoint": server.endpoint,
             "timeout": 2.0,
-            "retry": FAST_RETRY,
+            "retry": fast_retry(),
         }
         settings.update(kwargs)
         exporter = AltertableSpanExporter(**settings)

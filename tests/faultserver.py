@@ -124,6 +124,9 @@ class Request:
     """The answer chosen; ``None`` until chosen."""
     answered: bool = False
     """Whether a response was written (False when the connection was closed instead)."""
+    target: str = ""
+    """The request line's target as sent: ``host:port`` for a CONNECT, an absolute URL for a
+    request sent to a proxy, else the path and query."""
 
     @property
     def items(self) -> list[Any]:
@@ -291,6 +294,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             client_port=self.client_address[1],
             connection=self.server.connection_number(self.connection),
             received_at=time.monotonic(),
+            target=self.path,
         )
         answer = owner._record_and_choose(record)
         if answer.delay > 0 and owner._stopping.wait(answer.delay):

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loopback import closed_port, refusing_endpoint
 
 from opentelemetry_exporter_altertable.cli import main
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
@@ -76,13 +77,14 @@ def test_settings_come_from_the_environment(
 def test_missing_key(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTEL_EXPORTER_ALTERTABLE_API_KEY", raising=False)
     monkeypatch.delenv("ALTERTABLE_API_KEY", raising=False)
-    code, out = run(capsys, "--endpoint", "http://127.0.0.1:9")
+    code, out = run(capsys, "--endpoint", f"http://127.0.0.1:{closed_port()}")
     assert code == 1
     assert "no API key" in out
 
 
 def test_unreachable_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = run(capsys, "--endpoint", "http://127.0.0.1:9", "--api-key", KEY, "--timeout", "2")
+    with refusing_endpoint() as down:
+        code, out = run(capsys, "--endpoint", down, "--api-key", KEY, "--timeout", "2")
     assert code == 1
     assert "unreachable" in out
 

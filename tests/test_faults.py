@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,27 @@ def package_records(caplog: pytest.LogCaptureFixture, level: int) -> list[loggin
 def full_text(record: logging.LogRecord) -> str:
     """The record as a handler would print it, traceback included."""
     return logging.Formatter("%(name)s %(levelname)s %(message)s").format(record)
+
+
+@contextmanager
+def backoff_started() -> Iterator[threading.Event]:
+    """An event set when the transport starts a backoff wait (its "retrying" debug line)."""
+    started = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("retrying "):
+                started.set()
+
+    logger = logging.getLogger(f"{PACKAGE}._transport")
+    handler, level = Watch(logging.DEBUG), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield started
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 # ---------------------------------------------------------------------------- retries
@@ -261,18 +283,34 @@ def test_a_server_slower_than_the_deadline(
     assert exporter.stats()["dropped_by_reason"] == {"undelivered-retryable": 3}
 
 
+@pytest.mark.parametrize(
+    ("spooled", "outcome"),
+    [(False, (0, 3, {"undelivered-retryable": 3})), (True, (3, 0, {}))],
+    ids=["no-spool", "spool"],
+)
 def test_a_server_trickling_its_answer_cannot_hold_export_past_its_deadline(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans
-) -> None:
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, tmp_path: Path, *,
+    spooled: bool, outcome: tuple[int, int, dict[str, int]],
+) -> None:  # fmt: skip
     # 40 body bytes, one every 50 ms: two seconds, though no read ever waits 50 ms.
     server.set_default(Answer(200, body=b'{"ok": true, "error_code": null, "x": 1}', trickle=0.05))
-    exporter = make_exporter(timeout=0.5)
+    exporter = make_exporter(timeout=0.5, spool_dir=tmp_path / "spool" if spooled else None)
 
     started = time.monotonic()
-    exporter.export(spans(3))
+    result = exporter.export(spans(3))
     elapsed = time.monotonic() - started
 
-    assert elapsed < 0.5 + MARGIN
+    assert elapsed < 0.5 + MARGIN  # the contract's bound: the export's timeout
+    assert result is SpanExportResult.FAILURE  # an answer never read is no acceptance
+    # One attempt: the deadline passed while its answer trickled, no time for a retry.
+    assert [(r.method, r.path, seqs(r.items)) for r in server.requests] == [
+        ("POST", "/track", [0, 1, 2])
+    ]
+    stats = exporter.stats()
+    assert stats["calls_exported"] == 0
+    assert stats["requests"] == 0  # no answer was ever read whole
+    # Every call is accounted for: spooled when a spool is set, else dropped with its reason.
+    assert (stats["calls_spooled"], stats["calls_dropped"], stats["dropped_by_reason"]) == outcome
 
 
 def test_nobody_listening_fails_quickly_without_raising(
@@ -305,23 +343,27 @@ def test_shutdown_from_another_thread_interrupts_a_long_backoff(
     batch = spans(3)
     results: list[SpanExportResult] = []
     worker = threading.Thread(target=lambda: results.append(exporter.export(batch)))
-    worker.start()
-    try:
-        assert server.wait_for_requests(1, timeout=5)
-        time.sleep(0.1)  # now inside the five-second wait
+    with backoff_started() as waiting:
+        worker.start()
+        try:
+            assert waiting.wait(5)  # now inside the five-second wait
 
-        started = time.monotonic()
-        exporter.shutdown(timeout_millis=2000)
-        shutdown_took = time.monotonic() - started
-        worker.join(1.0)
-        export_done_after = time.monotonic() - started
-    finally:
-        worker.join(10)
+            started = time.monotonic()
+            exporter.shutdown(timeout_millis=2000)
+            shutdown_took = time.monotonic() - started
+            worker.join(1.0)
+            export_done_after = time.monotonic() - started
+        finally:
+            worker.join(10)
 
+    # Interrupted at once: well under the five-second wait, with a second of scheduling margin.
     assert shutdown_took < 1.0
     assert export_done_after < 1.0
     assert results == [SpanExportResult.FAILURE]
     assert len(server.requests) == 1
+    stats = exporter.stats()
+    assert (stats["calls_exported"], stats["calls_dropped"]) == (0, 3)
+    assert stats["dropped_by_reason"] == {"undelivered-retryable": 3}
 
 
 # ---------------------------------------------------------------------------- refusals
@@ -342,7 +384,9 @@ def test_413_splits_the_batch_until_it_fits(
     statuses = [r.status for r in server.requests]
     assert statuses[0] == 413
     assert all(len(r.raw_body) <= limit for r in server.requests if r.status == 200)
-    assert len(server.requests) < 64  # halving, not one item per request
+    # Halving, depth first: 64, each 32 and each 16 are too large, each 8 fits (15 requests).
+    sizes = [64, 32, 16, 8, 8, 16, 8, 8, 32, 16, 8, 8, 16, 8, 8]
+    assert [len(r.items) for r in server.requests] == sizes
     stats = exporter.stats()
     assert stats["calls_exported"] == 64
     assert stats["calls_dropped"] == 0
@@ -377,7 +421,8 @@ def test_one_bad_item_among_fifty_is_found_and_dropped(
     delivered = seqs(server.accepted_items("/track"))
     assert sorted(delivered) == [s for s in range(50) if s != 17]
     assert len(delivered) == 49
-    assert len(server.requests) <= 13  # bisection: about 2 * log2(50) + 1 requests
+    # Bisection: the halves with item 17 are split again, the others delivered whole.
+    assert [len(r.items) for r in server.requests] == [50, 25, 12, 13, 6, 3, 3, 1, 2, 1, 1, 7, 25]
     stats = exporter.stats()
     assert stats["calls_exported"] == 49
     assert stats["calls_dropped"] == 1
@@ -400,12 +445,12 @@ def test_ok_false_in_a_200_is_handled_as_a_400(
     assert exporter.export(batch) is SpanExportResult.FAILURE
 
     assert sorted(seqs(server.accepted_items("/track"))) == [s for s in range(50) if s != 30]
-    assert len(server.requests) <= 13
+    # Bisection: the halves with item 30 are split again, the others delivered whole.
+    assert [len(r.items) for r in server.requests] == [50, 25, 25, 12, 6, 3, 3, 1, 2, 1, 1, 6, 13]
     stats = exporter.stats()
     assert stats["calls_exported"] == 49
     assert stats["calls_dropped"] == 1
-    if error_code:
-        assert stats["dropped_by_reason"] == {error_code: 1}
+    assert stats["dropped_by_reason"] == {error_code or "ok-false": 1}
 
 
 @pytest.mark.parametrize("status", [301, 302, 303])
@@ -500,21 +545,34 @@ def test_an_unknown_environment_is_reported_once_with_the_fix(
     assert exporter.stats()["dropped_by_reason"] == {"undelivered-environment-not-found": 40}
 
 
-NASTY_ANSWERS = {
-    "ok-false": ok_false(),
-    "400": bad_request(),
-    "401": unauthorized(),
-    "403": forbidden(),
-    "404": Answer(404, body="not found"),
-    "405": Answer(405, body=b""),
-    "413": Answer(413, body=b""),
-    "422-env": env_not_found_422(),
-    "500-json": Answer(500, body={"ok": False, "error_code": "internal-error"}),
-    "close": close(),
-    "200-not-json": Answer(200, body="<html>hello</html>"),
-    "200-array": Answer(200, body=[1, 2, 3]),
-    "200-truncated-json": Answer(200, body=b'{"ok": tr'),
-    "302-loop": Answer(302, body=b"", headers={"Location": "/track"}),
+#: Each nasty answer with what it must do to the 9 spans (chunks of 4, 4 and 1) and to the one
+#: log record: (span requests, span reason or None when accepted, log requests).
+#: A refusal of items (400, ok: false, 413) bisects each chunk down to single items: 7 + 7 + 1
+#: requests, every item dropped with the answer's code. A wrong setting (401, 403, 404, 405,
+#: 3xx, unknown environment) stops the export at its first request: every call undelivered.
+#: A retryable answer (5xx, a closed connection) costs the retry budget (3 retries, then 1 for
+#: the log exporter). A 2xx that does not say ``"ok": false`` is an acceptance, body or not.
+NASTY_ANSWERS: dict[str, tuple[Answer, int, str | None, int]] = {
+    "ok-false": (ok_false(), 15, "insert-failed", 1),
+    "400": (bad_request(), 15, "invalid-event", 1),
+    "401": (unauthorized(), 1, "undelivered-auth", 1),
+    "403": (forbidden(), 1, "undelivered-auth", 1),
+    "404": (Answer(404, body="not found"), 1, "undelivered-endpoint-not-found", 1),
+    "405": (Answer(405, body=b""), 1, "undelivered-endpoint-not-found", 1),
+    "413": (Answer(413, body=b""), 15, "http-413", 1),
+    "422-env": (env_not_found_422(), 1, "undelivered-environment-not-found", 1),
+    "500-json": (
+        Answer(500, body={"ok": False, "error_code": "internal-error"}), 4,
+        "undelivered-retryable", 2,
+    ),
+    "close": (close(), 4, "undelivered-retryable", 2),
+    "200-not-json": (Answer(200, body="<html>hello</html>"), 3, None, 1),
+    "200-array": (Answer(200, body=[1, 2, 3]), 3, None, 1),
+    "200-truncated-json": (Answer(200, body=b'{"ok": tr'), 3, None, 1),
+    "302-loop": (
+        Answer(302, body=b"", headers={"Location": "/track"}), 1,
+        "undelivered-endpoint-not-found", 1,
+    ),
 }
 
 
@@ -522,22 +580,35 @@ NASTY_ANSWERS = {
 def test_export_never_raises(
     server: FaultServer, make_exporter: MakeExporter, spans: Spans, api_key: str, name: str
 ) -> None:
-    server.set_default(NASTY_ANSWERS[name])
+    answer, span_requests, reason, log_requests = NASTY_ANSWERS[name]
+    server.set_default(answer)
     span_exporter = make_exporter(timeout=1.0, max_batch_size=4)
     log_exporter = AltertableLogExporter(
         api_key=api_key, endpoint=server.endpoint, timeout=1.0, retry=RetryPolicy(total=1)
     )
     try:
         result = span_exporter.export(spans(9))
+        sent_for_spans = len(server.requests)
         log_result = log_exporter.export(
             emitted_log_records([{"attributes": {"analytics.event": "Seen", "user.id": "u1"}}])
         )
+        log_stats = log_exporter.stats()
     finally:
         log_exporter.shutdown()
 
-    assert isinstance(result, SpanExportResult)
-    assert isinstance(log_result, LogRecordExportResult)
-    assert server.requests
+    accepted = reason is None
+    assert result is (SpanExportResult.SUCCESS if accepted else SpanExportResult.FAILURE)
+    assert log_result is (
+        LogRecordExportResult.SUCCESS if accepted else LogRecordExportResult.FAILURE
+    )
+    assert (sent_for_spans, len(server.requests) - sent_for_spans) == (span_requests, log_requests)
+    # Every call accounted for: accepted, or dropped with the reason the answer implies.
+    for stats, calls in ((span_exporter.stats(), 9), (log_stats, 1)):
+        assert stats["calls_built"] == calls
+        assert stats["calls_exported"] == (calls if accepted else 0)
+        assert stats["calls_dropped"] == (0 if accepted else calls)
+        assert stats["calls_spooled"] == 0
+        assert stats["dropped_by_reason"] == ({} if accepted else {reason: calls})
 
 
 # ---------------------------------------------------------------------------- lifecycle
@@ -635,7 +706,8 @@ def test_a_hung_server_cannot_hold_the_batch_processor(
 
     assert flush_took < 1.0 + MARGIN
     assert shutdown_took < 0.5 + 1.0 + MARGIN
-    assert len(server.requests) >= 2  # both batches were attempted
+    # Both batches were attempted once each: the hang outlived each export's deadline.
+    assert [len(r.items) for r in server.requests] == [5, 5]
     assert server.accepted_items("/track") == []
 
 
@@ -679,16 +751,26 @@ def test_calls_pending_at_shutdown_are_delivered_by_the_next_exporter(
     server.set_default(retry_later(503, "5"))
     first = make_exporter(spool_dir=spool, timeout=10.0)
     batch = spans(12)
-    worker = threading.Thread(target=first.export, args=(batch,))
-    worker.start()
-    try:
-        assert server.wait_for_requests(1, timeout=5)
-        time.sleep(0.1)
-        first.shutdown(timeout_millis=2000)
-    finally:
-        worker.join(5)
-    assert not worker.is_alive()
-    assert first.stats()["calls_spooled"] == 12
+    results: list[SpanExportResult] = []
+    worker = threading.Thread(target=lambda: results.append(first.export(batch)))
+    with backoff_started() as waiting:
+        worker.start()
+        try:
+            assert waiting.wait(5)  # the export waits out the five-second Retry-After
+            started = time.monotonic()
+            first.shutdown(timeout_millis=2000)
+            worker.join(1.0)
+            export_took = time.monotonic() - started
+        finally:
+            worker.join(5)
+    # The export ended promptly (the wait is cut short; a second of scheduling margin), and
+    # every call it held was spooled: none delivered, none dropped.
+    assert export_took < 1.0
+    assert results == [SpanExportResult.FAILURE]
+    stats = first.stats()
+    assert (stats["calls_exported"], stats["calls_spooled"], stats["calls_dropped"]) == (0, 12, 0)
+    assert stats["spool_files"] == 1
+    assert len(server.requests) == 1
     assert server.accepted_items("/track") == []
 
     server.set_default(ok())

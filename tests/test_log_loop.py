@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from loopback import refusing_endpoint
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
@@ -29,25 +30,23 @@ class _Bridge(logging.Handler):
 
 def test_own_warnings_are_not_exported_back(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="opentelemetry_exporter_altertable")
-    exporter = AltertableLogExporter(
-        api_key="pk_test_loop",
-        endpoint="http://127.0.0.1:9",  # nobody listens: every export logs a warning
-        timeout=1,
-        retry=RetryPolicy(total=0),
-    )
-    provider = LoggerProvider(resource=Resource({}), shutdown_on_exit=False)
-    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
-    bridge = _Bridge(provider)
-    package_logger = logging.getLogger("opentelemetry_exporter_altertable")
-    package_logger.addHandler(bridge)
-    try:
-        provider.get_logger("app").emit(
-            body="hello", attributes={"analytics.event": "App Event", "user.id": "u1"}
+    with refusing_endpoint() as down:  # nobody listens: every export logs a warning
+        exporter = AltertableLogExporter(
+            api_key="pk_test_loop", endpoint=down, timeout=1, retry=RetryPolicy(total=0)
         )
-        stats = exporter.stats()
-    finally:
-        package_logger.removeHandler(bridge)
-        provider.shutdown()
+        provider = LoggerProvider(resource=Resource({}), shutdown_on_exit=False)
+        provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+        bridge = _Bridge(provider)
+        package_logger = logging.getLogger("opentelemetry_exporter_altertable")
+        package_logger.addHandler(bridge)
+        try:
+            provider.get_logger("app").emit(
+                body="hello", attributes={"analytics.event": "App Event", "user.id": "u1"}
+            )
+            stats = exporter.stats()
+        finally:
+            package_logger.removeHandler(bridge)
+            provider.shutdown()
     # The app's record was seen once; the exporter's own warning about it was not exported
     # (had it been, it would have been seen, failed again, and warned again, and so on).
     assert any(r.name.startswith("opentelemetry_exporter_altertable") for r in caplog.records)

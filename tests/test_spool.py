@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from opentelemetry_exporter_altertable import _spool
 from opentelemetry_exporter_altertable._spool import Spool, SpoolClaim, SpoolDirectoryError
 
 LOGGER = "opentelemetry_exporter_altertable._spool"
@@ -344,6 +345,7 @@ _CLAIMER = textwrap.dedent(
     from opentelemetry_exporter_altertable._spool import Spool
     directory, go = sys.argv[1], sys.argv[2]
     spool = Spool(directory)
+    print("ready", flush=True)
     deadline = time.monotonic() + 20
     while not os.path.exists(go) and time.monotonic() < deadline:
         time.sleep(0.001)
@@ -372,7 +374,8 @@ def test_two_processes_claim_disjoint_sets(tmp_path: Path) -> None:
         for _ in range(2)
     ]
     try:
-        time.sleep(0.3)  # let both start and wait at the line
+        for p in procs:  # both started, both waiting at the line
+            assert p.stdout is not None and p.stdout.readline() == "ready\n"
         go.touch()
         results = [p.communicate(timeout=30) for p in procs]
     finally:
@@ -453,12 +456,32 @@ def test_done_after_a_stale_recovery_prevents_a_second_send(tmp_path: Path) -> N
     assert list(directory.iterdir()) == []
 
 
-def test_auth_parcels_past_max_age_are_dropped(tmp_path: Path, log: _Records) -> None:
+class _Clock:
+    """The spool's ``time`` module, ``ahead`` seconds in the future (wall clocks only)."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.ahead
+
+    def time_ns(self) -> int:
+        return time.time_ns() + int(self.ahead * 1e9)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def test_auth_parcels_past_max_age_are_dropped(
+    tmp_path: Path, log: _Records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(_spool, "time", clock)
     directory = tmp_path / "spool"
-    spool = Spool(directory, auth_max_age=0.2)
+    spool = Spool(directory, auth_max_age=60.0)
     spool.put(parcel(0, n=3), reason="auth")
     spool.put(parcel(1, n=2), reason="retryable")
-    time.sleep(0.3)
+    clock.ahead = 120.0  # two minutes later: parcel 0 is twice the max age, parcel 2 is new
     spool.put(parcel(2), reason="auth")
 
     claim = spool.claim()
