@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from guide import GUIDE_EVENTS_BY_CURRENCY
 from loopback import closed_port
 
 from opentelemetry_exporter_altertable.cli import (
@@ -24,14 +25,6 @@ from opentelemetry_exporter_altertable.cli import (
     _query_hint,
     main,
 )
-
-GUIDE_EVENTS_BY_CURRENCY = """SELECT
-event,
-properties->>'currency' AS currency,
-COUNT(*) AS total
-FROM altertable.analytics.events
-GROUP BY ALL
-ORDER BY total DESC;"""
 
 
 @dataclass

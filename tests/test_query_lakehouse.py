@@ -21,35 +21,12 @@ import requests
 from altertable_lakehouse import Client
 from altertable_lakehouse.errors import AuthError, BadRequestError
 from altertable_lakehouse.models import QueryRequest
+from guide import GUIDE_EVENTS_BY_CURRENCY, GUIDE_IDENTITIES, GUIDE_USER_EVENTS, USER
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
 AUTH = ("local", "local")
 LONG_QUERY = "SELECT count(*) FROM range(100000000000) t(i) WHERE i % 7 = 3"
-GUIDE_EVENTS_BY_CURRENCY = """SELECT
-event,
-properties->>'currency' AS currency,
-COUNT(*) AS total
-FROM altertable.analytics.events
-GROUP BY ALL
-ORDER BY total DESC;"""
-GUIDE_USER_EVENTS = """SELECT
-e.event,
-e.properties,
-e.timestamp,
-e.identity_traits->>'email' AS email,
-e.identity_traits->>'plan' AS plan
-FROM altertable.analytics.events e
-WHERE e.distinct_id = 'u_01jza857w4f23s1hf2s61befmw'
-ORDER BY e.timestamp DESC;"""
-GUIDE_IDENTITIES = """SELECT
-distinct_id,
-traits->>'email' AS email,
-traits->>'plan' AS plan,
-updated_at
-FROM altertable.analytics.identities
-ORDER BY updated_at DESC;"""
-USER = "u_01jza857w4f23s1hf2s61befmw"
 
 
 @pytest.fixture

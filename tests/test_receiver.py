@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+from guide import GUIDE_EVENTS_BY_CURRENCY, GUIDE_IDENTITIES, GUIDE_USER_EVENTS, USER
 
 from opentelemetry_exporter_altertable.receiver import (
     BUILT_IN_PROPERTIES,
@@ -31,32 +32,7 @@ from opentelemetry_exporter_altertable.receiver._validation import (
 )
 
 KEY = "pk_test_receiver"
-USER = "u_01jza857w4f23s1hf2s61befmw"
 
-# The three queries of the tracking guide (skill-tracking-events.txt), byte for byte.
-GUIDE_EVENTS_BY_CURRENCY = """SELECT
-event,
-properties->>'currency' AS currency,
-COUNT(*) AS total
-FROM altertable.analytics.events
-GROUP BY ALL
-ORDER BY total DESC;"""
-GUIDE_USER_EVENTS = """SELECT
-e.event,
-e.properties,
-e.timestamp,
-e.identity_traits->>'email' AS email,
-e.identity_traits->>'plan' AS plan
-FROM altertable.analytics.events e
-WHERE e.distinct_id = 'u_01jza857w4f23s1hf2s61befmw'
-ORDER BY e.timestamp DESC;"""
-GUIDE_IDENTITIES = """SELECT
-distinct_id,
-traits->>'email' AS email,
-traits->>'plan' AS plan,
-updated_at
-FROM altertable.analytics.identities
-ORDER BY updated_at DESC;"""
 
 
 @pytest.fixture
