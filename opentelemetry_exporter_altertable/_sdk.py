@@ -120,6 +120,7 @@ def records_from_spans(
     skipped = 0
     last_resource: object = _NO_RESOURCE
     res_attrs: Attrs = EMPTY
+    kinds = _SPAN_KINDS
     for span in spans:
         resource = span.resource
         if resource is not last_resource:
@@ -127,7 +128,13 @@ def records_from_spans(
             res_attrs = resource_attributes(resource)
             end = span.end_time or span.start_time or time.time_ns()
             records.append(Record.resource_only(res_attrs, end))
-        attrs = span_attributes(span)
+        # BoundedAttributes' plain dict and drop count, read once (see _plain).
+        bounded = getattr(span, "_attributes", None)
+        attrs = getattr(bounded, "_dict", None)
+        if type(attrs) is dict:
+            dropped = bounded.dropped  # type: ignore[union-attr]
+        else:
+            attrs, dropped = span_attributes(span), _dropped(bounded)
         span_interesting = has_interest(attrs)
         events = span_events(span)
         tagged_events = [e for e in events if has_interest(_plain(e.attributes))] if events else ()
@@ -136,7 +143,6 @@ def records_from_spans(
                 span_interesting = True  # a page view: the span itself is the record
             else:
                 skipped += 1
-                dropped = _dropped(getattr(span, "_attributes", None))
                 if dropped and carries_identity(attrs):  # for the mapping's warning only
                     records.append(
                         Record(span.name, attrs, res_attrs, 0, dropped_attributes=dropped)
@@ -145,35 +151,28 @@ def records_from_spans(
         ctx = span.context
         trace_id = ctx.trace_id if ctx is not None else 0
         span_id = ctx.span_id if ctx is not None else 0
-        end_ns = span.end_time or span.start_time or time.time_ns()
-        kind = _SPAN_KINDS.get(span.kind, "")
+        kind = kinds.get(span.kind, "")
         for event in tagged_events:
             records.append(
                 Record(
-                    name=event.name,
-                    attrs=_plain(event.attributes),
-                    resource=res_attrs,
-                    time_ns=event.timestamp,
-                    trace_id=trace_id,
-                    span_id=span_id,
-                    parent=attrs,
-                    span_kind=kind,
-                    dropped_attributes=_dropped(event.attributes),
+                    event.name,
+                    _plain(event.attributes),
+                    res_attrs,
+                    event.timestamp,
+                    trace_id,
+                    span_id,
+                    attrs,
+                    kind,
+                    None,
+                    _dropped(event.attributes),
                 )
             )
         if span_interesting:
-            records.append(
-                Record(
-                    name=span.name,
-                    attrs=attrs,
-                    resource=res_attrs,
-                    time_ns=end_ns,
-                    trace_id=trace_id,
-                    span_id=span_id,
-                    span_kind=kind,
-                    dropped_attributes=_dropped(getattr(span, "_attributes", None)),
-                )
-            )
+            end_ns = span.end_time or span.start_time or time.time_ns()
+            span_record = Record(
+                span.name, attrs, res_attrs, end_ns, trace_id, span_id, EMPTY, kind, None, dropped
+            )  # positional: half the cost of building it by keyword (timeit, 0.5 vs 1.0 us)
+            records.append(span_record)
     return records, skipped
 
 
