@@ -461,7 +461,7 @@ class _Builder:
             }
         )
 
-    def _add_planned_track(self, record: Record, res: _ResourceInfo, plan: _Plan) -> bool:
+    def _add_planned_track(self, record: Record, res: _ResourceInfo, plan: _Plan) -> bool:  # noqa: PLR0912  # the hot path: inline branches beat helper calls per record
         """The track of a plain tagged record, by its key plan; False (nothing done) when a
         value needs the general rules (a non-ASCII or non-string id, event or web value, a
         reserved id).
@@ -492,7 +492,11 @@ class _Builder:
             return True
         url, user_agent, ip, referer = web
         if url:
-            properties["$url"] = strip_url(url) if "?" in url or "#" in url or "@" in url else url
+            if "@" in url or "#" in url:
+                properties["$url"] = strip_url(url)
+            else:  # only a query to cut, if any: strip_url's other scans would find nothing
+                cut = url.find("?")
+                properties["$url"] = url[:cut] if cut >= 0 else url
             if "utm_" in url:
                 properties.update(stable_utm(attrs))
         if user_agent:
@@ -559,10 +563,11 @@ class _Builder:
         ids: dict[str, str],
     ) -> None:
         """The trace ids, then the payload."""
+        # printf-style formatting: half the time of format(n, "032x") (timeit, 0.33 vs 0.66 us).
         if record.trace_id:
-            properties["otel.trace_id"] = format(record.trace_id, "032x")
+            properties["otel.trace_id"] = "%032x" % record.trace_id  # noqa: UP031
         if record.span_id:
-            properties["otel.span_id"] = format(record.span_id, "016x")
+            properties["otel.span_id"] = "%016x" % record.span_id  # noqa: UP031
         payload: Payload = {
             "environment": res.environment,
             "event": event,
@@ -629,7 +634,10 @@ class _Plan:
     properties: tuple[tuple[str, str], ...]
     """(attribute key, property name), in the order the general scan would write them."""
     ids: tuple[tuple[str, str], ...]
-    """Each identity field and its first present key (empty: the resource's fallback)."""
+    """Each identity field with a key present, and its first present key, in field order
+    (the others come from the resource)."""
+    checks_distinct_id: bool
+    """``distinct_id`` comes from the record, so its value is checked for reserved ids."""
     web: tuple[str, str, str, str] | None
     """For the simple stable shape (no web keys but those of ``_SIMPLE_WEB_KEYS``, and no
     property named like the built-ins added after them), each of those keys when present
@@ -669,14 +677,20 @@ def _plan(
         return None
     present = set(keys)
     ids = tuple(
-        (field_name, next((key for key in id_keys if key in present), ""))
+        (field_name, next(key for key in id_keys if key in present))
         for field_name, id_keys in _ID_FIELDS
+        if not present.isdisjoint(id_keys)
     )
     simple = present.isdisjoint(WEB_KEYS - set(_SIMPLE_WEB_KEYS)) and not {
         "service.name", "otel.trace_id", "otel.span_id"
     }.intersection(names)
     web = tuple(key if key in present else "" for key in _SIMPLE_WEB_KEYS) if simple else None
-    return _Plan(properties=(*properties, *overrides), ids=ids, web=web)  # type: ignore[arg-type]
+    return _Plan(
+        properties=(*properties, *overrides),
+        ids=ids,
+        checks_distinct_id=any(name == "distinct_id" for name, _ in ids),
+        web=web,  # type: ignore[arg-type]
+    )
 
 
 def _planned_ids(attrs: Attrs, plan: _Plan, fallback: dict[str, str]) -> dict[str, str] | None:
@@ -685,17 +699,18 @@ def _planned_ids(attrs: Attrs, plan: _Plan, fallback: dict[str, str]) -> dict[st
     ``distinct_id``)."""
     ids: dict[str, str] = {}
     for field_name, key in plan.ids:
-        if key:
-            raw = attrs[key]
-            if type(raw) is not str or not raw or not raw.isascii():
-                return None
-            if field_name == "distinct_id" and is_reserved_id(raw):
-                return None
-            ids[field_name] = raw
-        else:
-            found = fallback.get(field_name)
-            if found is not None:
-                ids[field_name] = found
+        raw = attrs[key]
+        if type(raw) is not str or not raw or not raw.isascii():
+            return None
+        ids[field_name] = raw
+    if plan.checks_distinct_id and is_reserved_id(ids["distinct_id"]):
+        return None
+    if fallback and len(ids) < len(_ID_FIELDS):  # the resource fills the gaps, in field order
+        ids = {
+            name: ids.get(name) or fallback[name]
+            for name, _ in _ID_FIELDS
+            if name in ids or name in fallback
+        }
     return ids
 
 

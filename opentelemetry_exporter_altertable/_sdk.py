@@ -120,7 +120,7 @@ def records_from_spans(
     skipped = 0
     last_resource: object = _NO_RESOURCE
     res_attrs: Attrs = EMPTY
-    kinds = _SPAN_KINDS
+    kinds, server_kind = _SPAN_KINDS, SpanKind.SERVER
     for span in spans:
         resource = span.resource
         if resource is not last_resource:
@@ -151,7 +151,9 @@ def records_from_spans(
         ctx = span.context
         trace_id = ctx.trace_id if ctx is not None else 0
         span_id = ctx.span_id if ctx is not None else 0
-        kind = kinds.get(span.kind, "")
+        # SpanKind hashes through a Python-level Enum.__hash__: test the common kind first.
+        kind_member = span.kind
+        kind = "server" if kind_member is server_kind else kinds.get(kind_member, "")
         for event in tagged_events:
             records.append(
                 Record(
