@@ -8,7 +8,7 @@ EXTRAS := dev,local,otlp
 # The OpenTelemetry JS SDK, for the bridge's non-Python sender test (pinned in tests/node).
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: node-otel install test test-oldest test-py310 test-py313 lint typecheck pytest demo bench soak clean browser mutation
+.PHONY: bench-instructions node-otel install test test-oldest test-py310 test-py313 lint typecheck pytest demo bench soak clean browser mutation
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,6 +78,13 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_export.py
+
+# The same ratios in instructions counted by callgrind, which load on the machine cannot move
+# (Debian's valgrind, installed when missing, as for the browser). About 10 minutes.
+bench-instructions: $(STAMP)
+	@command -v valgrind >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
+	$(PY) benchmarks/instructions.py
 
 # Mutation testing of delivery, retry, spool and mapping ([tool.mutmut] in pyproject.toml):
 # not part of `make test` (2,533 mutants: over an hour on 2 cores). MUTMUT_ARGS picks the
