@@ -7,6 +7,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 
 from opentelemetry_exporter_altertable import _spool
-from opentelemetry_exporter_altertable._spool import Spool
+from opentelemetry_exporter_altertable._spool import Spool, SpoolDirectoryError
 
 LOGGER = "opentelemetry_exporter_altertable._spool"
 
@@ -87,6 +89,12 @@ def damaged_reason(data: bytes) -> str:
     with pytest.raises(_spool._Damaged) as info:
         _spool._decode(data)
     return str(info.value)
+
+
+def warning(log: _Records) -> tuple[str, tuple[object, ...]]:
+    (record,) = log.at(logging.WARNING)
+    assert isinstance(record.args, tuple)
+    return str(record.msg), record.args
 
 
 # -- the bytes on disk -------------------------------------------------------------------------
@@ -237,9 +245,47 @@ def test_pid_alive() -> None:
     assert _spool._pid_alive(0) is False  # not a process (kill(0) would mean our group)
     assert _spool._pid_alive(-1) is False  # not a process (kill(-1) would mean everyone)
     assert _spool._pid_alive(os.getpid()) is True
-    # pid 1 exists; as root kill(1, 0) succeeds, as anyone else it fails with EPERM.
-    assert _spool._pid_alive(1) is True
     assert _spool._pid_alive(_dead_pid()) is False
+
+
+def test_pid_alive_only_probes() -> None:
+    """A live process is reported alive, and the probe sends it no real signal."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        assert _spool._pid_alive(child.pid) is True
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()  # any signal was sent before this: it would be seen first
+        assert child.wait(timeout=30) == 0
+
+
+_EPERM_PROBE = """
+import os, sys
+from opentelemetry_exporter_altertable._spool import _pid_alive
+target = int(sys.argv[1])
+if os.geteuid() == 0:
+    os.setuid(65534)  # everything is imported; from now on a root process is out of reach
+try:
+    os.kill(target, 0)
+except PermissionError:
+    print(_pid_alive(target))
+else:
+    print("target not protected")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX users")
+def test_pid_alive_when_the_process_belongs_to_another_user() -> None:
+    # Run as root, the probe drops to "nobody" and asks about this (root) process; run as
+    # anyone else, it asks about pid 1, which belongs to root. Either way kill() says EPERM.
+    target = os.getpid() if os.geteuid() == 0 else 1
+    out = subprocess.run(
+        [sys.executable, "-c", _EPERM_PROBE, str(target)],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert out == "True\n"
 
 
 @pytest.mark.parametrize("pid", [0, -1])
@@ -312,10 +358,9 @@ def test_done_that_cannot_delete_warns_once(tmp_path: Path, log: _Records) -> No
     claim.done()
     claim.done()
     claim.release()
-    (record,) = log.at(logging.WARNING)
-    assert record.msg == "could not delete delivered spool file %s: %s"
-    assert record.args is not None and record.args[0] == claimed
-    assert isinstance(record.args[1], IsADirectoryError)
+    msg, args = warning(log)
+    assert msg == "could not delete delivered spool file %s: %s"
+    assert args[0] == claimed and isinstance(args[1], IsADirectoryError)
     assert claimed.is_dir()
 
 
@@ -332,10 +377,9 @@ def test_release_that_cannot_rename_warns_once(tmp_path: Path, log: _Records) ->
     claim.release()
     claim.release()
     claim.done()
-    (record,) = log.at(logging.WARNING)
-    assert record.msg == "could not return spool file %s to the spool: %s"
-    assert record.args is not None and record.args[0] == claimed
-    assert isinstance(record.args[1], OSError)
+    msg, args = warning(log)
+    assert msg == "could not return spool file %s to the spool: %s"
+    assert args[0] == claimed and isinstance(args[1], OSError)
     assert claimed.is_file()  # neither returned nor deleted
 
 
@@ -429,3 +473,406 @@ def test_disk_warning_pacing_is_per_spool(
     for _ in range(2):
         assert Spool(blocker / "spool").put(one(0)) == 0  # a fresh object warns at once
     assert len(log.at(logging.WARNING)) == 2
+
+
+# -- exact outcomes with an injected wall clock -------------------------------------------------
+
+
+class _Wall:
+    """Stands in for the spool's ``time`` module: whole seconds, moved by hand."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+        self.mono = 0.0
+
+    def time(self) -> float:
+        return float(self.now)
+
+    def time_ns(self) -> int:
+        return self.now * 10**9
+
+    def monotonic(self) -> float:
+        return self.mono
+
+
+T = 1_800_000_000
+
+
+@pytest.fixture
+def wall(monkeypatch: pytest.MonkeyPatch) -> _Wall:
+    clock = _Wall(T)
+    monkeypatch.setattr(_spool, "time", clock)
+    return clock
+
+
+def test_names_are_strictly_increasing_under_a_still_clock(tmp_path: Path, wall: _Wall) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    for i in range(3):
+        spool.put(one(i))
+    assert [int(name[:20]) for name in files(directory)] == [
+        T * 10**9,
+        T * 10**9 + 1,
+        T * 10**9 + 2,
+    ]
+    assert [c.created for c in iter(spool.claim, None)] == [T + k / 1e9 for k in range(3)]
+
+
+def test_claim_age_limit_is_inclusive(tmp_path: Path, wall: _Wall) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory)  # the default stale_claim_age: 600 s
+    assert spool.stale_claim_age == 600.0 and type(spool.stale_claim_age) is float
+    spool.put(one(0))
+    spool.put(one(1))
+    first, second = files(directory)
+    pid = os.getpid()  # alive: only the age can make these claims stale
+    (directory / first).rename(directory / f"{first}.claimed-{pid}-{T - 600}-00000000")
+    (directory / second).rename(directory / f"{second}.claimed-{pid}-{T - 601}-00000000")
+    claim = spool.claim()
+    assert claim is not None and claim.calls == one(1)
+    assert spool.claim() is None
+    assert f"{first}.claimed-{pid}-{T - 600}-00000000" in files(directory)
+
+
+def test_two_recovered_claims_are_counted(tmp_path: Path, log: _Records) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    spool.put(one(0))
+    spool.put(one(1))
+    dead = _dead_pid()
+    for name in files(directory):
+        (directory / name).rename(directory / f"{name}.claimed-{dead}-{int(time.time())}-0000abcd")
+    assert spool.claim() is not None
+    (info,) = log.at(logging.INFO)
+    assert info.getMessage() == "recovered 2 spooled file(s) left claimed by a stopped process"
+
+
+def test_auth_age_limit_is_inclusive_and_counted(
+    tmp_path: Path, wall: _Wall, log: _Records
+) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory)  # the default auth_max_age: one day
+    assert spool.auth_max_age == 86400.0 and type(spool.auth_max_age) is float
+    wall.now = T - 86402
+    spool.put(one(0, n=2), reason="auth")
+    wall.now = T - 86401
+    spool.put(one(1, n=3), reason="auth")
+    wall.now = T - 86400
+    spool.put(one(2), reason="auth")
+    wall.now = T
+    claim = spool.claim()
+    assert claim is not None and claim.calls == one(2)
+    assert warning(log) == (
+        "dropped %d spooled file(s) refused for authentication and older than %g s; "
+        "%d events lost",
+        (2, 86400.0, 5),
+    )
+    assert spool.lost == {"spool-expired": 5}
+    assert len(files(directory)) == 1  # only the claim left
+
+
+def test_temp_file_age_limit_and_what_counts_as_temp(tmp_path: Path, wall: _Wall) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir(mode=0o700)
+    spool = Spool(directory)
+
+    def at(name: str, age: int) -> None:
+        (directory / name).write_bytes(b"x")
+        os.utime(directory / name, (T - age, T - age))
+
+    at(".edge.tmp", 3600)  # exactly an hour old: may still be written
+    at(".old.tmp", 3601)
+    at("visible.tmp", 7200)  # not hidden: not a temp file of ours
+    at(".hidden", 7200)  # not .tmp: not ours either
+    os.symlink(directory / "nowhere", directory / ".link.tmp")  # an old dangling link: ours
+    os.utime(directory / ".link.tmp", (T - 7200, T - 7200), follow_symlinks=False)
+    assert spool.claim() is None
+    assert files(directory) == [".edge.tmp", ".hidden", "visible.tmp"]
+
+
+# -- put, exactly ------------------------------------------------------------------------------
+
+
+def test_constructor_checks_and_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError) as info:
+        Spool(tmp_path / "s", max_bytes=0)
+    assert str(info.value) == "spool max_bytes must be positive, not 0"
+    assert Spool(tmp_path / "s", max_bytes=1).max_bytes == 1
+    assert Spool(tmp_path / "s", max_bytes=10.9).max_bytes == 10  # type: ignore[arg-type]
+    spool = Spool(tmp_path / "s")
+    assert spool.max_bytes == 64 * 1024 * 1024 and spool.lost == {}
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Spool("~/spool").directory == tmp_path / "home" / "spool"
+    monkeypatch.chdir(tmp_path)
+    relative = Spool("here")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert relative.directory == tmp_path / "here"  # fixed when made, not when used
+
+
+def test_put_refusals_are_logged_exactly(tmp_path: Path, log: _Records) -> None:
+    spool = Spool(tmp_path / "spool")
+    assert spool.put({"track": [1]}) == 0  # type: ignore[list-item]
+    assert spool.put({"track": [{"event": object()}, {"event": "ok"}]}) == 0
+    first, second = log.at(logging.WARNING)
+    assert first.msg == "cannot spool undeliverable calls: %s"
+    assert isinstance(first.args, tuple) and isinstance(first.args[0], TypeError)
+    assert second.msg == "cannot spool %d items, not JSON-ready (%s); lost"
+    assert isinstance(second.args, tuple) and second.args[0] == 2
+    assert isinstance(second.args[1], TypeError)
+    assert spool.pending() == (0, 0)
+
+
+def test_size_limit_is_inclusive(tmp_path: Path, wall: _Wall, log: _Records) -> None:
+    probe = Spool(tmp_path / "probe")
+    probe.put(one(0))
+    size = probe.pending()[1]
+    assert Spool(tmp_path / "fits", max_bytes=size).put(one(0)) == 1
+    assert Spool(tmp_path / "over", max_bytes=size - 1).put(one(0)) == 0
+    (record,) = log.at(logging.WARNING)
+    assert record.getMessage() == (
+        f"cannot spool 1 items: {size} bytes exceed the spool limit of {size - 1} bytes; "
+        "1 events lost"
+    )
+
+
+def test_eviction_stops_exactly_at_the_limit(tmp_path: Path, log: _Records) -> None:
+    directory = tmp_path / "spool"
+    probe = Spool(tmp_path / "probe")
+    probe.put(one(0))
+    size = probe.pending()[1]
+    spool = Spool(directory, max_bytes=3 * size)
+    for i in range(3):
+        assert spool.put(one(i)) == 1
+    assert log.records == []
+    assert spool.put(one(3)) == 1
+    assert warning(log) == (
+        "spool %s exceeded its limit of %d bytes: dropped the %d oldest file(s); "
+        "%d events lost",
+        (directory, 3 * size, 1, 1),
+    )
+    assert spool.lost == {"spool-full": 1}
+    assert spool.pending() == (3, 3 * size)
+    assert [c.calls for c in iter(spool.claim, None)] == [one(1), one(2), one(3)]
+
+
+def test_eviction_skips_the_new_parcel_wherever_it_sorts(
+    tmp_path: Path, wall: _Wall, log: _Records
+) -> None:
+    directory = tmp_path / "spool"
+    wall.now = T + 100  # another writer whose clock is ahead
+    Spool(directory).put(one(0, n=2))
+    (ahead,) = files(directory)
+    wall.now = T
+    probe = Spool(tmp_path / "probe")
+    probe.put(one(1))
+    spool = Spool(directory, max_bytes=probe.pending()[1])
+    assert spool.put(one(1)) == 1
+    (new,) = [name for name in files(directory) if name != ahead]
+    assert new < ahead  # the new parcel sorts first, and is still the one kept
+    assert files(directory) == [new]
+    assert spool.lost == {"spool-full": 2}
+
+
+def test_eviction_that_fails_stops_and_warns(tmp_path: Path, log: _Records) -> None:
+    directory = tmp_path / "spool"
+    Spool(directory).put(one(0))
+    (older,) = files(directory)
+    stuck = f"{0:020d}-1-{0:012d}-n3-s500.json"
+    (directory / stuck).mkdir()  # sorts first and cannot be unlinked
+    probe = Spool(tmp_path / "probe")
+    probe.put(one(1))
+    spool = Spool(directory, max_bytes=probe.pending()[1] + 10)
+    assert spool.put(one(1)) == 1
+    msg, args = warning(log)
+    assert msg == "cannot evict %s from spool: %s"
+    assert args[0] == stuck and isinstance(args[1], IsADirectoryError)
+    assert older in files(directory)  # the first failure ends this round of eviction
+    assert len(files(directory)) == 3 and spool.lost == {}
+
+
+def test_a_failed_write_leaves_no_temp_file(
+    tmp_path: Path, wall: _Wall, log: _Records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class _Tokens:
+        @staticmethod
+        def token_hex(n: int) -> str:
+            return "ab" * n
+
+    monkeypatch.setattr(_spool, "secrets", _Tokens)
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    data = _spool._encode(one(0), "retryable", T * 10**9)
+    target = directory / f"{T * 10**9:020d}-{os.getpid()}-{'ab' * 6}-n1-s{len(data)}.json"
+    target.mkdir(parents=True)
+    (target / "keep").touch()  # the final name is taken by a non-empty directory
+    os.chmod(directory, 0o700)
+    assert spool.put(one(0)) == 0
+    msg, args = warning(log)
+    assert msg == "cannot write to spool %s (%s); %d events lost"
+    assert args[0] == directory and isinstance(args[1], OSError) and args[2] == 1
+    assert files(directory) == [target.name]
+
+
+def test_put_recreates_a_removed_directory_by_itself(tmp_path: Path, log: _Records) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    spool.put(one(0))
+    for p in directory.iterdir():
+        p.unlink()
+    directory.rmdir()
+    assert spool.put(one(1)) == 1  # no claim in between to notice the loss
+    assert log.records == []
+    assert [c.calls for c in iter(spool.claim, None)] == [one(1)]
+
+
+def test_modes_are_exact_under_a_strict_umask(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    old_umask = os.umask(0o277)  # would leave a read-only 0400 file and a 0500 directory
+    try:
+        spool = Spool(directory)
+        assert spool.put(one(0)) == 1
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    (name,) = files(directory)
+    assert stat.S_IMODE(os.stat(directory / name).st_mode) == 0o600
+
+
+# -- claim, exactly ----------------------------------------------------------------------------
+
+
+def test_claim_never_creates_the_directory(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    assert spool.claim() is None
+    assert not (tmp_path / "spool").exists()
+
+
+def test_directory_replaced_after_loss_is_checked_again(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    spool.put(one(0))
+    shutil.rmtree(directory)
+    assert spool.claim() is None  # noticed the loss
+    directory.mkdir()
+    os.chmod(directory, 0o777)
+    with pytest.raises(SpoolDirectoryError):
+        spool.claim()
+
+
+def test_directory_replaced_by_a_file_is_a_warning(tmp_path: Path, log: _Records) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    spool.put(one(0))
+    shutil.rmtree(directory)
+    directory.write_text("not a directory")
+    assert spool.claim() is None
+    msg, args = warning(log)
+    assert msg == "cannot read spool %s: %s"
+    assert args[0] == directory and isinstance(args[1], NotADirectoryError)
+
+
+def test_claim_rename_failure_is_a_warning(tmp_path: Path, log: _Records) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    spool.put(one(0))
+    (name,) = files(directory)
+    # A valid name so long that the claimed name would exceed the file name limit.
+    long_name = f"{name[:20]}-{'9' * 200}-{'a' * 12}-n1-s{name.split('-s')[1]}"
+    (directory / name).rename(directory / long_name)
+    assert spool.claim() is None
+    msg, args = warning(log)
+    assert msg == "cannot claim spool file %s: %s"
+    assert args[0] == directory / long_name and isinstance(args[1], OSError)
+    assert files(directory) == [long_name]
+
+
+def test_unreadable_parcel_is_put_back(tmp_path: Path, log: _Records) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    name = f"{1:020d}-1-{0:012d}-n1-s100.json"
+    spool.put(one(0))
+    (directory / name).mkdir()  # claimable by name, unreadable as a file
+    claim = spool.claim()
+    assert claim is not None and claim.calls == one(0)  # the next one is still served
+    msg, args = warning(log)
+    assert msg == "cannot read spool file %s: %s"
+    assert isinstance(args[0], Path) and args[0].parent == directory
+    assert args[0].name.startswith(f"{name}.claimed-{os.getpid()}-")
+    assert isinstance(args[1], IsADirectoryError)
+    assert (directory / name).is_dir()  # put back under its own name
+    assert spool.lost == {}
+
+
+def test_symlinked_parcel_is_not_followed(tmp_path: Path, log: _Records) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    spool.put(one(0))
+    (name,) = files(directory)
+    outside = tmp_path / "outside.json"
+    (directory / name).rename(outside)
+    (directory / name).symlink_to(outside)
+    assert spool.claim() is None
+    msg, args = warning(log)
+    assert msg == "cannot read spool file %s: %s" and isinstance(args[1], OSError)
+    assert (directory / name).is_symlink() and outside.is_file()
+
+
+def test_stale_claim_that_cannot_be_recovered_is_a_warning(
+    tmp_path: Path, log: _Records
+) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    spool.put(one(0))
+    (name,) = files(directory)
+    claimed = f"{name}.claimed-{_dead_pid()}-{int(time.time())}-0000abcd"
+    (directory / name).rename(directory / claimed)
+    (directory / name).mkdir()
+    (directory / name / "keep").touch()  # the way back is blocked
+    assert spool.claim() is None
+    first = log.at(logging.WARNING)[0]
+    assert first.msg == "cannot recover stale spool claim %s: %s"
+    assert isinstance(first.args, tuple) and first.args[0] == claimed
+    assert isinstance(first.args[1], OSError)
+    assert claimed in files(directory)
+    assert log.at(logging.INFO) == []
+
+
+# -- the directory checks, word for word -------------------------------------------------------
+
+
+def test_directory_refusals_word_for_word(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(SpoolDirectoryError) as info:
+        Spool(path)
+    assert str(info.value) == (
+        f"spool directory {path} exists but is not a directory; set spool_dir to a directory"
+    )
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o770)
+    with pytest.raises(SpoolDirectoryError) as info:
+        Spool(shared)
+    assert str(info.value) == (
+        f"spool directory {shared} is writable by group or others (mode 0770): refusing to "
+        f"use it; run `chmod 700 {shared}` or set spool_dir to a private directory"
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX ownership")
+def test_foreign_directory_refusal_word_for_word(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        directory = tmp_path / "theirs"
+        directory.mkdir(mode=0o700)
+        os.chown(directory, 65534, 65534)
+    else:
+        directory = Path("/")
+    owner = os.stat(directory).st_uid
+    with pytest.raises(SpoolDirectoryError) as info:
+        Spool(directory)
+    assert str(info.value) == (
+        f"spool directory {directory} belongs to uid {owner}, not to this process's user "
+        f"(uid {os.geteuid()}): refusing to use it; set spool_dir to a directory owned by "
+        f"this user"
+    )
