@@ -147,6 +147,10 @@ def test_decode_returns_exact_values() -> None:
     assert _spool._decode(framed(body())) == ({}, "retryable", 1.0)
 
 
+def test_decode_header_ends_at_the_first_newline() -> None:
+    assert _spool._decode(framed(b"\n" + body())) == ({}, "retryable", 1.0)
+
+
 def test_decode_accepts_a_20_digit_length_and_refuses_21() -> None:
     b = body()
     assert _spool._decode(framed(b, length=b"%020d" % len(b)))[1] == "retryable"
@@ -173,6 +177,9 @@ def test_decode_header_must_end_within_128_bytes() -> None:
         (framed(body(), length=b"-5"), "bad header"),
         (framed(body(), length=b"12a"), "bad header"),
         (b"ALTSPOOL1 %d\n{}" % 2, "bad header"),
+        (b"\nALTSPOOL1 abc 3", "bad header"),  # an empty first line is a header, and not ours
+        (framed(body(), magic=b"ALTSPOOL1 "), "bad header"),  # fields are split on one space
+        (framed(body(), magic=b"ALTSPOOL1\t"), "bad header"),
     ],
 )
 def test_decode_refuses_bad_headers(data: bytes, reason: str) -> None:
@@ -230,6 +237,12 @@ def test_damage_reason_and_count_are_logged_exactly(tmp_path: Path, log: _Record
     )
     assert spool.lost == {"spool-damaged": 5}
     assert files(directory) == []
+    spool.put(one(1, n=2))
+    spool.put(one(2, n=3))
+    for name in files(directory):
+        (directory / name).write_bytes(b"ALTSPOOL1")
+    assert spool.claim() is None
+    assert spool.lost == {"spool-damaged": 10}
 
 
 # -- whether a claimer is alive ----------------------------------------------------------------
@@ -836,6 +849,27 @@ def test_stale_claim_that_cannot_be_recovered_is_a_warning(
     assert isinstance(first.args[1], OSError)
     assert claimed in files(directory)
     assert log.at(logging.INFO) == []
+
+
+def test_every_unrecoverable_claim_is_tried(tmp_path: Path, log: _Records) -> None:
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    dead = _dead_pid()
+    claimed = []
+    for i in range(3):
+        spool.put(one(i))
+    for name in files(directory):
+        claimed.append(f"{name}.claimed-{dead}-{int(time.time())}-0000abcd")
+        (directory / name).rename(directory / claimed[-1])
+        (directory / name).mkdir()
+        (directory / name / "keep").touch()
+    assert spool.claim() is None
+    tried = [
+        str(r.args[0])  # type: ignore[index]
+        for r in log.records
+        if r.msg == "cannot recover stale spool claim %s: %s"
+    ]
+    assert sorted(tried) == claimed  # one warning, the rest at debug level: none skipped
 
 
 # -- the directory checks, word for word -------------------------------------------------------
