@@ -704,14 +704,35 @@ def test_eviction_that_fails_stops_and_warns(tmp_path: Path, log: _Records) -> N
     assert len(files(directory)) == 3 and spool.lost == {}
 
 
+class _Tokens:
+    """Stands in for the spool's ``secrets`` module: the same token every time."""
+
+    @staticmethod
+    def token_hex(n: int) -> str:
+        return "ab" * n
+
+
+def test_an_existing_temp_name_is_never_reused(
+    tmp_path: Path, wall: _Wall, log: _Records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_spool, "secrets", _Tokens)
+    directory = tmp_path / "spool"
+    directory.mkdir(mode=0o700)
+    spool = Spool(directory)
+    data = _spool._encode(one(0), "retryable", T * 10**9)
+    name = f"{T * 10**9:020d}-{os.getpid()}-{'ab' * 6}-n1-s{len(data)}.json"
+    (directory / f".{name}.tmp").write_bytes(b"another writer's")
+    assert spool.put(one(0)) == 0
+    msg, args = warning(log)
+    assert msg == "cannot write to spool %s (%s); %d events lost"
+    assert isinstance(args[1], FileExistsError)
+    assert files(directory) == [f".{name}.tmp"]
+    assert (directory / f".{name}.tmp").read_bytes() == b"another writer's"
+
+
 def test_a_failed_write_leaves_no_temp_file(
     tmp_path: Path, wall: _Wall, log: _Records, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class _Tokens:
-        @staticmethod
-        def token_hex(n: int) -> str:
-            return "ab" * n
-
     monkeypatch.setattr(_spool, "secrets", _Tokens)
     directory = tmp_path / "spool"
     spool = Spool(directory)
@@ -910,3 +931,16 @@ def test_foreign_directory_refusal_word_for_word(tmp_path: Path) -> None:
         f"(uid {os.geteuid()}): refusing to use it; set spool_dir to a directory owned by "
         f"this user"
     )
+
+
+def test_an_expired_parcel_without_items_is_still_reported(
+    tmp_path: Path, wall: _Wall, log: _Records
+) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir(mode=0o700)
+    data = framed(body(reason="auth", created_ns=(T - 86401) * 10**9))
+    name = f"{(T - 86401) * 10**9:020d}-1-{0:012d}-n0-s{len(data)}.json"
+    (directory / name).write_bytes(data)
+    assert Spool(directory).claim() is None
+    assert warning(log)[1] == (1, 86400.0, 0)
+    assert files(directory) == []
