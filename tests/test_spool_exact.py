@@ -944,3 +944,21 @@ def test_an_expired_parcel_without_items_is_still_reported(
     assert Spool(directory).claim() is None
     assert warning(log)[1] == (1, 86400.0, 0)
     assert files(directory) == []
+
+
+def test_claimed_parcels_count_toward_the_limit(tmp_path: Path, log: _Records) -> None:
+    directory = tmp_path / "spool"
+    probe = Spool(tmp_path / "probe")
+    probe.put(one(0))
+    size = probe.pending()[1]
+    spool = Spool(directory, max_bytes=3 * size + 10)
+    for i in range(3):
+        spool.put(one(i))
+    held = [spool.claim(), spool.claim()]  # in flight: never evicted, but they take room
+    assert spool.put(one(3)) == 1
+    assert spool.lost == {"spool-full": 1}
+    assert spool.pending() == (3, 3 * size)
+    assert [c.calls for c in iter(spool.claim, None)] == [one(3)]  # parcel 2 made room
+    for claim in held:
+        assert claim is not None
+        claim.done()
