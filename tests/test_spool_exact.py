@@ -962,3 +962,26 @@ def test_claimed_parcels_count_toward_the_limit(tmp_path: Path, log: _Records) -
     for claim in held:
         assert claim is not None
         claim.done()
+
+
+def test_eviction_reports_what_it_dropped_before_a_failure(
+    tmp_path: Path, wall: _Wall, log: _Records
+) -> None:
+    directory = tmp_path / "spool"
+    Spool(directory).put(one(0))  # the oldest: evicted
+    (oldest,) = files(directory)
+    stuck = f"{T * 10**9 + 5:020d}-1-{0:012d}-n3-s500.json"
+    (directory / stuck).mkdir()  # next in line, and cannot be unlinked
+    wall.now = T + 1
+    probe = Spool(tmp_path / "probe")
+    probe.put(one(1))
+    spool = Spool(directory, max_bytes=probe.pending()[1] + 10)
+    assert spool.put(one(1)) == 1
+    evict, report = log.at(logging.WARNING)
+    assert evict.msg == "cannot evict %s from spool: %s"
+    assert report.getMessage() == (
+        f"spool {directory} exceeded its limit of {spool.max_bytes} bytes: dropped the 1 "
+        "oldest file(s); 1 events lost"
+    )
+    assert spool.lost == {"spool-full": 1}
+    assert oldest not in files(directory) and stuck in files(directory)
