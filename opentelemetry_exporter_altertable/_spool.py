@@ -215,10 +215,13 @@ class Spool:
         self.auth_max_age = float(auth_max_age)
         self.stale_claim_age = float(stale_claim_age)
         self._lock = threading.Lock()
-        self._ready = False
-        self._last_ns = 0
+        # No mutant of the next two lines nor of the fourth can be seen: _ready is only tested
+        # for truth (None is as False); any small start is below time.time_ns(); and the first
+        # disk warning is always logged (monotonic time is not negative), which resets the count.
+        self._ready = False  # pragma: no mutate
+        self._last_ns = 0  # pragma: no mutate
         self._io_warned_at = -_IO_WARNING_INTERVAL
-        self._io_suppressed = 0
+        self._io_suppressed = 0  # pragma: no mutate
         self.lost: collections.Counter[str] = collections.Counter()
         """Events this spool dropped after accepting them, by reason (for the exporter's stats)."""
         # Refuse an unsafe existing directory now; a missing one is created on first put.
@@ -351,7 +354,7 @@ class Spool:
                 f"spool directory {where} exists but is not a directory; "
                 f"set spool_dir to a directory"
             )
-        geteuid = getattr(os, "geteuid", None)
+        geteuid = getattr(os, "geteuid", None)  # pragma: no mutate (the default is for Windows)
         if geteuid is not None:  # POSIX: the owner and mode checks are meaningful
             uid = geteuid()
             if st.st_uid != uid:
