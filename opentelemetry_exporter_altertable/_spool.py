@@ -86,13 +86,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _encode(calls: dict[str, list[dict[str, Any]]], reason: str, created_ns: int) -> bytes:
-    body = json.dumps(
+    text = json.dumps(
         {"v": 1, "reason": reason, "created_ns": created_ns, "calls": calls},
         separators=(",", ":"),
         # ASCII round-trips every str, lone surrogates included. (True is also the default, so
         # dropping the argument changes nothing; nor does spelling the codec "ASCII".)
         ensure_ascii=True,  # pragma: no mutate
-    ).encode("ascii")  # pragma: no mutate
+    )
+    body = text.encode("ascii")  # pragma: no mutate
     digest = hashlib.sha256(body).hexdigest().encode("ascii")  # pragma: no mutate (ASCII==ascii)
     header = b"%s %s %d\n" % (_MAGIC, digest, len(body))
     return header + body

@@ -292,11 +292,13 @@ else:
 
 @pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX users")
 def test_pid_alive_when_the_process_belongs_to_another_user() -> None:
-    # Run as root, the probe drops to "nobody" and asks about this (root) process; run as
-    # anyone else, it asks about pid 1, which belongs to root. Either way kill() says EPERM.
-    target = os.getpid() if os.geteuid() == 0 else 1
+    # The probe asks about pid 1, which belongs to root, as another user (run as root, it drops
+    # to "nobody" first): kill() says EPERM, so no signal can reach pid 1 whatever the code.
+    # The call here ties this test to _pid_alive for mutation testing, which traces this
+    # process only.
+    assert _spool._pid_alive(os.getpid()) is True
     probe = subprocess.run(
-        [sys.executable, "-c", _EPERM_PROBE, str(target)],
+        [sys.executable, "-c", _EPERM_PROBE, "1"],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert (probe.returncode, probe.stdout) == (0, "True\n"), probe.stderr
@@ -579,6 +581,11 @@ def test_auth_age_limit_is_inclusive_and_counted(
     )
     assert spool.lost == {"spool-expired": 5}
     assert len(files(directory)) == 1  # only the claim left
+    wall.now = T - 86401
+    Spool(directory).put(one(3, n=4), reason="auth")  # another writer: its own order
+    wall.now = T
+    assert spool.claim() is None
+    assert spool.lost == {"spool-expired": 9}  # counts add up across claims
 
 
 def test_temp_file_age_limit_and_what_counts_as_temp(tmp_path: Path, wall: _Wall) -> None:
@@ -663,7 +670,9 @@ def test_eviction_stops_exactly_at_the_limit(tmp_path: Path, log: _Records) -> N
     )
     assert spool.lost == {"spool-full": 1}
     assert spool.pending() == (3, 3 * size)
-    assert [c.calls for c in iter(spool.claim, None)] == [one(1), one(2), one(3)]
+    assert spool.put(one(4)) == 1
+    assert spool.lost == {"spool-full": 2}  # counts add up across puts
+    assert [c.calls for c in iter(spool.claim, None)] == [one(2), one(3), one(4)]
 
 
 def test_eviction_skips_the_new_parcel_wherever_it_sorts(
