@@ -505,7 +505,14 @@ def test_a_spool_directory_that_turns_unsafe_at_keep_counts_the_calls_undelivere
     assert os.listdir(directory) == []
     stats = rig.snapshot()
     assert (stats["calls_spooled"], stats["dropped_by_reason"]) == (0, {"undelivered-auth": 4})
-    assert [level for level, _ in messages(warnings, BACKLOG_LOG)] == [logging.ERROR]
+    assert messages(warnings, BACKLOG_LOG) == [
+        (
+            logging.ERROR,
+            f"Altertable spool disabled: spool directory {directory} is writable by group or "
+            f"others (mode 0777): refusing to use it; run `chmod 700 {directory}` or set "
+            f"spool_dir to a private directory",
+        )
+    ]
     assert messages(warnings, DROPS_LOG) == [
         (
             logging.WARNING,
@@ -538,3 +545,26 @@ def test_stats_add_the_spools_losses_and_what_it_holds(
     assert stats["dropped_by_reason"] == {"invalid-event": 1, "spool-full": 2}
     assert stats["spool_files"] == 1
     assert stats["spool_bytes"] == (tmp_path / name).stat().st_size
+
+
+@pytest.mark.parametrize("spool", [True, False], ids=["spool-refused", "undelivered"])
+def test_a_refusal_named_like_a_drop_reason_adds_up_with_it(
+    server: FaultServer,
+    rigs: list[Rig],
+    tmp_path: Path,
+    warnings: pytest.LogCaptureFixture,
+    spool: bool,
+) -> None:
+    """The API's error codes are free text: one may read like a reason this module counts."""
+    name = "spool-refused" if spool else "undelivered-retryable"
+    rig = make_rig(rigs, server, tmp_path if spool else None, spool_max_bytes=100)
+    report = DeliveryReport()
+    report.rejected[name] += 2
+    report.owe("track", items(0, 3), "retryable")
+
+    assert rig.backlog.keep(report) == 0
+
+    logged = messages(warnings, DROPS_LOG)
+    assert [message.split(";")[0] for _, message in logged] == [
+        f"Altertable exporter dropped 5 call(s) (5 {name})"
+    ]
