@@ -215,24 +215,51 @@ def test_the_decoded_bound_is_exact(encoding: str) -> None:
         [b"a" * 60, b"a" * 40] if encoding == "" else [wire(b"a" * 100)[:9], wire(b"a" * 100)[9:]]
     )
     assert _decode(encoding, pieces, limit=100) == b"a" * 100
+    with pytest.raises(_TooLarge):  # the bound is on the whole body, not on each piece
+        _decode(
+            encoding,
+            [wire(b"a" * 101)[:9], wire(b"a" * 101)[9:]] if encoding else [b"a" * 60, b"a" * 41],
+            limit=100,
+        )
 
 
-def test_a_bomb_decodes_no_further_than_the_bound() -> None:
-    """Past the bound nothing more is inflated, even when the bound is reached exactly by
-    an earlier piece (a zero bound would mean "no bound" to zlib)."""
-    packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
-    first = packer.compress(b"a" * 100) + packer.flush(zlib.Z_FULL_FLUSH)
-    bomb = packer.compress(b"\0" * (64 * 1024 * 1024)) + packer.flush()
-    decoder = _Decoder("gzip", 100)
-    decoder.feed(first)
+def test_a_raw_deflate_answer_has_the_same_bound() -> None:
+    assert _decode("deflate", [_raw_deflate(b"a" * 100)], limit=100) == b"a" * 100
+    with pytest.raises(_TooLarge):
+        _decode("deflate", [_raw_deflate(b"a" * 101)], limit=100)
+
+
+def test_gzip_means_gzip() -> None:
+    with pytest.raises(zlib.error):  # a zlib-wrapped body is not a gzip one
+        _decode("gzip", [zlib.compress(BODY)])
+
+
+def _inflating_memory(decoder: _Decoder, bomb: bytes) -> int:
+    """Peak bytes allocated while ``decoder`` refuses ``bomb`` as too large."""
     tracemalloc.start()
     try:
         with pytest.raises(_TooLarge):
             decoder.feed(bomb)
-        peak = tracemalloc.get_traced_memory()[1]
+        return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 1024 * 1024  # the bomb inflates to 64 MiB
+
+
+def test_a_bomb_decodes_no_further_than_the_bound() -> None:
+    """Past the bound nothing more is inflated: not even when an earlier piece already came
+    close to it (the room left is what may be inflated, not the bound again)."""
+    packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    first = packer.compress(b"a" * 199_000) + packer.flush(zlib.Z_FULL_FLUSH)
+    bomb = packer.compress(b"\0" * (8 * 1024 * 1024)) + packer.flush()  # 8 MiB, inflated
+    decoder = _Decoder("gzip", 200_000)
+    decoder.feed(first)
+    assert _inflating_memory(decoder, bomb) < 100_000  # the bomb itself is about 8 kB
+
+
+def test_a_raw_deflate_bomb_decodes_no_further_than_the_bound() -> None:
+    """Raw (unwrapped) deflate is bounded like the rest: about the bound, not the 8 MiB."""
+    decoder = _Decoder("deflate", 200_000)
+    assert _inflating_memory(decoder, _raw_deflate(b"\0" * (8 * 1024 * 1024))) < 1_000_000
 
 
 def test_a_corrupt_stream_is_an_error_not_a_guess() -> None:
@@ -256,7 +283,9 @@ def test_a_corrupt_stream_is_an_error_not_a_guess() -> None:
 
 @pytest.fixture
 def pool() -> Iterator[urllib3.PoolManager]:
-    manager = urllib3.PoolManager(maxsize=1)
+    # One connection, and a request waits for it: an answer that did not give its connection
+    # back (read or discarded) makes the next request fail with EmptyPoolError.
+    manager = urllib3.PoolManager(maxsize=1, block=True)
     yield manager
     manager.clear()
 
@@ -272,6 +301,7 @@ def answer_to(pool: urllib3.PoolManager, server: FaultServer, answer: Answer) ->
         decode_content=False,
         retries=False,
         timeout=urllib3.Timeout(connect=5.0, read=30.0),
+        pool_timeout=2.0,
     )
 
 
@@ -362,6 +392,18 @@ def test_an_answer_too_large_or_corrupt_reads_as_empty_and_is_discarded(
     assert [r.getMessage() for r in caplog.records] == [f"answer body ignored ({kind})"]
 
 
+def test_the_bound_holds_on_the_wire_too(server: FaultServer, pool: urllib3.PoolManager) -> None:
+    """Noise does not compress: its gzip is a little larger than itself. Decoded it fits the
+    bound, but on the wire it is past it: not read."""
+    noise = random.Random(11).randbytes(100_000)
+    wire = len(_gzip(noise))
+    assert 100_000 < wire < 100_100
+    raw = answer_to(pool, server, Answer(200, body=noise, encoding="gzip"))
+    assert read_stream(raw, later(), 100_050) == b""
+    raw = answer_to(pool, server, Answer(200, body=noise, encoding="gzip"))
+    assert read_stream(raw, later(), wire) == noise
+
+
 def test_an_answer_exactly_at_the_bound_is_read(
     server: FaultServer, pool: urllib3.PoolManager
 ) -> None:
@@ -408,6 +450,35 @@ def test_a_stalled_answer_ends_at_the_deadline_not_the_read_timeout(
     assert _discarded(server, pool)
 
 
+class _Urllib3V1Response:
+    """A real urllib3 answer seen through urllib3 1.x's interface: no ``read1``."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.headers = raw.headers
+        self.connection = raw.connection
+
+    def read(self, amt: int | None = None, decode_content: bool | None = None) -> bytes:
+        return bytes(self._raw.read(amt, decode_content=decode_content))
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def release_conn(self) -> None:
+        self._raw.release_conn()
+
+
+def test_an_answer_without_partial_reads_is_read_whole(
+    server: FaultServer, pool: urllib3.PoolManager
+) -> None:
+    body = {"ok": False, "error_code": "insert-failed"}
+    raw = answer_to(pool, server, Answer(200, body=body, encoding="gzip"))
+    assert json.loads(read_stream(_Urllib3V1Response(raw), later())) == body
+    raw = answer_to(pool, server, Answer(200, body=b"x" * 70_000))
+    assert read_stream(_Urllib3V1Response(raw), later(), 1000) == b""
+    assert _discarded(server, pool)
+
+
 def test_read_body_keeps_the_body_as_the_responses_content(server: FaultServer) -> None:
     server.script("/track", [Answer(200, body={"ok": False, "error": "x"}, encoding="gzip")])
     with requests.Session() as session:
@@ -418,3 +489,14 @@ def test_read_body_keeps_the_body_as_the_responses_content(server: FaultServer) 
         assert response.json() == {"ok": False, "error": "x"}
         assert session.post(f"{server.endpoint}/track", data=b"[]").status_code == 200
     assert server.connections_accepted == 1  # read to its end: the connection was reused
+
+
+def test_read_body_keeps_to_its_deadline_and_bound(server: FaultServer) -> None:
+    server.set_default(Answer(200, body=b"x" * 100))
+    with requests.Session() as session:
+        response = session.post(f"{server.endpoint}/track", data=b"[]", stream=True)
+        assert read_body(response, later(), 99) == b""
+        assert response.content == b""
+        response = session.post(f"{server.endpoint}/track", data=b"[]", stream=True)
+        with pytest.raises(AnswerTimeout):
+            read_body(response, time.monotonic())
