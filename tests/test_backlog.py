@@ -331,12 +331,15 @@ def test_ctrl_c_during_replay_keeps_the_file_and_re_raises(
             signal.pthread_kill(main, signal.SIGINT)
 
     interrupter = threading.Thread(target=interrupt)
+    # Python's own Ctrl-C, whatever handler the process running the tests installed.
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupter.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             rig.replay(seconds=20.0)
     finally:
         interrupter.join()
+        signal.signal(signal.SIGINT, handler)
     assert len(server.requests) == 1
     assert on_disk(tmp_path) == [("retryable", [0, 1, 2]), ("retryable", [3])]
 
