@@ -1,0 +1,399 @@
+"""The transport on its own, over real loopback HTTP: what each call became, and what was said.
+
+Every delivery test checks the whole report (accepted, refused with its reason, owed with its
+reason), the requests the server received, and the exact text of the log lines a user reads to
+fix a setting: those messages name the fix, so they are part of the contract.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import FAKE_API_KEY, fast_retry
+from faultserver import (
+    Answer,
+    FaultServer,
+    Request,
+    bad_request,
+    env_not_found_400,
+    hang,
+    reject_items,
+    retry_later,
+    tls_context,
+    tls_files,
+    unauthorized,
+)
+
+from opentelemetry_exporter_altertable import RetryPolicy
+from opentelemetry_exporter_altertable._answers import ACCEPT_ENCODING
+from opentelemetry_exporter_altertable._api import USER_AGENT
+from opentelemetry_exporter_altertable._config import ExporterConfig, resolve_config
+from opentelemetry_exporter_altertable._transport import (
+    DeliveryReport,
+    Transport,
+    _request_target,
+    _TrackingAdapter,
+    encode_json,
+    endpoint_url,
+    fast_encoder,
+    new_session,
+    request_headers,
+)
+
+LOGGER = "opentelemetry_exporter_altertable._transport"
+
+
+def far() -> float:
+    """A deadline no test reaches (30 s away): the delivery ends by the server's answers."""
+    return time.monotonic() + 30
+
+MakeTransport = Callable[..., Transport]
+
+
+def config_for(endpoint: str, **settings: Any) -> ExporterConfig:
+    base: dict[str, Any] = {
+        "api_key": FAKE_API_KEY,
+        "endpoint": endpoint,
+        "timeout": 2.0,
+        "retry": fast_retry(),
+    }
+    base.update(settings)
+    return resolve_config(environ={}, **base)
+
+
+@pytest.fixture
+def make_transport(server: FaultServer) -> Iterator[MakeTransport]:
+    built: list[Transport] = []
+
+    def make(session: requests.Session | None = None, **settings: Any) -> Transport:
+        transport = Transport(config_for(server.endpoint, **settings), session)
+        built.append(transport)
+        return transport
+
+    yield make
+    for transport in built:
+        transport.close()
+        transport.release()
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    with caplog.at_level(logging.DEBUG, logger="opentelemetry_exporter_altertable"):
+        yield caplog
+
+
+def said(caplog: pytest.LogCaptureFixture, level: int | None = None) -> list[tuple[int, str]]:
+    """(level, message) of every transport log record, at ``level`` only when given."""
+    return [
+        (r.levelno, r.getMessage())
+        for r in caplog.records
+        if r.name == LOGGER and (level is None or r.levelno == level)
+    ]
+
+
+def items(count: int, start: int = 0, **fields: Any) -> list[dict[str, Any]]:
+    return [{"event": f"e{i}", "distinct_id": "u", **fields} for i in range(start, start + count)]
+
+
+def sizes(requests_seen: list[Request]) -> list[int]:
+    return [len(r.items) for r in requests_seen]
+
+
+def events(requests_seen: list[Request]) -> list[list[str]]:
+    return [[item["event"] for item in r.items] for r in requests_seen]
+
+
+# ---------------------------------------------------------------------------- pure helpers
+
+
+def test_request_headers_name_the_key_the_package_and_json_exactly() -> None:
+    config = config_for("http://127.0.0.1:1", compression="gzip")
+    assert request_headers(config) == {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "Accept-Encoding": ACCEPT_ENCODING,
+        "X-API-Key": FAKE_API_KEY,
+        "Content-Encoding": "gzip",
+    }
+    plain = resolve_config(endpoint="http://127.0.0.1:1", environ={}, compression="none")
+    assert request_headers(plain) == {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "Accept-Encoding": ACCEPT_ENCODING,
+    }
+
+
+def test_endpoint_url_adds_sync_from_the_argument_else_the_setting() -> None:
+    unsynced = config_for("http://h:1")
+    synced = config_for("http://h:1", sync=True)
+    assert endpoint_url(unsynced, "track") == "http://h:1/track"
+    assert endpoint_url(unsynced, "track", sync=True) == "http://h:1/track?sync=true"
+    assert endpoint_url(synced, "identify") == "http://h:1/identify?sync=true"
+    assert endpoint_url(synced, "alias", sync=False) == "http://h:1/alias"
+
+
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [
+        ("http://h:1/track", "/track"),
+        ("http://h:1/base/track?sync=true", "/base/track?sync=true"),
+        ("http://h:1", "/"),
+        ("http://h:1?sync=true", "/?sync=true"),
+    ],
+)
+def test_the_request_target_is_the_path_and_query(url: str, target: str) -> None:
+    assert _request_target(url) == target
+
+
+def test_encode_json_is_compact_utf8_and_refuses_nan() -> None:
+    assert encode_json([{"a": "é", "b": [1, 2.5]}, {}]) == '[{"a":"é","b":[1,2.5]},{}]'.encode()
+    with pytest.raises(ValueError, match="JSON compliant"):
+        encode_json([{"x": float("nan")}])
+
+
+def test_the_fast_encoder_sends_the_same_bytes_and_falls_back_past_64_bits() -> None:
+    encode = fast_encoder()
+    assert encode is not None  # orjson is in the dev extra
+    payload = [{"a": "é", "b": [1, 2.5], "c": None}]
+    assert encode(payload) == encode_json(payload)
+    huge = [{"n": 2**70}]
+    assert encode(huge) == b'[{"n":1180591620717411303424}]'
+    with pytest.raises(TypeError):
+        encode([{"s": {1}}])  # neither encoder knows a set: refused, not guessed
+
+
+def test_owed_items_keep_a_setting_error_over_a_retryable_one() -> None:
+    report = DeliveryReport()
+    report.owe("track", [{"a": 1}], "retryable")
+    assert report.pending_reason == "retryable"
+    report.owe("track", [{"b": 2}], "auth")
+    assert report.pending_reason == "auth"
+    report.owe("identify", [{"c": 3}], "retryable")
+    assert report.pending_reason == "auth"
+    report.owe("identify", [{"d": 4}], "tls")
+    assert report.pending_reason == "tls"
+    assert report.pending == {"track": [{"a": 1}, {"b": 2}], "identify": [{"c": 3}, {"d": 4}]}
+
+
+# ---------------------------------------------------------------------------- new_session
+
+
+def test_new_session_reads_proxies_and_the_ca_bundle_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("NO_PROXY")
+    monkeypatch.delenv("no_proxy")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "a.pem"))
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(tmp_path / "b.pem"))
+    session = new_session("https://api.example.invalid", pool_size=5)
+    try:
+        assert session.proxies == {"https": "http://proxy.invalid:3128"}
+        assert session.verify == str(tmp_path / "a.pem")
+        assert session.trust_env is False
+        for prefix in ("https://", "http://"):
+            adapter = session.adapters[prefix]
+            assert isinstance(adapter, _TrackingAdapter)
+            assert adapter.max_retries.total == 0
+            assert adapter._pool_maxsize == 5  # type: ignore[attr-defined]
+            assert adapter._pool_connections == 2  # type: ignore[attr-defined]
+        assert session.adapters["https://"] is session.adapters["http://"]
+    finally:
+        session.close()
+
+
+def test_new_session_falls_back_to_curl_ca_bundle_then_to_the_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(tmp_path / "b.pem"))
+    with new_session("https://api.example.invalid") as session:
+        assert session.verify == str(tmp_path / "b.pem")
+        assert session.adapters["https://"]._pool_maxsize == 16  # type: ignore[attr-defined]
+    monkeypatch.delenv("CURL_CA_BUNDLE")
+    with new_session("https://api.example.invalid") as session:
+        assert session.verify is True
+        assert session.proxies == {"no": "127.0.0.1,localhost"}  # as requests reads it
+
+
+def test_abort_ends_a_read_under_way_on_a_tracked_connection(server: FaultServer) -> None:
+    server.set_default(hang())
+    session = new_session(server.endpoint)
+    adapter = session.adapters["http://"]
+    assert isinstance(adapter, _TrackingAdapter)
+    outcome: list[BaseException | None] = []
+
+    def post() -> None:
+        try:
+            session.post(f"{server.endpoint}/track", data=b"[]", timeout=30)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001  # what ended the read is the outcome
+            outcome.append(exc)
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    try:
+        assert server.wait_for_requests(1)
+        adapter.abort()
+        thread.join(10)  # a bound for a loaded machine; the abort ends the read at once
+        assert not thread.is_alive()
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], requests.ConnectionError)
+    finally:
+        server.stop()
+        thread.join()
+        session.close()
+
+
+# ---------------------------------------------------------------------------- delivery outcomes
+
+
+def test_every_chunk_is_accepted_and_counted(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    transport = make_transport(max_batch_size=2)
+    calls = {"identify": items(1), "track": items(5)}
+
+    report = transport.deliver(calls, far())
+
+    assert report.accepted == {"identify": 1, "track": 5}
+    assert report.rejected == Counter()
+    assert report.pending == {}
+    assert report.pending_reason is None
+    assert [r.path for r in server.requests] == ["/identify", "/track", "/track", "/track"]
+    assert events(server.requests_to("/track")) == [["e0", "e1"], ["e2", "e3"], ["e4"]]
+    stats = transport._stats.snapshot()
+    assert stats["calls_exported"] == 6
+    assert stats["requests"] == 4
+
+
+def test_the_body_is_gzipped_when_asked(server: FaultServer, make_transport: MakeTransport) -> None:
+    transport = make_transport(compression="gzip")
+    report = transport.deliver({"track": items(2)}, far())
+    assert report.accepted == {"track": 2}
+    (request,) = server.requests
+    assert request.headers["content-encoding"] == "gzip"
+    assert json.loads(gzip.decompress(request.raw_body)) == items(2)
+
+
+def test_a_closed_transport_sends_nothing_and_owes_everything(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    transport = make_transport(max_batch_size=2)
+    transport.close()
+    assert transport.closed
+    calls = {"identify": items(1), "track": items(3)}
+
+    report = transport.deliver(calls, far())
+
+    assert server.requests == []
+    assert report.pending == calls
+    assert report.pending_reason == "retryable"
+    assert report.accepted == {}
+
+
+def test_past_the_exit_deadline_nothing_is_sent(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    transport = make_transport()
+    assert not transport.exiting
+    transport.begin_exit(0.0)  # long past on the monotonic clock
+    assert transport.exiting
+
+    report = transport.deliver({"track": items(2)}, far())
+
+    assert server.requests == []
+    assert report.pending == {"track": items(2)}
+    assert report.pending_reason == "retryable"
+
+
+def test_while_exiting_a_retryable_answer_is_not_retried(
+    server: FaultServer, make_transport: MakeTransport, logs: pytest.LogCaptureFixture
+) -> None:
+    server.set_default(retry_later(503, retry_after="0"))
+    transport = make_transport()
+    transport.begin_exit(far())
+
+    report = transport.deliver({"track": items(2)}, far())
+
+    assert len(server.requests) == 1
+    assert report.pending == {"track": items(2)}
+    assert said(logs) == [(logging.DEBUG, "interpreter exiting: no retry of track (HTTP 503)")]
+
+
+def test_retries_exhausted_are_said_once_per_chunk_with_the_attempts(
+    server: FaultServer, make_transport: MakeTransport, logs: pytest.LogCaptureFixture
+) -> None:
+    server.set_default(retry_later(503, retry_after="0"))
+    transport = make_transport(max_batch_size=2)
+
+    report = transport.deliver({"track": items(3)}, far())
+
+    assert len(server.requests) == 4  # total=3 retries: 4 attempts, then the rest is owed
+    assert report.pending == {"track": items(3)}
+    assert report.pending_reason == "retryable"
+    assert said(logs) == [
+        (logging.DEBUG, "retrying track in 0.00s after HTTP 503"),
+        (logging.DEBUG, "retrying track in 0.00s after HTTP 503"),
+        (logging.DEBUG, "retrying track in 0.00s after HTTP 503"),
+        (
+            logging.WARNING,
+            "Altertable track failed after 4 attempt(s) (HTTP 503); the calls are kept for a "
+            "later export if a spool is configured",
+        ),
+    ]
+    stats = transport._stats.snapshot()
+    assert stats["retries"] == 3
+    assert stats["requests"] == 4
+
+
+def test_the_backoff_delay_is_said_and_waited(
+    server: FaultServer, make_transport: MakeTransport, logs: pytest.LogCaptureFixture
+) -> None:
+    server.script("/track", [retry_later(503), retry_later(503)])
+    policy = RetryPolicy(total=2, backoff_factor=0.01, backoff_max=0.05, jitter=0)
+    transport = make_transport(retry=policy)
+
+    report = transport.deliver({"track": items(1)}, far())
+
+    assert report.accepted == {"track": 1}
+    assert said(logs) == [
+        (logging.DEBUG, "retrying track in 0.01s after HTTP 503"),
+        (logging.DEBUG, "retrying track in 0.02s after HTTP 503"),
+    ]
+    first, second, third = server.requests
+    assert second.received_at - first.received_at >= 0.01
+    assert third.received_at - second.received_at >= 0.02
+
+
+def test_no_retry_when_the_wait_would_pass_the_deadline(
+    server: FaultServer, make_transport: MakeTransport, logs: pytest.LogCaptureFixture
+) -> None:
+    server.set_default(retry_later(429, retry_after="3600"))
+    transport = make_transport()
+
+    report = transport.deliver({"track": items(1)}, time.monotonic() + 60)  # an hour > a minute
+
+    assert len(server.requests) == 1
+    assert report.pending == {"track": items(1)}
+    assert report.pending_reason == "retryable"
+    assert said(logs) == [(logging.DEBUG, "no time left for a retry of track (HTTP 429)")]
+    assert transport._stats.snapshot()["retries"] == 0
+
+
+def test_a_past_deadline_sends_nothing(server: FaultServer, make_transport: MakeTransport) -> None:
+    transport = make_transport()
+    report = transport.deliver({"track": items(1)}, time.monotonic())
+    assert server.requests == []
+    assert report.pending == {"track": items(1)}
+    assert report.pending_reason == "retryable"
