@@ -397,3 +397,327 @@ def test_a_past_deadline_sends_nothing(server: FaultServer, make_transport: Make
     assert server.requests == []
     assert report.pending == {"track": items(1)}
     assert report.pending_reason == "retryable"
+
+
+# ---------------------------------------------------------------------------- refusals
+
+
+def test_one_bad_item_is_found_by_halving_and_the_rest_accepted(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    server.add_rule(reject_items(lambda item: item["event"] == "e2"))
+    transport = make_transport()
+
+    report = transport.deliver({"track": items(5)}, far())
+
+    assert events(server.requests) == [
+        ["e0", "e1", "e2", "e3", "e4"],
+        ["e0", "e1"],
+        ["e2", "e3", "e4"],
+        ["e2"],
+        ["e3", "e4"],
+    ]
+    assert report.accepted == {"track": 4}
+    assert report.rejected == Counter({"invalid-event": 1})
+    assert report.detail == "last: track 'e2' refused with HTTP 400 invalid-event"
+    assert report.pending == {}
+    stats = transport._stats.snapshot()
+    assert stats["calls_exported"] == 4
+    assert stats["calls_dropped"] == 1
+
+
+def test_a_stop_inside_the_first_half_owes_the_second_and_the_rest(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    server.script("/track", [bad_request()])
+    server.set_default(unauthorized())
+    transport = make_transport(max_batch_size=4)
+    calls = {"track": items(6), "alias": items(1, start=10)}
+
+    report = transport.deliver(calls, far())
+
+    assert events(server.requests) == [["e0", "e1", "e2", "e3"], ["e0", "e1"]]
+    assert report.pending == calls  # in order: the half refused, its other half, the rest
+    assert report.pending_reason == "auth"
+    assert report.accepted == {}
+    assert report.rejected == Counter()
+
+
+def test_a_stop_inside_the_second_half_owes_only_that_half(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    server.script("/track", [bad_request(), Answer(200)])
+    server.set_default(unauthorized())
+    transport = make_transport()
+
+    report = transport.deliver({"track": items(4)}, far())
+
+    assert events(server.requests) == [["e0", "e1", "e2", "e3"], ["e0", "e1"], ["e2", "e3"]]
+    assert report.accepted == {"track": 2}
+    assert report.pending == {"track": items(2, start=2)}
+    assert report.pending_reason == "auth"
+
+
+@pytest.mark.parametrize(
+    ("item", "endpoint", "named"),
+    [
+        ({"event": "Signed Up", "distinct_id": "u1"}, "track", "'Signed Up'"),
+        ({"distinct_id": "u1", "traits": {}}, "identify", "'u1'"),
+        ({"new_user_id": "u2"}, "alias", "'alias'"),
+    ],
+)
+def test_the_refusal_detail_names_the_item(
+    server: FaultServer,
+    make_transport: MakeTransport,
+    item: dict[str, Any],
+    endpoint: str,
+    named: str,
+) -> None:
+    server.set_default(bad_request("invalid-payload", status=422))
+    transport = make_transport()
+
+    report = transport.deliver({endpoint: [item]}, far())
+
+    assert report.rejected == Counter({"invalid-payload": 1})
+    assert report.detail == f"last: {endpoint} {named} refused with HTTP 422 invalid-payload"
+
+
+def test_a_refusal_about_the_request_drops_the_chunk_whole_by_status(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    server.set_default(Answer(415, body=b""))
+    transport = make_transport(max_batch_size=3)
+
+    report = transport.deliver({"track": items(4)}, far())
+
+    assert sizes(server.requests) == [3, 1]
+    assert report.rejected == Counter({"http-415": 4})
+    assert report.detail == "last: track 'e3' refused with HTTP 415 http-415"
+    assert transport._stats.snapshot()["calls_dropped"] == 4
+    report = transport.deliver({"track": items(3, start=7)}, far())
+    assert report.detail == "last: track 3 items, first 'e7' refused with HTTP 415 http-415"
+
+
+def test_a_long_error_code_is_cut_for_the_reason_and_the_detail(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    code = "x" * 300
+    server.set_default(bad_request(code))
+    transport = make_transport()
+
+    report = transport.deliver({"track": items(1)}, far())
+
+    reason = "x" * 64 + "... (300 characters)"
+    assert report.rejected == Counter({reason: 1})
+    assert report.detail == f"last: track 'e0' refused with HTTP 400 {'x' * 200}... (300 characters)"
+
+
+def test_ok_false_is_bisected_like_a_400(server: FaultServer, make_transport: MakeTransport) -> None:
+    server.script("/track", [Answer(200, body={"ok": False, "error_code": "insert-failed"})])
+    transport = make_transport()
+
+    report = transport.deliver({"track": items(2)}, far())
+
+    assert sizes(server.requests) == [2, 1, 1]
+    assert report.accepted == {"track": 2}
+
+
+def test_413_halves_until_each_part_fits(server: FaultServer, make_transport: MakeTransport) -> None:
+    server.add_rule(lambda request: Answer(413, body=b"") if len(request.items) > 1 else None)
+    transport = make_transport()
+
+    report = transport.deliver({"track": items(3)}, far())
+
+    assert sizes(server.requests) == [3, 1, 2, 1, 1]
+    assert report.accepted == {"track": 3}
+    assert report.rejected == Counter()
+
+
+def test_unencodable_items_are_dropped_one_by_one_and_the_rest_sent(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    transport = make_transport()
+    calls: dict[str, list[dict[str, Any]]] = {
+        "track": [*items(1), {"event": "bad", "v": {1, 2}}, *items(1, start=2)],
+        "alias": [{"new_user_id": {3}}, {"new_user_id": float("nan")}],
+        "identify": items(1, start=9),
+    }
+
+    report = transport.deliver(calls, far())
+
+    assert [r.path for r in server.requests] == ["/track", "/identify"]
+    assert events(server.requests_to("/track")) == [["e0", "e2"]]
+    assert report.accepted == {"track": 2, "identify": 1}
+    assert report.rejected == Counter({"unencodable": 3})
+    assert report.detail == "last: alias item is not JSON-encodable"
+    assert report.pending == {}
+    assert transport._stats.snapshot()["calls_dropped"] == 3
+
+
+# ---------------------------------------------------------------------------- what the user reads
+
+
+def test_a_refused_key_says_which_setting_to_fix_once_then_at_debug(
+    server: FaultServer, make_transport: MakeTransport, logs: pytest.LogCaptureFixture
+) -> None:
+    server.set_default(unauthorized())
+    transport = make_transport()
+    calls = {"identify": items(1), "track": items(2)}
+
+    first = transport.deliver(calls, far())
+    second = transport.deliver(calls, far())
+
+    message = (
+        f"Altertable refused the API key (HTTP 401 from {server.endpoint}). Set "
+        "OTEL_EXPORTER_ALTERTABLE_API_KEY (or pass api_key=) to a valid ingestion key "
+        "(pk_live_... or pk_test_...) from your Altertable project."
+    )
+    assert said(logs) == [(logging.ERROR, message), (logging.DEBUG, message)]
+    assert [bool(r.exc_info) for r in logs.records if r.name == LOGGER] == [False, False]
+    assert len(server.requests) == 2  # one per export: the rest waits for the key
+    for report in (first, second):
+        assert report.pending == calls
+        assert report.pending_reason == "auth"
+
+
+def test_an_unknown_environment_is_said_once_per_environment(
+    server: FaultServer, make_transport: MakeTransport, logs: pytest.LogCaptureFixture
+) -> None:
+    server.set_default(env_not_found_400())
+    transport = make_transport()
+
+    for environment in ("qa-7", "qa-7", "staging"):
+        report = transport.deliver({"track": items(1, environment=environment)}, far())
+        assert report.pending_reason == "environment-not-found"
+        assert report.rejected == Counter()
+
+    def message(environment: str) -> str:
+        return (
+            f"Altertable has no environment '{environment}' for this API key (HTTP 400, "
+            "environment-not-found). Create it in Altertable, or set "
+            "OTEL_EXPORTER_ALTERTABLE_ENVIRONMENT (or the resource attribute "
+            "deployment.environment.name) to an existing environment such as 'production'."
+        )
+
+    assert said(logs) == [
+        (logging.ERROR, message("qa-7")),
+        (logging.DEBUG, message("qa-7")),
+        (logging.ERROR, message("staging")),
+    ]
+
+
+def test_an_endpoint_that_is_not_the_api_says_to_check_the_url(
+    server: FaultServer, make_transport: MakeTransport, logs: pytest.LogCaptureFixture
+) -> None:
+    server.set_default(Answer(404, body=b"not here"))
+    transport = make_transport()
+
+    report = transport.deliver({"track": items(1)}, far())
+    transport.deliver({"track": items(1)}, far())
+
+    assert report.pending == {"track": items(1)}
+    assert report.pending_reason == "endpoint-not-found"
+    message = (
+        f"{server.endpoint} answered HTTP 404 to an Altertable call: is "
+        "OTEL_EXPORTER_ALTERTABLE_ENDPOINT the API's base URL (default "
+        "https://api.altertable.ai)? Redirects are not followed: use the final URL."
+    )
+    assert said(logs) == [(logging.ERROR, message), (logging.DEBUG, message)]
+
+
+def test_a_defect_owes_the_rest_of_the_export_and_is_said_with_its_traceback(
+    server: FaultServer, make_transport: MakeTransport, logs: pytest.LogCaptureFixture
+) -> None:
+    """An item that is not a dict breaks the refusal's log detail: a defect, caught whole."""
+    server.set_default(bad_request())
+    transport = make_transport(max_batch_size=1)
+    odd: Any = ["not", "a", "dict"]
+    calls: dict[str, list[Any]] = {"track": [odd, *items(1)], "alias": items(1, start=5)}
+
+    first = transport.deliver(calls, far())
+    second = transport.deliver(calls, far())
+
+    assert len(server.requests) == 2  # the defect stops each export after its first chunk
+    for report in (first, second):
+        assert report.pending == calls
+        assert report.pending_reason == "retryable"
+        assert report.accepted == {}
+    message = "Altertable delivery failed unexpectedly; the calls are kept as owed"
+    assert said(logs) == [(logging.ERROR, message), (logging.DEBUG, message)]
+    error, repeat = (r for r in logs.records if r.name == LOGGER)
+    assert error.exc_info is not None
+    assert error.exc_info[0] is AttributeError
+    assert repeat.exc_info is None
+
+
+def test_a_request_error_nobody_anticipated_is_said_once_by_its_type(
+    server: FaultServer, make_transport: MakeTransport, logs: pytest.LogCaptureFixture
+) -> None:
+    session = requests.Session()
+    failures = [LookupError("x" * 300), LookupError("again"), KeyError("other")]
+
+    def hook(response: requests.Response, **_: Any) -> None:
+        raise failures.pop(0)
+
+    session.hooks["response"].append(hook)
+    transport = make_transport(session)
+    try:
+        reports = [transport.deliver({"track": items(2)}, far()) for _ in range(3)]
+    finally:
+        session.close()
+
+    for report in reports:
+        assert report.pending == {"track": items(2)}
+        assert report.pending_reason == "retryable"
+    assert len(server.requests) == 3  # not retried
+    tail = "; the calls are kept as owed"
+    assert said(logs) == [
+        (
+            logging.ERROR,
+            f"Altertable request failed (LookupError: {'x' * 200}... (300 characters)){tail}",
+        ),
+        (logging.DEBUG, f"Altertable request failed (LookupError: again){tail}"),
+        (logging.ERROR, f"Altertable request failed (KeyError: 'other'){tail}"),
+    ]
+
+
+def test_an_interrupt_mid_request_owes_the_rest_and_is_handed_back(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    session = requests.Session()
+    interrupt = KeyboardInterrupt()
+
+    def hook(response: requests.Response, **_: Any) -> None:
+        raise interrupt
+
+    session.hooks["response"].append(hook)
+    transport = make_transport(session, max_batch_size=2)
+    calls = {"track": items(3), "alias": items(1)}
+    try:
+        report = transport.deliver(calls, far())
+    finally:
+        session.close()
+
+    assert report.interrupted is interrupt
+    assert report.pending == calls
+    assert report.pending_reason == "retryable"
+    assert len(server.requests) == 1
+
+
+def test_the_told_keys_are_bounded_and_forgotten_all_at_once(
+    make_transport: MakeTransport, logs: pytest.LogCaptureFixture
+) -> None:
+    transport = make_transport()
+    for n in range(257):
+        transport._tell_once(f"k{n}", "m %s", n)
+    transport._tell_once("k0", "again %s", 0)  # 257 keys kept: still known
+    transport._tell_once("k257", "m %s", 257)  # one more: the set starts over
+    transport._tell_once("k0", "once more %s", 0)
+
+    levels = said(logs)
+    assert levels[:257] == [(logging.ERROR, f"m {n}") for n in range(257)]
+    assert levels[257:] == [
+        (logging.DEBUG, "again 0"),
+        (logging.ERROR, "m 257"),
+        (logging.ERROR, "once more 0"),
+    ]
