@@ -57,6 +57,7 @@ def far() -> float:
     """A deadline no test reaches (30 s away): the delivery ends by the server's answers."""
     return time.monotonic() + 30
 
+
 MakeTransport = Callable[..., Transport]
 
 
@@ -237,7 +238,7 @@ def test_abort_ends_a_read_under_way_on_a_tracked_connection(server: FaultServer
         try:
             session.post(f"{server.endpoint}/track", data=b"[]", timeout=30)
             outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001  # what ended the read is the outcome
+        except BaseException as exc:  # what ended the read is the outcome
             outcome.append(exc)
 
     thread = threading.Thread(target=post)
@@ -509,10 +510,14 @@ def test_a_long_error_code_is_cut_for_the_reason_and_the_detail(
 
     reason = "x" * 64 + "... (300 characters)"
     assert report.rejected == Counter({reason: 1})
-    assert report.detail == f"last: track 'e0' refused with HTTP 400 {'x' * 200}... (300 characters)"
+    assert (
+        report.detail == f"last: track 'e0' refused with HTTP 400 {'x' * 200}... (300 characters)"
+    )
 
 
-def test_ok_false_is_bisected_like_a_400(server: FaultServer, make_transport: MakeTransport) -> None:
+def test_ok_false_is_bisected_like_a_400(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
     server.script("/track", [Answer(200, body={"ok": False, "error_code": "insert-failed"})])
     transport = make_transport()
 
@@ -522,7 +527,9 @@ def test_ok_false_is_bisected_like_a_400(server: FaultServer, make_transport: Ma
     assert report.accepted == {"track": 2}
 
 
-def test_413_halves_until_each_part_fits(server: FaultServer, make_transport: MakeTransport) -> None:
+def test_413_halves_until_each_part_fits(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
     server.add_rule(lambda request: Answer(413, body=b"") if len(request.items) > 1 else None)
     transport = make_transport()
 
@@ -721,3 +728,225 @@ def test_the_told_keys_are_bounded_and_forgotten_all_at_once(
         (logging.ERROR, "m 257"),
         (logging.ERROR, "once more 0"),
     ]
+
+
+TLS_MESSAGE = (
+    "Altertable TLS error talking to %s: %s (%s). The calls are kept as owed and not retried "
+    "until this is fixed: behind a TLS-intercepting proxy, or with a private CA, set "
+    "REQUESTS_CA_BUNDLE to its CA certificate; if the endpoint serves plain HTTP, use http:// "
+    "in %s."
+)
+
+
+TLS_CASES = {
+    "self-signed": (
+        True,
+        "the certificate is not trusted (self-signed, or a TLS-intercepting proxy's)",
+        "certificate verify failed",
+    ),
+    "plain-http": (
+        False,
+        "the endpoint does not speak TLS (a plain-HTTP port behind https://?)",
+        "SSL",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TLS_CASES))
+def test_a_tls_failure_says_the_fix_once_and_owes_the_calls_for_the_setting(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    logs: pytest.LogCaptureFixture,
+    case: str,
+) -> None:
+    tls, problem, cause = TLS_CASES[case]
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    context = tls_context(*tls_files(tmp_path)) if tls else None
+    with FaultServer(tls=context) as server:
+        endpoint = f"https://127.0.0.1:{server.port}"
+        transport = Transport(config_for(endpoint))
+        try:
+            calls = {"track": items(2), "alias": items(1)}
+            reports = [transport.deliver(calls, far()) for _ in range(2)]
+        finally:
+            transport.release()
+        connections = server.connections_accepted
+
+    assert connections == 2  # one per export: a setting error is not retried
+    for report in reports:
+        assert report.pending == calls
+        assert report.pending_reason == "tls"
+    records = [r for r in logs.records if r.name == LOGGER]
+    assert [(r.levelno, r.msg) for r in records] == [
+        (logging.ERROR, TLS_MESSAGE),
+        (logging.DEBUG, TLS_MESSAGE),
+    ]
+    for record in records:
+        assert isinstance(record.args, tuple)
+        shown, named, text, variable = record.args
+        assert (shown, named, variable) == (endpoint, problem, "OTEL_EXPORTER_ALTERTABLE_ENDPOINT")
+        assert isinstance(text, str)
+        assert cause in text
+        assert len(text) <= 230  # the exception is cut to 200 characters and its length
+        assert record.getMessage() == TLS_MESSAGE % record.args
+
+
+# ---------------------------------------------------------------------------- lifecycle
+
+
+def _deliver_in_thread(
+    transport: Transport, calls: dict[str, Any]
+) -> tuple[threading.Thread, list[DeliveryReport]]:
+    reports: list[DeliveryReport] = []
+    thread = threading.Thread(target=lambda: reports.append(transport.deliver(calls, far())))
+    thread.start()
+    return thread, reports
+
+
+def test_abort_requests_ends_a_request_to_a_hung_server_at_once(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    server.set_default(hang())
+    transport = make_transport(retry=RetryPolicy(total=0))
+    thread, reports = _deliver_in_thread(transport, {"track": items(2)})
+    try:
+        assert server.wait_for_requests(1)
+        transport.abort_requests()
+        thread.join(10)  # the deadline is 30 s away: ending at all is the abort's doing
+        assert not thread.is_alive()
+    finally:
+        server.stop()
+        thread.join()
+    (report,) = reports
+    assert report.pending == {"track": items(2)}
+    assert report.pending_reason == "retryable"
+
+
+def test_abort_requests_ends_a_request_on_the_own_session_too(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path taken behind a SOCKS proxy: requests' session instead of the urllib3 pool."""
+    monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1")
+    monkeypatch.delenv("NO_PROXY")
+    monkeypatch.delenv("no_proxy")
+    transport = Transport(config_for(server.endpoint, retry=RetryPolicy(total=0)))
+    assert transport._pool is None
+    assert transport._session is not None
+    assert transport._session.proxies == {"http": "socks5://127.0.0.1:1"}
+    transport._session.proxies.clear()  # no SOCKS library here: reach the server directly
+    server.set_default(hang())
+    thread, reports = _deliver_in_thread(transport, {"track": items(1)})
+    try:
+        assert server.wait_for_requests(1)
+        transport.abort_requests()
+        thread.join(10)
+        assert not thread.is_alive()
+    finally:
+        server.stop()
+        thread.join()
+        transport.release()
+    (report,) = reports
+    assert report.pending == {"track": items(1)}
+
+
+def test_abort_requests_leaves_a_users_session_alone(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    """A user's session built like the own one (tracked sockets): still not ours to cut."""
+    server.set_default(Answer(200, delay=0.5))
+    session = new_session(server.endpoint)
+    transport = make_transport(session, retry=RetryPolicy(total=0))
+    thread, reports = _deliver_in_thread(transport, {"track": items(1)})
+    try:
+        assert server.wait_for_requests(1)
+        transport.abort_requests()
+        thread.join()
+    finally:
+        session.close()
+    (report,) = reports
+    assert report.accepted == {"track": 1}
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["own-pool", "user-session"])
+def test_release_closes_only_connections_the_transport_opened(
+    server: FaultServer, make_transport: MakeTransport, own: bool
+) -> None:
+    session = None if own else requests.Session()
+    transport = make_transport(session)
+    transport.deliver({"track": items(1)}, far())
+    transport.release()
+    report = transport.deliver({"track": items(1)}, far())
+    assert report.accepted == {"track": 1}
+    assert server.connections_accepted == (2 if own else 1)
+    if session is not None:
+        session.close()
+
+
+def test_release_closes_the_own_session(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1")
+    monkeypatch.delenv("NO_PROXY")
+    monkeypatch.delenv("no_proxy")
+    transport = Transport(config_for(server.endpoint))
+    assert transport._session is not None
+    transport._session.proxies.clear()  # as above: no SOCKS library here
+    transport.deliver({"track": items(1)}, far())
+    transport.release()
+    report = transport.deliver({"track": items(1)}, far())
+    transport.release()
+    assert report.accepted == {"track": 1}
+    assert server.connections_accepted == 2
+
+
+def _as_if_forked(transport: Transport) -> None:
+    """The next delivery runs as in a forked child (its pid differs from the recorded one)."""
+    transport._pid = -1
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["own-pool", "user-session"])
+def test_after_a_fork_the_child_opens_its_own_connections(
+    server: FaultServer, make_transport: MakeTransport, own: bool
+) -> None:
+    session = None if own else requests.Session()
+    transport = make_transport(session)
+    pool = transport._pool
+    transport.deliver({"track": items(1)}, far())
+    _as_if_forked(transport)
+    report = transport.deliver({"track": items(1, start=1)}, far())
+    again = transport.deliver({"track": items(1, start=2)}, far())
+    assert report.accepted == again.accepted == {"track": 1}
+    assert [r.connection for r in server.requests] == [1, 2, 2]
+    assert transport._session is session
+    if own:
+        assert transport._pool is not pool
+    else:
+        assert transport._pool is None
+        session.close()  # type: ignore[union-attr]
+
+
+def test_after_a_fork_a_closed_transport_stays_closed(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    transport = make_transport()
+    transport.close()
+    _as_if_forked(transport)
+    report = transport.deliver({"track": items(1)}, far())
+    assert transport.closed
+    assert server.requests == []
+    assert report.pending == {"track": items(1)}
+
+
+def test_after_a_fork_the_child_waits_its_own_backoff_and_says_its_own_errors(
+    server: FaultServer, make_transport: MakeTransport, logs: pytest.LogCaptureFixture
+) -> None:
+    transport = make_transport()
+    transport._wake.set()  # the parent was woken (exiting): the child's waits are its own
+    _as_if_forked(transport)
+    server.script("/track", [retry_later(503, retry_after="0"), unauthorized()])
+    report = transport.deliver({"track": items(1)}, far())
+    assert len(server.requests) == 2
+    assert report.pending_reason == "auth"
+    assert [level for level, _ in said(logs)] == [logging.DEBUG, logging.ERROR]
