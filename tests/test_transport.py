@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import requests
+import urllib3
 from conftest import FAKE_API_KEY, fast_retry
 from faultserver import (
     Answer,
@@ -35,9 +36,10 @@ from faultserver import (
 )
 
 from opentelemetry_exporter_altertable import RetryPolicy
-from opentelemetry_exporter_altertable._answers import ACCEPT_ENCODING
+from opentelemetry_exporter_altertable._answers import ACCEPT_ENCODING, read_stream
 from opentelemetry_exporter_altertable._api import USER_AGENT
 from opentelemetry_exporter_altertable._config import ExporterConfig, resolve_config
+from opentelemetry_exporter_altertable._retry import AnswerTimeout
 from opentelemetry_exporter_altertable._transport import (
     DeliveryReport,
     Transport,
@@ -950,3 +952,25 @@ def test_after_a_fork_the_child_waits_its_own_backoff_and_says_its_own_errors(
     assert len(server.requests) == 2
     assert report.pending_reason == "auth"
     assert [level for level, _ in said(logs)] == [logging.DEBUG, logging.ERROR]
+
+
+# ---------------------------------------------------------------------------- the answer's deadline
+
+
+def test_an_answer_read_after_the_deadline_is_a_timeout_not_an_error(
+    server: FaultServer,
+) -> None:
+    """``read_stream`` checks the clock before each read, not only through the socket timeout.
+
+    The socket timeout is set to what is left, so a trickle is usually ended by it; the check
+    is what stands between a deadline already past and ``settimeout`` refusing a negative
+    value (a ``ValueError`` nobody would classify as a timeout).
+    """
+    pool = urllib3.PoolManager()
+    try:
+        raw = pool.request("POST", f"{server.endpoint}/track", body=b"[]", preload_content=False)
+        with pytest.raises(AnswerTimeout):
+            read_stream(raw, time.monotonic() - 1)
+        assert raw.closed  # not read to its end: the connection is not reused
+    finally:
+        pool.clear()
