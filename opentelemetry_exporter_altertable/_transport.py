@@ -144,7 +144,8 @@ class _TrackingAdapter(HTTPAdapter):
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
+        # Equivalent if mutated: requests passes only block=False here, urllib3's default.
+        super().init_poolmanager(*args, **kwargs)  # pragma: no mutate
         registry = self._connections
 
         def tracked(base: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
@@ -164,7 +165,8 @@ class _TrackingAdapter(HTTPAdapter):
     def abort(self) -> None:
         """Shut every socket of this adapter down (reads under way end with an error)."""
         for conn in list(self._connections):
-            sock = getattr(conn, "sock", None)
+            # Equivalent if mutated: urllib3's connections always have .sock (None once closed).
+            sock = getattr(conn, "sock", None)  # pragma: no mutate
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import select
 import threading
 import time
 from collections import Counter
@@ -427,6 +428,7 @@ def test_one_bad_item_is_found_by_halving_and_the_rest_accepted(
     stats = transport._stats.snapshot()
     assert stats["calls_exported"] == 4
     assert stats["calls_dropped"] == 1
+    assert stats["dropped_by_reason"] == {"invalid-event": 1}
 
 
 def test_a_stop_inside_the_first_half_owes_the_second_and_the_rest(
@@ -496,7 +498,9 @@ def test_a_refusal_about_the_request_drops_the_chunk_whole_by_status(
     assert sizes(server.requests) == [3, 1]
     assert report.rejected == Counter({"http-415": 4})
     assert report.detail == "last: track 'e3' refused with HTTP 415 http-415"
-    assert transport._stats.snapshot()["calls_dropped"] == 4
+    stats = transport._stats.snapshot()
+    assert stats["calls_dropped"] == 4
+    assert stats["dropped_by_reason"] == {"http-415": 4}
     report = transport.deliver({"track": items(3, start=7)}, far())
     assert report.detail == "last: track 3 items, first 'e7' refused with HTTP 415 http-415"
 
@@ -560,7 +564,9 @@ def test_unencodable_items_are_dropped_one_by_one_and_the_rest_sent(
     assert report.rejected == Counter({"unencodable": 3})
     assert report.detail == "last: alias item is not JSON-encodable"
     assert report.pending == {}
-    assert transport._stats.snapshot()["calls_dropped"] == 3
+    stats = transport._stats.snapshot()
+    assert stats["calls_dropped"] == 3
+    assert stats["dropped_by_reason"] == {"unencodable": 3}
 
 
 # ---------------------------------------------------------------------------- what the user reads
@@ -974,3 +980,53 @@ def test_an_answer_read_after_the_deadline_is_a_timeout_not_an_error(
         assert raw.closed  # not read to its end: the connection is not reused
     finally:
         pool.clear()
+
+
+def test_the_own_session_tracks_https_connections_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = tls_files(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    with FaultServer(tls=tls_context(cert, key)) as server:
+        endpoint = f"https://127.0.0.1:{server.port}"
+        session = new_session(endpoint)
+        adapter = session.adapters["https://"]
+        assert isinstance(adapter, _TrackingAdapter)
+        server.set_default(hang())
+        outcome: list[BaseException | None] = []
+
+        def post() -> None:
+            try:
+                session.post(f"{endpoint}/track", data=b"[]", timeout=30)
+                outcome.append(None)
+            except BaseException as exc:  # what ended the read is the outcome
+                outcome.append(exc)
+
+        thread = threading.Thread(target=post)
+        thread.start()
+        try:
+            assert server.wait_for_requests(1)
+            adapter.abort()
+            thread.join(10)  # a bound for a loaded machine; the abort ends the read at once
+            assert not thread.is_alive()
+        finally:
+            server.stop()
+            thread.join()
+            session.close()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], requests.ConnectionError)
+
+
+def test_abort_tolerates_connections_the_server_already_closed(server: FaultServer) -> None:
+    session = new_session(server.endpoint)
+    adapter = session.adapters["http://"]
+    assert isinstance(adapter, _TrackingAdapter)
+    try:
+        assert session.post(f"{server.endpoint}/track", data=b"[]", timeout=5).status_code == 200
+        (conn,) = list(adapter._connections)
+        server.stop()  # shuts its end of the kept-alive connection
+        assert select.select([conn.sock], [], [], 5)[0]  # the server's FIN has arrived
+        for _ in range(3):
+            adapter.abort()  # the socket is past shutting down: that error is not ours
+    finally:
+        session.close()
