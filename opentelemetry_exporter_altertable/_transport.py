@@ -205,7 +205,7 @@ class _Stop(Exception):
     """Internal: the rest of this delivery cannot be sent now."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__(reason)  # pragma: no mutate (only .reason is ever read)
         self.reason = reason
 
 
@@ -499,7 +499,7 @@ class Transport:
         """Log an error the first time, at debug level after that (no storm of repeats)."""
         with self._told_lock:
             if key in self._told:
-                first = False
+                first = False  # pragma: no mutate (None is as false: equivalent)
             else:
                 if len(self._told) > 256:  # keys carry exception types: keep the set bounded
                     self._told.clear()
@@ -513,7 +513,7 @@ class Transport:
     def _tell_tls_error(self, exc: BaseException) -> None:
         endpoint = self._config.endpoint
         self._tell_once(
-            "tls",
+            "tls",  # pragma: no mutate (a key's spelling: equivalent while no other key has it)
             "Altertable TLS error talking to %s: %s (%s). The calls are kept as owed and not "
             "retried until this is fixed: behind a TLS-intercepting proxy, or with a private "
             "CA, set REQUESTS_CA_BUNDLE to its CA certificate; if the endpoint serves plain "
@@ -530,7 +530,7 @@ class Transport:
         endpoint = clip(self._config.endpoint)
         if kind == "auth":
             self._tell_once(
-                kind,
+                kind,  # pragma: no mutate (a key's spelling: equivalent while unique)
                 "Altertable refused the API key (HTTP %s from %s). Set %s (or pass api_key=) to "
                 "a valid ingestion key (pk_live_... or pk_test_...) from your Altertable project.",
                 status,
@@ -551,7 +551,7 @@ class Transport:
             )
         else:
             self._tell_once(
-                kind,
+                kind,  # pragma: no mutate (a key's spelling: equivalent while unique)
                 "%s answered HTTP %s to an Altertable call: is %s the API's base URL "
                 "(default https://api.altertable.ai)? Redirects are not followed: use the "
                 "final URL.",
