@@ -231,7 +231,8 @@ class Transport:
             else None
         )
         self._stats = stats if stats is not None else Stats()
-        self._encode: Encoder = fast_encoder() or encode_json
+        # orjson sends the very bytes json would (tested): which one is used cannot be seen.
+        self._encode: Encoder = fast_encoder() or encode_json  # pragma: no mutate
         self._headers = request_headers(config)
         self._urls = {name: endpoint_url(config, name) for name in _api.ENDPOINTS}
         self._paths = {name: _request_target(url) for name, url in self._urls.items()}

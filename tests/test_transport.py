@@ -35,6 +35,7 @@ from faultserver import (
     tls_files,
     unauthorized,
 )
+from loopback import refusing_endpoint
 
 from opentelemetry_exporter_altertable import RetryPolicy
 from opentelemetry_exporter_altertable._answers import ACCEPT_ENCODING, read_stream
@@ -288,6 +289,9 @@ def test_the_body_is_gzipped_when_asked(server: FaultServer, make_transport: Mak
     (request,) = server.requests
     assert request.headers["content-encoding"] == "gzip"
     assert json.loads(gzip.decompress(request.raw_body)) == items(2)
+    # Byte for byte (but the header's mtime) what level 5 makes: the speed/size trade chosen.
+    expected = gzip.compress(encode_json(items(2)), compresslevel=5)
+    assert request.raw_body[:4] + request.raw_body[8:] == expected[:4] + expected[8:]
 
 
 def test_a_closed_transport_sends_nothing_and_owes_everything(
@@ -493,16 +497,29 @@ def test_a_refusal_about_the_request_drops_the_chunk_whole_by_status(
     server.set_default(Answer(415, body=b""))
     transport = make_transport(max_batch_size=3)
 
-    report = transport.deliver({"track": items(4)}, far())
+    report = transport.deliver({"track": items(5)}, far())
 
-    assert sizes(server.requests) == [3, 1]
-    assert report.rejected == Counter({"http-415": 4})
-    assert report.detail == "last: track 'e3' refused with HTTP 415 http-415"
+    assert sizes(server.requests) == [3, 2]
+    assert report.rejected == Counter({"http-415": 5})
+    assert report.detail == "last: track 2 items, first 'e3' refused with HTTP 415 http-415"
     stats = transport._stats.snapshot()
-    assert stats["calls_dropped"] == 4
-    assert stats["dropped_by_reason"] == {"http-415": 4}
-    report = transport.deliver({"track": items(3, start=7)}, far())
-    assert report.detail == "last: track 3 items, first 'e7' refused with HTTP 415 http-415"
+    assert stats["calls_dropped"] == 5
+    assert stats["dropped_by_reason"] == {"http-415": 5}
+    report = transport.deliver({"track": items(1, start=7)}, far())
+    assert report.detail == "last: track 'e7' refused with HTTP 415 http-415"
+
+
+def test_a_refusal_about_the_request_is_counted_by_status_whatever_its_code(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    server.set_default(bad_request("unsupported-type", status=415))
+    transport = make_transport()
+
+    report = transport.deliver({"track": items(3)}, far())
+
+    assert sizes(server.requests) == [3]
+    assert report.rejected == Counter({"http-415": 3})
+    assert report.detail == "last: track 3 items, first 'e0' refused with HTTP 415 unsupported-type"
 
 
 def test_a_long_error_code_is_cut_for_the_reason_and_the_detail(
@@ -1030,3 +1047,100 @@ def test_abort_tolerates_connections_the_server_already_closed(server: FaultServ
             adapter.abort()  # the socket is past shutting down: that error is not ours
     finally:
         session.close()
+
+
+# ---------------------------------------------------------------------------- more of the contract
+
+
+def test_a_delivery_closed_mid_request_owes_the_chunks_not_sent(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    gate = threading.Event()
+
+    def hold_first(request: Request) -> Answer | None:
+        gate.wait(10)  # the test opens it once the transport is closed
+        return None
+
+    server.add_rule(hold_first)
+    transport = make_transport(max_batch_size=2)
+    thread, reports = _deliver_in_thread(transport, {"track": items(4), "alias": items(1)})
+    try:
+        assert server.wait_for_requests(1)
+        transport.close()
+    finally:
+        gate.set()
+        thread.join()
+    (report,) = reports
+    assert report.accepted == {"track": 2}  # the request under way was answered and counted
+    assert report.pending == {"track": items(2, start=2), "alias": items(1)}
+    assert report.pending_reason == "retryable"
+    assert len(server.requests) == 1
+
+
+def test_a_deadline_under_a_second_away_still_sends(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    transport = make_transport()
+    # 0.9 s for one loopback request: the margin on a loaded machine.
+    report = transport.deliver({"track": items(1)}, time.monotonic() + 0.9)
+    assert report.accepted == {"track": 1}
+
+
+def test_connection_failures_name_their_class_when_the_budget_is_spent(
+    make_transport: MakeTransport, logs: pytest.LogCaptureFixture
+) -> None:
+    with refusing_endpoint() as endpoint:
+        transport = Transport(config_for(endpoint, retry=RetryPolicy(total=1, backoff_factor=0)))
+        try:
+            report = transport.deliver({"identify": items(1)}, far())
+        finally:
+            transport.release()
+    assert report.pending == {"identify": items(1)}
+    assert report.pending_reason == "retryable"
+    assert said(logs) == [
+        (logging.DEBUG, "retrying identify in 0.00s after NewConnectionError"),
+        (
+            logging.WARNING,
+            "Altertable identify failed after 2 attempt(s) (NewConnectionError); the calls are "
+            "kept for a later export if a spool is configured",
+        ),
+    ]
+    stats = transport._stats.snapshot()
+    assert stats["requests"] == 0  # no answer: not a request the API saw
+    assert stats["retries"] == 1
+
+
+def test_a_users_session_sends_the_same_request_and_reads_the_whole_answer(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    session = requests.Session()
+    transport = make_transport(session, sync=True)
+    server.script("/track", [Answer(200, body={"ok": False, "error_code": "insert-failed"})])
+    try:
+        report = transport.deliver({"track": items(2)}, far())
+    finally:
+        session.close()
+    assert report.accepted == {"track": 2}  # the ok: false was read (streamed), so bisected
+    assert sizes(server.requests) == [2, 1, 1]
+    first = server.requests[0]
+    assert first.target == "/track?sync=true"
+    assert {k: first.headers[k] for k in ("content-type", "user-agent", "x-api-key")} == {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "x-api-key": FAKE_API_KEY,
+    }
+    assert first.headers["accept-encoding"] == ACCEPT_ENCODING
+
+
+def test_a_users_session_does_not_follow_redirects(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    session = requests.Session()
+    server.set_default(Answer(307, body=b"", headers={"Location": "/elsewhere"}), path="/track")
+    transport = make_transport(session)
+    try:
+        report = transport.deliver({"track": items(1)}, far())
+    finally:
+        session.close()
+    assert [r.path for r in server.requests] == ["/track"]
+    assert report.pending_reason == "endpoint-not-found"
