@@ -1144,3 +1144,38 @@ def test_a_users_session_does_not_follow_redirects(
         session.close()
     assert [r.path for r in server.requests] == ["/track"]
     assert report.pending_reason == "endpoint-not-found"
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["own-pool", "user-session"])
+def test_an_answer_later_than_the_deadline_is_not_waited_for(
+    server: FaultServer, make_transport: MakeTransport, own: bool
+) -> None:
+    """The answer comes 3 s after the request; the deadline is 0.5 s away: it is not taken."""
+    server.set_default(Answer(200, delay=3))
+    session = None if own else requests.Session()
+    transport = make_transport(session, retry=RetryPolicy(total=0))
+    try:
+        report = transport.deliver({"track": items(1)}, time.monotonic() + 0.5)
+    finally:
+        server.stop()
+        if session is not None:
+            session.close()
+    assert report.accepted == {}
+    assert report.pending == {"track": items(1)}
+    assert report.pending_reason == "retryable"
+
+
+def test_plain_http_through_a_proxy_names_the_whole_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy is a loopback server: it receives ``POST http://host:port/track?sync=true``."""
+    with FaultServer() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.endpoint)
+        monkeypatch.delenv("NO_PROXY")
+        monkeypatch.delenv("no_proxy")
+        transport = Transport(config_for("http://api.example.invalid:8080", sync=True))
+        try:
+            report = transport.deliver({"alias": items(1)}, far())
+        finally:
+            transport.release()
+        (request,) = proxy.requests
+    assert report.accepted == {"alias": 1}
+    assert request.target == "http://api.example.invalid:8080/alias?sync=true"
