@@ -1179,3 +1179,28 @@ def test_plain_http_through_a_proxy_names_the_whole_url(monkeypatch: pytest.Monk
         (request,) = proxy.requests
     assert report.accepted == {"alias": 1}
     assert request.target == "http://api.example.invalid:8080/alias?sync=true"
+
+
+def test_after_a_fork_behind_a_socks_proxy_the_child_makes_its_own_session(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1")
+    monkeypatch.delenv("NO_PROXY")
+    monkeypatch.delenv("no_proxy")
+    transport = Transport(config_for(server.endpoint))
+    parent_session = transport._session
+    try:
+        _as_if_forked(transport)
+        report = transport.deliver({"track": items(1)}, far())
+        child_session = transport._session
+    finally:
+        transport.release()
+    assert child_session is not None
+    assert child_session is not parent_session
+    assert child_session.proxies == {"http": "socks5://127.0.0.1:1"}
+    # No SOCKS library here: the request fails before leaving, a setting the user must fix.
+    assert report.pending == {"track": items(1)}
+    assert server.requests == []
+    ((level, message),) = said(logs)
+    assert level == logging.ERROR
+    assert message.startswith("Altertable request failed (InvalidSchema: ")
