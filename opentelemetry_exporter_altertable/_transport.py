@@ -348,7 +348,7 @@ class Transport:
                     stopped = self._send(endpoint, chunk, deadline, report)
                 except Exception:  # a defect here must not lose the chunk: owe it whole
                     self._tell_once(
-                        "unexpected",
+                        "unexpected",  # pragma: no mutate (a key's spelling: equivalent)
                         "Altertable delivery failed unexpectedly; the calls are kept as owed",
                         exc_info=True,
                     )

@@ -336,6 +336,7 @@ def test_while_exiting_a_retryable_answer_is_not_retried(
 
     assert len(server.requests) == 1
     assert report.pending == {"track": items(2)}
+    assert report.pending_reason == "retryable"
     assert said(logs) == [(logging.DEBUG, "interpreter exiting: no retry of track (HTTP 503)")]
 
 
@@ -387,10 +388,10 @@ def test_the_backoff_delay_is_said_and_waited(
 def test_no_retry_when_the_wait_would_pass_the_deadline(
     server: FaultServer, make_transport: MakeTransport, logs: pytest.LogCaptureFixture
 ) -> None:
-    server.set_default(retry_later(429, retry_after="3600"))
+    server.set_default(retry_later(429, retry_after="5"))
     transport = make_transport()
 
-    report = transport.deliver({"track": items(1)}, time.monotonic() + 60)  # an hour > a minute
+    report = transport.deliver({"track": items(1)}, time.monotonic() + 2)  # 5 s > 2 s
 
     assert len(server.requests) == 1
     assert report.pending == {"track": items(1)}
@@ -1204,3 +1205,23 @@ def test_after_a_fork_behind_a_socks_proxy_the_child_makes_its_own_session(
     ((level, message),) = said(logs)
     assert level == logging.ERROR
     assert message.startswith("Altertable request failed (InvalidSchema: ")
+
+
+def test_close_during_a_backoff_ends_it_and_owes_the_chunk(
+    server: FaultServer, make_transport: MakeTransport
+) -> None:
+    server.set_default(retry_later(503, retry_after="20"))
+    transport = make_transport()
+    thread, reports = _deliver_in_thread(transport, {"track": items(2)})
+    try:
+        assert server.wait_for_requests(1)
+        transport.close()  # before or during the 20 s wait: either way it ends at once
+        thread.join(10)  # the deadline is 30 s away, the wait 20 s: ending is the close's doing
+        assert not thread.is_alive()
+    finally:
+        server.stop()
+        thread.join()
+    (report,) = reports
+    assert report.pending == {"track": items(2)}
+    assert report.pending_reason == "retryable"
+    assert len(server.requests) == 1
