@@ -728,13 +728,17 @@ def test_an_interrupt_mid_request_owes_the_rest_and_is_handed_back(
     calls = {"track": items(3), "alias": items(1)}
     try:
         report = transport.deliver(calls, far())
+        alone = transport.deliver({"identify": items(1)}, far())  # nothing after it
     finally:
         session.close()
 
     assert report.interrupted is interrupt
     assert report.pending == calls
     assert report.pending_reason == "retryable"
-    assert len(server.requests) == 1
+    assert alone.interrupted is interrupt
+    assert alone.pending == {"identify": items(1)}
+    assert alone.pending_reason == "retryable"
+    assert len(server.requests) == 2
 
 
 def test_the_told_keys_are_bounded_and_forgotten_all_at_once(
