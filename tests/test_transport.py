@@ -379,8 +379,14 @@ def test_the_backoff_delay_is_said_and_waited(
     policy = RetryPolicy(total=2, backoff_factor=0.01, backoff_max=0.05, jitter=0)
     transport = make_transport(retry=policy)
 
-    report = transport.deliver({"track": items(1)}, far())
+    thread, reports = _deliver_in_thread(transport, {"track": items(1)})
+    thread.join(10)  # two waits of 0.01 s and 0.02 s: a 10 s bound for a loaded machine
+    hung = thread.is_alive()
+    transport.close()  # ends a wait that never would
+    thread.join()
+    assert not hung
 
+    (report,) = reports
     assert report.accepted == {"track": 1}
     assert said(logs) == [
         (logging.DEBUG, "retrying track in 0.01s after HTTP 503"),
