@@ -101,7 +101,7 @@ def fast_encoder() -> Encoder | None:
         import orjson
     except ImportError:
         return None
-    dumps = orjson.dumps
+    dumps = orjson.dumps  # pragma: no mutate (a failing dumps falls back to json: same bytes)
 
     def encode(items: Sequence[Payload]) -> bytes:
         try:

@@ -681,15 +681,22 @@ def test_a_defect_owes_the_rest_of_the_export_and_is_said_with_its_traceback(
 
     first = transport.deliver(calls, far())
     second = transport.deliver(calls, far())
+    alone = transport.deliver({"track": [odd]}, far())  # nothing after it to owe
 
-    assert len(server.requests) == 2  # the defect stops each export after its first chunk
+    assert len(server.requests) == 3  # the defect stops each export after its first chunk
     for report in (first, second):
         assert report.pending == calls
         assert report.pending_reason == "retryable"
         assert report.accepted == {}
+    assert alone.pending == {"track": [odd]}
+    assert alone.pending_reason == "retryable"
     message = "Altertable delivery failed unexpectedly; the calls are kept as owed"
-    assert said(logs) == [(logging.ERROR, message), (logging.DEBUG, message)]
-    error, repeat = (r for r in logs.records if r.name == LOGGER)
+    assert said(logs) == [
+        (logging.ERROR, message),
+        (logging.DEBUG, message),
+        (logging.DEBUG, message),
+    ]
+    error, repeat, _ = (r for r in logs.records if r.name == LOGGER)
     assert error.exc_info is not None
     assert error.exc_info[0] is AttributeError
     assert repeat.exc_info is None
