@@ -42,11 +42,16 @@ pytest: $(STAMP) browser node-otel
 
 test: lint typecheck pytest
 
-# The same suite against the oldest supported opentelemetry-sdk, in a venv of its own.
+# The oldest and newest supported Pythons (pyenv's builds on these machines, else PATH).
+PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10)
+PYTHON313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) python3.13)
+
+# The same suite against the oldest supported opentelemetry-sdk on the oldest supported Python
+# (the oldest of both together, as users pinned to old releases run them), in a venv of its own.
 OLD_VENV := .venv-oldest-sdk
 OLD_STAMP := $(OLD_VENV)/.installed
 $(OLD_STAMP): pyproject.toml .ci/constraints-oldest-sdk.txt
-	test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
+	test -x $(OLD_VENV)/bin/python || $(PYTHON310) -m venv $(OLD_VENV)
 	$(OLD_VENV)/bin/python -m pip install --quiet --upgrade pip
 	PIP_CONSTRAINT= $(OLD_VENV)/bin/python -m pip install --quiet -c .ci/constraints-oldest-sdk.txt -e '.[$(EXTRAS)]'
 	touch $(OLD_STAMP)
@@ -54,10 +59,6 @@ $(OLD_STAMP): pyproject.toml .ci/constraints-oldest-sdk.txt
 test-oldest: $(OLD_STAMP) browser node-otel
 	$(OLD_VENV)/bin/python -m mypy --strict opentelemetry_exporter_altertable
 	$(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider
-
-# The oldest and newest supported Pythons (pyenv's builds on these machines, else PATH).
-PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10)
-PYTHON313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) python3.13)
 
 define python_suite
 .venv-py$(1)/.installed: pyproject.toml
