@@ -16,38 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from spool_support import Records, dead_pid, spool_log
 
 from opentelemetry_exporter_altertable import _spool
 from opentelemetry_exporter_altertable._spool import Spool, SpoolClaim, SpoolDirectoryError
 
-LOGGER = "opentelemetry_exporter_altertable._spool"
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def warnings(self) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno >= logging.WARNING]
-
 
 @pytest.fixture
-def log() -> Iterator[_Records]:
-    """The spool's own log records, whatever propagation the package configures."""
-    handler = _Records()
-    logger = logging.getLogger(LOGGER)
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
+def log() -> Iterator[Records]:
+    with spool_log() as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 def parcel(ident: int, n: int = 1) -> dict[str, list[dict[str, Any]]]:
@@ -122,7 +100,7 @@ def test_put_nothing_writes_nothing(tmp_path: Path) -> None:
     assert spool.pending() == (0, 0)
 
 
-def test_unserializable_payload_is_logged_not_raised(tmp_path: Path, log: _Records) -> None:
+def test_unserializable_payload_is_logged_not_raised(tmp_path: Path, log: Records) -> None:
     spool = Spool(tmp_path / "spool")
     assert spool.put({"track": [{"event": "e", "properties": {"bad": object()}}]}) == 0
     assert any("not JSON-ready" in w for w in log.warnings())
@@ -192,7 +170,7 @@ def _damage_no_header(data: bytes) -> bytes:
         _damage_no_header,
     ],
 )
-def test_damaged_file_is_never_replayed(tmp_path: Path, log: _Records, damage: Any) -> None:
+def test_damaged_file_is_never_replayed(tmp_path: Path, log: Records, damage: Any) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(parcel(0, n=7))
@@ -301,7 +279,7 @@ def test_unsafe_directory_created_after_construction_is_refused_on_use(tmp_path:
         spool.claim()
 
 
-def test_size_bound_evicts_oldest_with_one_warning(tmp_path: Path, log: _Records) -> None:
+def test_size_bound_evicts_oldest_with_one_warning(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     probe = Spool(tmp_path / "probe")
     probe.put(parcel(0, n=10))
@@ -329,7 +307,7 @@ def test_size_bound_evicts_oldest_with_one_warning(tmp_path: Path, log: _Records
     assert drain(spool) == [*range(lost, 5), 9]  # the newest survive, oldest first
 
 
-def test_oversize_parcel_is_refused(tmp_path: Path, log: _Records) -> None:
+def test_oversize_parcel_is_refused(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory, max_bytes=2000)
     assert spool.put(parcel(0)) == 1
@@ -393,19 +371,15 @@ def test_two_processes_claim_disjoint_sets(tmp_path: Path) -> None:
     assert list(directory.iterdir()) == []
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()  # reaped: the pid no longer exists
-    return proc.pid
 
 
-def test_claim_of_dead_process_is_recovered(tmp_path: Path, log: _Records) -> None:
+def test_claim_of_dead_process_is_recovered(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(parcel(0))
     spool.put(parcel(1))
     first, _ = parcel_files(directory)
-    pid = _dead_pid()
+    pid = dead_pid()
     first.rename(directory / f"{first.name}.claimed-{pid}-{int(time.time())}-deadbeef")
 
     claim = spool.claim()
@@ -473,7 +447,7 @@ class _Clock:
 
 
 def test_auth_parcels_past_max_age_are_dropped(
-    tmp_path: Path, log: _Records, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, log: Records, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = _Clock()
     monkeypatch.setattr(_spool, "time", clock)
@@ -533,7 +507,7 @@ def test_eight_threads_put_and_claim_concurrently(tmp_path: Path) -> None:
     assert list(directory.iterdir()) == []
 
 
-def test_disk_errors_are_logged_once_and_never_raised(tmp_path: Path, log: _Records) -> None:
+def test_disk_errors_are_logged_once_and_never_raised(tmp_path: Path, log: Records) -> None:
     blocker = tmp_path / "blocker"
     spool = Spool(blocker / "spool")
     blocker.write_text("a file where the parent directory should be")
@@ -546,7 +520,7 @@ def test_disk_errors_are_logged_once_and_never_raised(tmp_path: Path, log: _Reco
     assert "4 events lost" in warnings[0]
 
 
-def test_directory_removed_while_running_is_recreated(tmp_path: Path, log: _Records) -> None:
+def test_directory_removed_while_running_is_recreated(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(parcel(0))
@@ -571,7 +545,7 @@ def test_no_file_descriptor_outlives_a_call(tmp_path: Path) -> None:
     claim.done()
 
 
-def test_claimed_parcels_and_the_new_one_are_never_evicted(tmp_path: Path, log: _Records) -> None:
+def test_claimed_parcels_and_the_new_one_are_never_evicted(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     probe = Spool(tmp_path / "probe")
     probe.put(parcel(0))

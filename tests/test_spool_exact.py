@@ -17,37 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from spool_support import Records, dead_pid, spool_log
 
 from opentelemetry_exporter_altertable import _spool
 from opentelemetry_exporter_altertable._spool import Spool, SpoolDirectoryError
 
-LOGGER = "opentelemetry_exporter_altertable._spool"
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def at(self, level: int) -> list[logging.LogRecord]:
-        return [r for r in self.records if r.levelno == level]
-
 
 @pytest.fixture
-def log() -> Iterator[_Records]:
-    handler = _Records()
-    logger = logging.getLogger(LOGGER)
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
+def log() -> Iterator[Records]:
+    with spool_log() as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 class _Clock:
@@ -91,7 +70,7 @@ def damaged_reason(data: bytes) -> str:
     return str(info.value)
 
 
-def warning(log: _Records) -> tuple[str, tuple[object, ...]]:
+def warning(log: Records) -> tuple[str, tuple[object, ...]]:
     (record,) = log.at(logging.WARNING)
     assert isinstance(record.args, tuple)
     return str(record.msg), record.args
@@ -224,7 +203,7 @@ def test_decode_refuses_unexpected_content(content: bytes) -> None:
     assert damaged_reason(framed(content)) == "unexpected content"
 
 
-def test_damage_reason_and_count_are_logged_exactly(tmp_path: Path, log: _Records) -> None:
+def test_damage_reason_and_count_are_logged_exactly(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(one(0, n=5))
@@ -248,17 +227,13 @@ def test_damage_reason_and_count_are_logged_exactly(tmp_path: Path, log: _Record
 # -- whether a claimer is alive ----------------------------------------------------------------
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 def test_pid_alive() -> None:
     assert _spool._pid_alive(0) is False  # not a process (kill(0) would mean our group)
     assert _spool._pid_alive(-1) is False  # not a process (kill(-1) would mean everyone)
     assert _spool._pid_alive(os.getpid()) is True
-    assert _spool._pid_alive(_dead_pid()) is False
+    assert _spool._pid_alive(dead_pid()) is False
 
 
 def test_pid_alive_only_probes() -> None:
@@ -304,7 +279,7 @@ def test_pid_alive_when_the_process_belongs_to_another_user() -> None:
     assert (probe.returncode, probe.stdout) == (0, "True\n"), probe.stderr
 
 
-def test_claim_by_pid_0_is_recovered(tmp_path: Path, log: _Records) -> None:
+def test_claim_by_pid_0_is_recovered(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(one(7))
@@ -325,7 +300,7 @@ def _claimed_path(directory: Path) -> Path:
     return path
 
 
-def test_done_deletes_only_its_own_file(tmp_path: Path, log: _Records) -> None:
+def test_done_deletes_only_its_own_file(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(one(0))
@@ -358,7 +333,7 @@ def test_done_after_recovery_and_reclaim_leaves_the_new_claim_alone(tmp_path: Pa
     assert files(directory) == []
 
 
-def test_done_that_cannot_delete_warns_once(tmp_path: Path, log: _Records) -> None:
+def test_done_that_cannot_delete_warns_once(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(one(0))
@@ -376,7 +351,7 @@ def test_done_that_cannot_delete_warns_once(tmp_path: Path, log: _Records) -> No
     assert claimed.is_dir()
 
 
-def test_release_that_cannot_rename_warns_once(tmp_path: Path, log: _Records) -> None:
+def test_release_that_cannot_rename_warns_once(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(one(0))
@@ -395,7 +370,7 @@ def test_release_that_cannot_rename_warns_once(tmp_path: Path, log: _Records) ->
     assert claimed.is_file()  # neither returned nor deleted
 
 
-def test_done_after_release_keeps_the_parcel(tmp_path: Path, log: _Records) -> None:
+def test_done_after_release_keeps_the_parcel(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(one(0))
@@ -412,7 +387,7 @@ def test_done_after_release_keeps_the_parcel(tmp_path: Path, log: _Records) -> N
     assert log.records == []
 
 
-def test_release_after_stale_recovery_is_quiet(tmp_path: Path, log: _Records) -> None:
+def test_release_after_stale_recovery_is_quiet(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(one(0))
@@ -429,7 +404,7 @@ def test_release_after_stale_recovery_is_quiet(tmp_path: Path, log: _Records) ->
 
 
 def test_disk_warnings_are_paced_by_the_minute(
-    tmp_path: Path, log: _Records, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, log: Records, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = _Clock()
     monkeypatch.setattr(_spool, "time", clock)
@@ -475,7 +450,7 @@ def test_disk_warnings_are_paced_by_the_minute(
 
 
 def test_disk_warning_pacing_is_per_spool(
-    tmp_path: Path, log: _Records, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, log: Records, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = _Clock()
     monkeypatch.setattr(_spool, "time", clock)
@@ -546,12 +521,12 @@ def test_claim_age_limit_is_inclusive(tmp_path: Path, wall: _Wall) -> None:
     assert f"{first}.claimed-{pid}-{T - 600}-00000000" in files(directory)
 
 
-def test_two_recovered_claims_are_counted(tmp_path: Path, log: _Records) -> None:
+def test_two_recovered_claims_are_counted(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(one(0))
     spool.put(one(1))
-    dead = _dead_pid()
+    dead = dead_pid()
     for name in files(directory):
         (directory / name).rename(directory / f"{name}.claimed-{dead}-{int(time.time())}-0000abcd")
     assert spool.claim() is not None
@@ -560,7 +535,7 @@ def test_two_recovered_claims_are_counted(tmp_path: Path, log: _Records) -> None
 
 
 def test_auth_age_limit_is_inclusive_and_counted(
-    tmp_path: Path, wall: _Wall, log: _Records
+    tmp_path: Path, wall: _Wall, log: Records
 ) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)  # the default auth_max_age: one day
@@ -627,7 +602,7 @@ def test_constructor_checks_and_defaults(tmp_path: Path, monkeypatch: pytest.Mon
     assert relative.directory == tmp_path / "here"  # fixed when made, not when used
 
 
-def test_put_refusals_are_logged_exactly(tmp_path: Path, log: _Records) -> None:
+def test_put_refusals_are_logged_exactly(tmp_path: Path, log: Records) -> None:
     spool = Spool(tmp_path / "spool")
     assert spool.put({"track": [1]}) == 0  # type: ignore[list-item]
     assert spool.put({"track": [{"event": object()}, {"event": "ok"}]}) == 0
@@ -640,7 +615,7 @@ def test_put_refusals_are_logged_exactly(tmp_path: Path, log: _Records) -> None:
     assert spool.pending() == (0, 0)
 
 
-def test_size_limit_is_inclusive(tmp_path: Path, wall: _Wall, log: _Records) -> None:
+def test_size_limit_is_inclusive(tmp_path: Path, wall: _Wall, log: Records) -> None:
     probe = Spool(tmp_path / "probe")
     probe.put(one(0))
     size = probe.pending()[1]
@@ -653,7 +628,7 @@ def test_size_limit_is_inclusive(tmp_path: Path, wall: _Wall, log: _Records) -> 
     )
 
 
-def test_eviction_stops_exactly_at_the_limit(tmp_path: Path, log: _Records) -> None:
+def test_eviction_stops_exactly_at_the_limit(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     probe = Spool(tmp_path / "probe")
     probe.put(one(0))
@@ -676,7 +651,7 @@ def test_eviction_stops_exactly_at_the_limit(tmp_path: Path, log: _Records) -> N
 
 
 def test_eviction_skips_the_new_parcel_wherever_it_sorts(
-    tmp_path: Path, wall: _Wall, log: _Records
+    tmp_path: Path, wall: _Wall, log: Records
 ) -> None:
     directory = tmp_path / "spool"
     wall.now = T + 100  # another writer whose clock is ahead
@@ -693,7 +668,7 @@ def test_eviction_skips_the_new_parcel_wherever_it_sorts(
     assert spool.lost == {"spool-full": 2}
 
 
-def test_eviction_that_fails_stops_and_warns(tmp_path: Path, log: _Records) -> None:
+def test_eviction_that_fails_stops_and_warns(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     Spool(directory).put(one(0))
     (older,) = files(directory)
@@ -719,7 +694,7 @@ class _Tokens:
 
 
 def test_an_existing_temp_name_is_never_reused(
-    tmp_path: Path, wall: _Wall, log: _Records, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, wall: _Wall, log: Records, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_spool, "secrets", _Tokens)
     directory = tmp_path / "spool"
@@ -737,7 +712,7 @@ def test_an_existing_temp_name_is_never_reused(
 
 
 def test_a_failed_write_leaves_no_temp_file(
-    tmp_path: Path, wall: _Wall, log: _Records, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, wall: _Wall, log: Records, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(_spool, "secrets", _Tokens)
     directory = tmp_path / "spool"
@@ -754,7 +729,7 @@ def test_a_failed_write_leaves_no_temp_file(
     assert files(directory) == [target.name]
 
 
-def test_put_recreates_a_removed_directory_by_itself(tmp_path: Path, log: _Records) -> None:
+def test_put_recreates_a_removed_directory_by_itself(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(one(0))
@@ -800,7 +775,7 @@ def test_directory_replaced_after_loss_is_checked_again(tmp_path: Path) -> None:
         spool.claim()
 
 
-def test_directory_replaced_by_a_file_is_a_warning(tmp_path: Path, log: _Records) -> None:
+def test_directory_replaced_by_a_file_is_a_warning(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(one(0))
@@ -812,7 +787,7 @@ def test_directory_replaced_by_a_file_is_a_warning(tmp_path: Path, log: _Records
     assert args[0] == directory and isinstance(args[1], NotADirectoryError)
 
 
-def test_claim_rename_failure_is_a_warning(tmp_path: Path, log: _Records) -> None:
+def test_claim_rename_failure_is_a_warning(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(one(0))
@@ -827,7 +802,7 @@ def test_claim_rename_failure_is_a_warning(tmp_path: Path, log: _Records) -> Non
     assert files(directory) == [long_name]
 
 
-def test_unreadable_parcel_is_put_back(tmp_path: Path, log: _Records) -> None:
+def test_unreadable_parcel_is_put_back(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     name = f"{1:020d}-1-{0:012d}-n1-s100.json"
@@ -844,7 +819,7 @@ def test_unreadable_parcel_is_put_back(tmp_path: Path, log: _Records) -> None:
     assert spool.lost == {}
 
 
-def test_symlinked_parcel_is_not_followed(tmp_path: Path, log: _Records) -> None:
+def test_symlinked_parcel_is_not_followed(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(one(0))
@@ -859,13 +834,13 @@ def test_symlinked_parcel_is_not_followed(tmp_path: Path, log: _Records) -> None
 
 
 def test_stale_claim_that_cannot_be_recovered_is_a_warning(
-    tmp_path: Path, log: _Records
+    tmp_path: Path, log: Records
 ) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
     spool.put(one(0))
     (name,) = files(directory)
-    claimed = f"{name}.claimed-{_dead_pid()}-{int(time.time())}-0000abcd"
+    claimed = f"{name}.claimed-{dead_pid()}-{int(time.time())}-0000abcd"
     (directory / name).rename(directory / claimed)
     (directory / name).mkdir()
     (directory / name / "keep").touch()  # the way back is blocked
@@ -878,10 +853,10 @@ def test_stale_claim_that_cannot_be_recovered_is_a_warning(
     assert log.at(logging.INFO) == []
 
 
-def test_every_unrecoverable_claim_is_tried(tmp_path: Path, log: _Records) -> None:
+def test_every_unrecoverable_claim_is_tried(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     spool = Spool(directory)
-    dead = _dead_pid()
+    dead = dead_pid()
     claimed = []
     for i in range(3):
         spool.put(one(i))
@@ -940,7 +915,7 @@ def test_foreign_directory_refusal_word_for_word(tmp_path: Path) -> None:
 
 
 def test_an_expired_parcel_without_items_is_still_reported(
-    tmp_path: Path, wall: _Wall, log: _Records
+    tmp_path: Path, wall: _Wall, log: Records
 ) -> None:
     directory = tmp_path / "spool"
     directory.mkdir(mode=0o700)
@@ -952,7 +927,7 @@ def test_an_expired_parcel_without_items_is_still_reported(
     assert files(directory) == []
 
 
-def test_claimed_parcels_count_toward_the_limit(tmp_path: Path, log: _Records) -> None:
+def test_claimed_parcels_count_toward_the_limit(tmp_path: Path, log: Records) -> None:
     directory = tmp_path / "spool"
     probe = Spool(tmp_path / "probe")
     probe.put(one(0))
@@ -971,7 +946,7 @@ def test_claimed_parcels_count_toward_the_limit(tmp_path: Path, log: _Records) -
 
 
 def test_eviction_reports_what_it_dropped_before_a_failure(
-    tmp_path: Path, wall: _Wall, log: _Records
+    tmp_path: Path, wall: _Wall, log: Records
 ) -> None:
     directory = tmp_path / "spool"
     Spool(directory).put(one(0))  # the oldest: evicted
