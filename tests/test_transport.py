@@ -231,16 +231,19 @@ def test_new_session_falls_back_to_curl_ca_bundle_then_to_the_default(
         assert session.proxies == {"no": "127.0.0.1,localhost"}  # as requests reads it
 
 
-def test_abort_ends_a_read_under_way_on_a_tracked_connection(server: FaultServer) -> None:
-    server.set_default(hang())
-    session = new_session(server.endpoint)
-    adapter = session.adapters["http://"]
+def _abort_a_read_under_way(
+    server: FaultServer, session: requests.Session, scheme: str, endpoint: str
+) -> BaseException | None:
+    """POST to ``server`` (which hangs) from a thread, abort the session's tracked adapter once
+    the request has arrived, and return what ended the POST (``None``: it returned)."""
+    adapter = session.adapters[f"{scheme}://"]
     assert isinstance(adapter, _TrackingAdapter)
+    server.set_default(hang())
     outcome: list[BaseException | None] = []
 
     def post() -> None:
         try:
-            session.post(f"{server.endpoint}/track", data=b"[]", timeout=30)
+            session.post(f"{endpoint}/track", data=b"[]", timeout=30)
             outcome.append(None)
         except BaseException as exc:  # what ended the read is the outcome
             outcome.append(exc)
@@ -252,12 +255,18 @@ def test_abort_ends_a_read_under_way_on_a_tracked_connection(server: FaultServer
         adapter.abort()
         thread.join(10)  # a bound for a loaded machine; the abort ends the read at once
         assert not thread.is_alive()
-        assert len(outcome) == 1
-        assert isinstance(outcome[0], requests.ConnectionError)
     finally:
         server.stop()
         thread.join()
         session.close()
+    assert len(outcome) == 1
+    return outcome[0]
+
+
+def test_abort_ends_a_read_under_way_on_a_tracked_connection(server: FaultServer) -> None:
+    session = new_session(server.endpoint)
+    ended = _abort_a_read_under_way(server, session, "http", server.endpoint)
+    assert isinstance(ended, requests.ConnectionError)
 
 
 # ---------------------------------------------------------------------------- delivery outcomes
@@ -1030,32 +1039,8 @@ def test_the_own_session_tracks_https_connections_too(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
     with FaultServer(tls=tls_context(cert, key)) as server:
         endpoint = f"https://127.0.0.1:{server.port}"
-        session = new_session(endpoint)
-        adapter = session.adapters["https://"]
-        assert isinstance(adapter, _TrackingAdapter)
-        server.set_default(hang())
-        outcome: list[BaseException | None] = []
-
-        def post() -> None:
-            try:
-                session.post(f"{endpoint}/track", data=b"[]", timeout=30)
-                outcome.append(None)
-            except BaseException as exc:  # what ended the read is the outcome
-                outcome.append(exc)
-
-        thread = threading.Thread(target=post)
-        thread.start()
-        try:
-            assert server.wait_for_requests(1)
-            adapter.abort()
-            thread.join(10)  # a bound for a loaded machine; the abort ends the read at once
-            assert not thread.is_alive()
-        finally:
-            server.stop()
-            thread.join()
-            session.close()
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], requests.ConnectionError)
+        ended = _abort_a_read_under_way(server, new_session(endpoint), "https", endpoint)
+    assert isinstance(ended, requests.ConnectionError)
 
 
 def test_abort_tolerates_connections_the_server_already_closed(server: FaultServer) -> None:
