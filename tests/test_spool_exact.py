@@ -53,6 +53,18 @@ def files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
+def one_claimed(tmp_path: Path) -> tuple[Path, Spool, str, _spool.SpoolClaim]:
+    """A spool under ``tmp_path`` holding one parcel, claimed: its directory, the spool, the
+    parcel's file name and the claim."""
+    directory = tmp_path / "spool"
+    spool = Spool(directory)
+    spool.put(one(0))
+    (name,) = files(directory)
+    claim = spool.claim()
+    assert claim is not None
+    return directory, spool, name, claim
+
+
 def framed(body: bytes, length: bytes | None = None, magic: bytes = b"ALTSPOOL1") -> bytes:
     digest = hashlib.sha256(body).hexdigest().encode("ascii")
     return b"%s %s %s\n%s" % (magic, digest, b"%d" % len(body) if length is None else length, body)
@@ -318,12 +330,7 @@ def test_done_deletes_only_its_own_file(tmp_path: Path, log: Records) -> None:
 
 
 def test_done_after_recovery_and_reclaim_leaves_the_new_claim_alone(tmp_path: Path) -> None:
-    directory = tmp_path / "spool"
-    spool = Spool(directory)
-    spool.put(one(0))
-    (name,) = files(directory)
-    claim = spool.claim()
-    assert claim is not None
+    directory, _, name, claim = one_claimed(tmp_path)
     _claimed_path(directory).rename(directory / name)  # judged stale by another process...
     other = Spool(directory).claim()  # ...and claimed again by it
     assert other is not None
@@ -352,12 +359,7 @@ def test_done_that_cannot_delete_warns_once(tmp_path: Path, log: Records) -> Non
 
 
 def test_release_that_cannot_rename_warns_once(tmp_path: Path, log: Records) -> None:
-    directory = tmp_path / "spool"
-    spool = Spool(directory)
-    spool.put(one(0))
-    (name,) = files(directory)
-    claim = spool.claim()
-    assert claim is not None
+    directory, _, name, claim = one_claimed(tmp_path)
     claimed = _claimed_path(directory)
     (directory / name).mkdir()
     (directory / name / "keep").touch()  # a non-empty directory cannot be replaced by a file
@@ -371,12 +373,7 @@ def test_release_that_cannot_rename_warns_once(tmp_path: Path, log: Records) -> 
 
 
 def test_done_after_release_keeps_the_parcel(tmp_path: Path, log: Records) -> None:
-    directory = tmp_path / "spool"
-    spool = Spool(directory)
-    spool.put(one(0))
-    (name,) = files(directory)
-    claim = spool.claim()
-    assert claim is not None
+    directory, spool, name, claim = one_claimed(tmp_path)
     claim.release()
     claim.done()  # too late: the parcel is back in the spool, for whoever claims it next
     assert files(directory) == [name]
@@ -388,12 +385,7 @@ def test_done_after_release_keeps_the_parcel(tmp_path: Path, log: Records) -> No
 
 
 def test_release_after_stale_recovery_is_quiet(tmp_path: Path, log: Records) -> None:
-    directory = tmp_path / "spool"
-    spool = Spool(directory)
-    spool.put(one(0))
-    (name,) = files(directory)
-    claim = spool.claim()
-    assert claim is not None
+    directory, _, name, claim = one_claimed(tmp_path)
     _claimed_path(directory).rename(directory / name)
     claim.release()
     assert files(directory) == [name]
