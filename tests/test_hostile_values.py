@@ -103,3 +103,42 @@ def test_deeply_nested_log_body_is_cut_not_fatal() -> None:
     assert node is None  # cut at the nesting limit
     # Cut at 32 levels of containers: 16 "down" dicts with their lists, then null.
     assert depth == 16
+
+
+# -- exact edges of the value rules (each pinned where a mutant of it survived) ---------------
+
+
+def test_integer_bounds_are_exact() -> None:
+    """Integers inside +-10**4000 (exclusive) pass as they are; from the bound on they become
+    null, as id strings too (Python refuses to print past 4,300 digits)."""
+    from opentelemetry_exporter_altertable._values import _INT_LIMIT, _as_id, _value, json_safe
+
+    assert _INT_LIMIT == 10**4000
+    for convert in (json_safe, _value):
+        assert convert(_INT_LIMIT - 1) == _INT_LIMIT - 1
+        assert convert(-_INT_LIMIT + 1) == -_INT_LIMIT + 1
+        assert convert(_INT_LIMIT) is None
+        assert convert(-_INT_LIMIT) is None
+    assert _as_id(_INT_LIMIT - 1) == str(_INT_LIMIT - 1)
+    assert _as_id(-_INT_LIMIT + 1) == str(-_INT_LIMIT + 1)
+    assert _as_id(_INT_LIMIT) is None
+    assert _as_id(-_INT_LIMIT) is None
+
+
+def test_subclasses_and_unknown_objects_become_their_plain_values() -> None:
+    from opentelemetry_exporter_altertable._values import _as_id, _value, json_safe
+
+    class Ratio(float):
+        pass
+
+    class Token:
+        def __str__(self) -> str:
+            return "tok-1"
+
+    for convert in (json_safe, _value):
+        assert convert(Ratio(0.5)) == 0.5 and type(convert(Ratio(0.5))) is float
+        assert convert(Ratio("nan")) is None
+        assert convert(Ratio("inf")) is None
+        assert convert(Token()) == "tok-1"
+    assert _as_id("") is None  # an empty id is no id
+    assert _as_id("u-1") == "u-1"

@@ -25,6 +25,7 @@ from opentelemetry_exporter_altertable._mapping import (
     has_interest,
     map_records,
 )
+from opentelemetry_exporter_altertable._values import _value, json_safe
 
 #: Keys of a plain tagged request (what the plans are for), and keys that need the general rules.
 PLAIN_KEYS = (
@@ -185,3 +186,18 @@ def test_the_interest_prefixes_are_analytics_and_user_keys() -> None:
     """``has_interest`` searches for ``\\nanalytics.`` and ``\\nuser.`` only."""
     assert all(prefix.startswith(("analytics.", "user.")) for prefix in _INTEREST_PREFIXES)
     assert set(_INTEREST_PREFIXES) == set(PREFIXES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(
+        VALUES,
+        st.integers(),
+        st.sampled_from((10**4000 - 1, 10**4000, -(10**4000), True, False, None, "\ud800", 1.5)),
+        st.lists(VALUES, max_size=3),
+        st.dictionaries(st.text(max_size=3), VALUES, max_size=3),
+    )
+)
+def test_the_value_shortcut_answers_as_json_safe(value: Any) -> None:
+    """``_value`` (the per-property shortcut) is ``json_safe`` with the common cases first."""
+    assert repr(_value(value)) == repr(json_safe(value))
