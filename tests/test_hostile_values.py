@@ -7,6 +7,7 @@ parser refuses anything invalid (so a bad byte would show as a refused request).
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from typing import Any
@@ -131,6 +132,9 @@ def test_subclasses_and_unknown_objects_become_their_plain_values() -> None:
     class Ratio(float):
         pass
 
+    class Level(enum.IntEnum):
+        HIGH = 3
+
     class Token:
         def __str__(self) -> str:
             return "tok-1"
@@ -140,5 +144,6 @@ def test_subclasses_and_unknown_objects_become_their_plain_values() -> None:
         assert convert(Ratio("nan")) is None
         assert convert(Ratio("inf")) is None
         assert convert(Token()) == "tok-1"
+        assert convert(Level.HIGH) == 3 and type(convert(Level.HIGH)) is int
     assert _as_id("") is None  # an empty id is no id
     assert _as_id("u-1") == "u-1"
