@@ -168,6 +168,7 @@ class RunningQuery:
         self._timer: threading.Timer | None = None
         self._timed_out = threading.Event()
         self._cancelled = threading.Event()
+        self._statement_done = threading.Event()
         self._closed = False
         self.columns: list[dict[str, str]] = []
 
@@ -181,6 +182,8 @@ class RunningQuery:
             self._cursor.execute(sql)
         except Exception as exc:
             raise QueryFailed(self._reason(exc)) from None
+        finally:
+            self._statement_done.set()
         description = self._cursor.description or []
         self.columns = [{"name": d[0], "type": str(d[1])} for d in description]
 
@@ -199,10 +202,18 @@ class RunningQuery:
                 yield to_jsonable(list(row))
 
     def cancel(self) -> None:
-        """Abort the statement (the client went away)."""
+        """Abort the statement (the client went away).
+
+        An interrupt that lands before DuckDB has started the statement (while ``BEGIN`` runs,
+        or between the two) is lost and the statement would run to its time limit, so the
+        interrupt is repeated until the statement has ended.
+        """
         self._cancelled.set()
-        with contextlib.suppress(Exception):
-            self._cursor.interrupt()
+        while True:
+            with contextlib.suppress(Exception):
+                self._cursor.interrupt()
+            if self._statement_done.wait(0.05):
+                return
 
     def _expire(self) -> None:
         self._timed_out.set()
