@@ -45,9 +45,12 @@ def ca_bundle() -> str | None:
     return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
 
 
-def _tracked(
+def tracked(
     base: type[HTTPConnectionPool], registry: weakref.WeakSet[Any]
 ) -> type[HTTPConnectionPool]:
+    """``base`` recording each connection it opens in ``registry``: what an abort shuts down,
+    for the own pool and for the sessions of ``_transport.new_session`` alike."""
+
     class Tracked(base):  # type: ignore[valid-type,misc]
         def _new_conn(self) -> Any:
             conn = super()._new_conn()
@@ -82,8 +85,8 @@ class OwnPool:
         else:
             manager = urllib3.PoolManager(num_pools=2, maxsize=pool_size, **tls)
         manager.pool_classes_by_scheme = {
-            "http": _tracked(HTTPConnectionPool, self._connections),
-            "https": _tracked(HTTPSConnectionPool, self._connections),
+            "http": tracked(HTTPConnectionPool, self._connections),
+            "https": tracked(HTTPSConnectionPool, self._connections),
         }
         self._manager = manager
         self._endpoint = endpoint

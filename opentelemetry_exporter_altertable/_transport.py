@@ -31,7 +31,7 @@ from . import _api
 from . import environment_variables as ev
 from ._answers import ACCEPT_ENCODING, CONFIG_ERRORS, Answer, read_answer, read_stream
 from ._config import ExporterConfig
-from ._pool import OwnPool, own_pool
+from ._pool import OwnPool, own_pool, tracked
 from ._retry import (
     is_retryable_status,
     is_tls_error,
@@ -146,20 +146,9 @@ class _TrackingAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         # Equivalent if mutated: requests passes only block=False here, urllib3's default.
         super().init_poolmanager(*args, **kwargs)  # pragma: no mutate
-        registry = self._connections
-
-        def tracked(base: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
-            class Tracked(base):  # type: ignore[valid-type,misc]
-                def _new_conn(self) -> Any:
-                    conn = super()._new_conn()
-                    registry.add(conn)
-                    return conn
-
-            return Tracked
-
         self.poolmanager.pool_classes_by_scheme = {
-            "http": tracked(HTTPConnectionPool),
-            "https": tracked(HTTPSConnectionPool),
+            "http": tracked(HTTPConnectionPool, self._connections),
+            "https": tracked(HTTPSConnectionPool, self._connections),
         }
 
     def abort(self) -> None:
