@@ -339,3 +339,26 @@ def test_the_time_limit_while_streaming_ends_with_an_error_line() -> None:
         assert len(lines) > 3  # rows streamed before the limit
         assert "time limit" in lines[-1]["error"]
         assert r.queries_running == 0
+
+
+def test_a_cancel_before_the_statement_starts_still_stops_it() -> None:
+    """A client that leaves while ``BEGIN`` runs: its one interrupt would land before DuckDB
+    starts the statement and be lost, and the query would run to its time limit (8 s here).
+    The cancel repeats until the statement has ended, so it stops within a second or so."""
+    from opentelemetry_exporter_altertable.receiver._query import QueryFailed, RunningQuery
+    from opentelemetry_exporter_altertable.receiver._store import Store
+
+    store = Store()
+    running = RunningQuery(store, store.reader(), timeout=8)
+    canceller = threading.Thread(target=running.cancel)
+    canceller.start()  # nothing runs yet: the first interrupt finds no statement
+    started = time.monotonic()
+    try:
+        with pytest.raises(QueryFailed, match="the client went away"):
+            running.execute(LONG_QUERY)
+        assert time.monotonic() - started < 5  # the time limit is 8 s; the rest is margin for load
+    finally:
+        canceller.join(10)
+        running.close()
+        store.close()
+    assert not canceller.is_alive()
