@@ -16,7 +16,8 @@ from ._answers import read_answer
 from ._api import LIB_NAME, LIB_VERSION
 from ._config import ExporterConfig
 from ._mapping import format_timestamp
-from ._transport import endpoint_url, new_session, request_headers
+from ._pool import new_session
+from ._transport import endpoint_url, request_headers
 
 
 @dataclass(frozen=True)

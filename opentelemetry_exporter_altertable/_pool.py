@@ -1,16 +1,25 @@
-"""The package's own connection pool: urllib3 directly, configured as ``requests`` would be.
+"""Senders: what puts one POST on the wire, behind one small interface.
 
-One job: POST a body and hand back the streamed answer, over pooled keep-alive connections.
-``requests.Session.post`` costs about three times urllib3's pool per request (hooks, cookies,
-header merging, URL re-parsing, environment lookups), so when the user passes no session the
-transport posts through urllib3 itself. What ``requests`` would read from the environment is
-read here once: proxies (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``, ``NO_PROXY``,
-credentials in the proxy URL) and the CA bundle (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``,
-else the same ``certifi`` bundle ``requests`` trusts). A SOCKS proxy needs ``requests``' own
-adapter: :func:`own_pool` returns ``None`` and the transport falls back to a session.
+One job: POST a body and hand back the streamed answer, unread. The transport decides
+everything else (chunks, deadline, retries, what an answer means) and talks to one
+:class:`Sender` without knowing which it is:
+
+- :class:`OwnPool`, the default: urllib3's pool directly, configured as ``requests`` would be.
+  ``requests.Session.post`` costs about three times urllib3's pool per request (hooks, cookies,
+  header merging, URL re-parsing, environment lookups).
+- :class:`OwnSession`: a ``requests`` session the package builds, where only ``requests`` can
+  go (a SOCKS proxy needs its adapter).
+- :class:`GivenSession`: a user's ``requests.Session``, used exactly as given: its hooks and
+  headers run, its environment is its own business, its requests are never cut short.
+
+What ``requests`` would read from the environment on every POST is read once, when a sender is
+made: proxies (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``, ``NO_PROXY``, credentials in
+the proxy URL) and the CA bundle (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, else the same
+``certifi`` bundle ``requests`` trusts).
 
 Nothing is retried or redirected here (``retries=False``, ``redirect=False``): the transport
-decides. Connections are remembered so exit can cut a read under way short (:meth:`abort`).
+decides. The package's own senders remember their connections, so exit can cut a read under
+way short (:meth:`Sender.abort`).
 """
 
 from __future__ import annotations
@@ -20,15 +29,53 @@ import os
 import socket
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+import requests
 import requests.utils
 import urllib3
+from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.response import BaseHTTPResponse
 
-__all__ = ["OwnPool", "ca_bundle", "own_pool", "proxy_for"]
+__all__ = [
+    "Connections",
+    "GivenSession",
+    "OwnPool",
+    "OwnSession",
+    "Sender",
+    "ca_bundle",
+    "new_session",
+    "own_pool",
+    "proxy_for",
+    "resolve_sender",
+]
+
+DEFAULT_POOL_SIZE = 16
+
+#: A POST's answer, not read yet: urllib3's streamed response and its status.
+Sent = tuple[Any, int]
+
+
+class Sender(Protocol):
+    """Puts a POST on the wire; the transport's only view of HTTP."""
+
+    def request(
+        self, url: str, target: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> Sent:
+        """POST ``body`` to ``url`` (``target``: its path and query); the answer is not read."""
+
+    def abort(self) -> None:
+        """End the requests under way at once (interpreter exit), where that is ours to do."""
+
+    def close(self) -> None:
+        """Close the idle connections this sender opened; a later request opens new ones."""
+
+    def forked(self) -> Sender:
+        """The sender a forked child uses: it must not share the parent's sockets."""
+
+
+# ---------------------------------------------------------------------------- environment
 
 
 def proxy_for(endpoint: str) -> str | None:
@@ -45,11 +92,13 @@ def ca_bundle() -> str | None:
     return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
 
 
+# ---------------------------------------------------------------------------- tracked sockets
+
+
 def tracked(
     base: type[HTTPConnectionPool], registry: weakref.WeakSet[Any]
 ) -> type[HTTPConnectionPool]:
-    """``base`` recording each connection it opens in ``registry``: what an abort shuts down,
-    for the own pool and for the sessions of ``_transport.new_session`` alike."""
+    """``base`` recording each connection it opens in ``registry``."""
 
     class Tracked(base):  # type: ignore[valid-type,misc]
         def _new_conn(self) -> Any:
@@ -60,10 +109,40 @@ def tracked(
     return Tracked
 
 
+class Connections(weakref.WeakSet[Any]):
+    """The connections a pool opened: what :meth:`abort` shuts down.
+
+    At interpreter exit an export blocked on a hung server must end within the exit bound, but
+    a socket read already under way keeps the timeout it started with. Shutting the socket down
+    ends that read at once.
+    """
+
+    def pool_classes(self) -> dict[str, type[HTTPConnectionPool]]:
+        """urllib3's pool classes by scheme, each recording its connections here."""
+        return {
+            "http": tracked(HTTPConnectionPool, self),
+            "https": tracked(HTTPSConnectionPool, self),
+        }
+
+    def abort(self) -> None:
+        """Shut every socket down (reads under way end with an error)."""
+        for conn in list(self):
+            # Equivalent if mutated: urllib3's connections always have .sock (None once closed).
+            sock = getattr(conn, "sock", None)  # pragma: no mutate
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+# ---------------------------------------------------------------------------- the own pool
+
+
 class OwnPool:
     """Keep-alive connections to one endpoint (through its proxy, if any), urllib3 only."""
 
-    def __init__(self, endpoint: str, proxy: str | None, pool_size: int = 16) -> None:
+    def __init__(
+        self, endpoint: str, proxy: str | None, pool_size: int = DEFAULT_POOL_SIZE
+    ) -> None:
         bundle = ca_bundle()
         tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
         if bundle and os.path.isdir(bundle):
@@ -71,7 +150,7 @@ class OwnPool:
         else:
             tls["ca_certs"] = bundle or requests.utils.DEFAULT_CA_BUNDLE_PATH
         self.proxy = proxy
-        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._connections = Connections()
         manager: urllib3.PoolManager
         if proxy is not None:
             parts = urlsplit(proxy)
@@ -84,10 +163,7 @@ class OwnPool:
             )
         else:
             manager = urllib3.PoolManager(num_pools=2, maxsize=pool_size, **tls)
-        manager.pool_classes_by_scheme = {
-            "http": tracked(HTTPConnectionPool, self._connections),
-            "https": tracked(HTTPSConnectionPool, self._connections),
-        }
+        manager.pool_classes_by_scheme = self._connections.pool_classes()
         self._manager = manager
         self._endpoint = endpoint
         # Without a proxy (or through a CONNECT tunnel) every request goes to one pool whose
@@ -95,14 +171,13 @@ class OwnPool:
         tunnel_or_direct = proxy is None or urlsplit(endpoint).scheme == "https"
         self._direct = manager.connection_from_url(endpoint) if tunnel_or_direct else None
 
-    def post(
-        self, url: str, path: str, body: bytes, headers: Mapping[str, str], timeout: float
-    ) -> BaseHTTPResponse:
-        """POST ``body``; the answer is not read yet (``preload_content=False``)."""
+    def request(
+        self, url: str, target: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> Sent:
         if self._direct is not None:
-            return self._direct.urlopen(
+            raw = self._direct.urlopen(
                 "POST",
-                path,
+                target,
                 body=body,
                 headers=headers,
                 timeout=timeout,
@@ -112,25 +187,22 @@ class OwnPool:
                 preload_content=False,
                 decode_content=False,
             )
-        return self._manager.urlopen(  # plain HTTP through a proxy: absolute-form requests
-            "POST",
-            url,
-            body=body,
-            headers=headers,
-            timeout=timeout,
-            retries=False,
-            redirect=False,
-            preload_content=False,
-            decode_content=False,
-        )
+        else:
+            raw = self._manager.urlopen(  # plain HTTP through a proxy: absolute-form requests
+                "POST",
+                url,
+                body=body,
+                headers=headers,
+                timeout=timeout,
+                retries=False,
+                redirect=False,
+                preload_content=False,
+                decode_content=False,
+            )
+        return raw, raw.status
 
     def abort(self) -> None:
-        """Shut every socket of this pool down (reads under way end with an error)."""
-        for conn in list(self._connections):
-            sock = getattr(conn, "sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+        self._connections.abort()
 
     def close(self) -> None:
         """Close the idle pooled connections; a later request opens a new one.
@@ -143,8 +215,11 @@ class OwnPool:
             self._direct.close()
             self._direct = self._manager.connection_from_url(self._endpoint)
 
+    def forked(self) -> Sender:
+        return resolve_sender(self._endpoint)
 
-def own_pool(endpoint: str, pool_size: int = 16) -> OwnPool | None:
+
+def own_pool(endpoint: str, pool_size: int = DEFAULT_POOL_SIZE) -> OwnPool | None:
     """The urllib3 pool for ``endpoint``, or ``None`` when only ``requests`` can reach it
     (a SOCKS proxy)."""
     try:
@@ -154,3 +229,106 @@ def own_pool(endpoint: str, pool_size: int = 16) -> OwnPool | None:
         return OwnPool(endpoint, proxy, pool_size)
     except ValueError:  # an unusable endpoint (the exporter refuses to send anyway)
         return None
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+class _TrackingAdapter(HTTPAdapter):
+    """An adapter that remembers its connections, so exit can cut one short."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._connections = Connections()
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        # Equivalent if mutated: requests passes only block=False here, urllib3's default.
+        super().init_poolmanager(*args, **kwargs)  # pragma: no mutate
+        self.poolmanager.pool_classes_by_scheme = self._connections.pool_classes()
+
+    def abort(self) -> None:
+        """Shut every socket of this adapter down (reads under way end with an error)."""
+        self._connections.abort()
+
+
+def new_session(endpoint: str, pool_size: int = DEFAULT_POOL_SIZE) -> requests.Session:
+    """A pooled session that does no retrying of its own (the transport decides).
+
+    Proxy and CA settings (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``) are read from
+    the environment once, here, rather than by ``requests`` on every POST, where reading them
+    cost about a quarter of each request's client-side time.
+    """
+    session = requests.Session()
+    adapter = _TrackingAdapter(
+        pool_connections=2,
+        pool_maxsize=pool_size,
+        max_retries=0,  # pragma: no mutate (requests' default too: said to be read, equivalent)
+    )
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.proxies.update(requests.utils.get_environ_proxies(endpoint))
+    bundle = ca_bundle()
+    if bundle:
+        session.verify = bundle
+    session.trust_env = False
+    return session
+
+
+class GivenSession:
+    """A user's ``requests.Session``: used as given, never aborted nor closed here."""
+
+    def __init__(self, session: requests.Session) -> None:
+        self.session = session
+
+    def request(
+        self, url: str, target: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> Sent:
+        response = self.session.post(
+            url,
+            data=body,
+            headers=headers,
+            timeout=timeout,
+            stream=True,
+            allow_redirects=False,
+        )
+        return response.raw, response.status_code
+
+    def abort(self) -> None:
+        """Nothing: a user's session is used as given, its requests end by the deadline."""
+
+    def close(self) -> None:
+        """Nothing: the session is the user's to close."""
+
+    def forked(self) -> Sender:
+        """The same session, its pooled connections (the parent's sockets) closed."""
+        for adapter in self.session.adapters.values():
+            adapter.close()
+        return self
+
+
+class OwnSession(GivenSession):
+    """A session of the package's own (:func:`new_session`), where only ``requests`` can go."""
+
+    def __init__(self, endpoint: str, pool_size: int = DEFAULT_POOL_SIZE) -> None:
+        super().__init__(new_session(endpoint, pool_size))
+        self._endpoint = endpoint
+
+    def abort(self) -> None:
+        for adapter in self.session.adapters.values():
+            if isinstance(adapter, _TrackingAdapter):
+                adapter.abort()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def forked(self) -> Sender:
+        return resolve_sender(self._endpoint)
+
+
+def resolve_sender(endpoint: str, session: requests.Session | None = None) -> Sender:
+    """The sender for ``endpoint``: a user's ``session`` as given; else urllib3's pool, or an
+    own session where only ``requests`` can go."""
+    if session is not None:
+        return GivenSession(session)
+    pool = own_pool(endpoint)
+    return pool if pool is not None else OwnSession(endpoint)

@@ -8,15 +8,12 @@ not raise: whatever goes wrong, every call it was given is in its report exactly
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import logging
 import os
-import socket
 import threading
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,14 +21,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from . import _api
 from . import environment_variables as ev
 from ._answers import ACCEPT_ENCODING, CONFIG_ERRORS, Answer, read_answer, read_stream
 from ._config import ExporterConfig
-from ._pool import OwnPool, own_pool, tracked
+from ._pool import Sender, resolve_sender
 from ._retry import (
     is_retryable_status,
     is_tls_error,
@@ -131,59 +126,6 @@ def endpoint_url(config: ExporterConfig, name: str, sync: bool | None = None) ->
     return f"{config.endpoint}/{name}{query}"
 
 
-class _TrackingAdapter(HTTPAdapter):
-    """An adapter that remembers its connections, so exit can cut one short.
-
-    At interpreter exit an export blocked on a hung server must end within the exit bound,
-    but a socket read already under way keeps the timeout it started with. Shutting the
-    socket down (:meth:`abort`) ends that read at once.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        # Equivalent if mutated: requests passes only block=False here, urllib3's default.
-        super().init_poolmanager(*args, **kwargs)  # pragma: no mutate
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": tracked(HTTPConnectionPool, self._connections),
-            "https": tracked(HTTPSConnectionPool, self._connections),
-        }
-
-    def abort(self) -> None:
-        """Shut every socket of this adapter down (reads under way end with an error)."""
-        for conn in list(self._connections):
-            # Equivalent if mutated: urllib3's connections always have .sock (None once closed).
-            sock = getattr(conn, "sock", None)  # pragma: no mutate
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-
-def new_session(endpoint: str, pool_size: int = 16) -> requests.Session:
-    """A pooled session that does no retrying of its own (the transport decides).
-
-    Proxy and CA settings (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``) are read from
-    the environment once, here, rather than by ``requests`` on every POST, where reading them
-    cost about a quarter of each request's client-side time.
-    """
-    session = requests.Session()
-    adapter = _TrackingAdapter(
-        pool_connections=2,
-        pool_maxsize=pool_size,
-        max_retries=0,  # pragma: no mutate (requests' default too: said to be read, equivalent)
-    )
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    session.proxies.update(requests.utils.get_environ_proxies(endpoint))
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if bundle:
-        session.verify = bundle
-    session.trust_env = False
-    return session
-
-
 def _request_target(url: str) -> str:
     """The path and query of ``url``: what the request line names on a direct connection."""
     parts = urlsplit(url)
@@ -208,17 +150,7 @@ class Transport:
         stats: Stats | None = None,
     ) -> None:
         self._config = config
-        self._own_session = session is None
-        # The user's session is used exactly as given; else urllib3's pool directly (about a
-        # third of requests' cost per POST), or an own session where only requests can go.
-        self._pool: OwnPool | None = own_pool(config.endpoint) if session is None else None
-        self._session = (
-            session
-            if session is not None
-            else new_session(config.endpoint)
-            if self._pool is None
-            else None
-        )
+        self._sender: Sender = resolve_sender(config.endpoint, session)
         self._stats = stats if stats is not None else Stats()
         # orjson sends the very bytes json would (tested): which one is used cannot be seen.
         self._encode: Encoder = fast_encoder() or encode_json  # pragma: no mutate
@@ -256,23 +188,11 @@ class Transport:
 
     def abort_requests(self) -> None:
         """End requests under way at once (the pool's sockets are shut); exit only."""
-        if not self._own_session:
-            return  # a user's session is used as given: its requests end by the deadline
-        if self._pool is not None:
-            self._pool.abort()
-        elif self._session is not None:
-            for adapter in self._session.adapters.values():
-                if isinstance(adapter, _TrackingAdapter):
-                    adapter.abort()
+        self._sender.abort()
 
     def release(self) -> None:
         """Close the pooled connections (only those of a pool this transport created)."""
-        if not self._own_session:
-            return
-        if self._pool is not None:
-            self._pool.close()
-        elif self._session is not None:
-            self._session.close()
+        self._sender.close()
 
     def _after_fork(self) -> None:
         """The child must not share the parent's sockets or locks."""
@@ -284,33 +204,7 @@ class Transport:
             self._closing.set()
             self._wake.set()
         self._told_lock = threading.Lock()
-        if self._own_session:
-            self._pool = own_pool(self._config.endpoint)
-            self._session = new_session(self._config.endpoint) if self._pool is None else None
-        elif self._session is not None:
-            for adapter in self._session.adapters.values():
-                adapter.close()
-
-    def _post(self, url: str, path: str, body: bytes, timeout: float) -> tuple[Any, int]:
-        """One POST, its answer not read yet: the urllib3 response and its status."""
-        if self._pool is not None:
-            raw = self._pool.post(url, path, body, self._headers, timeout)
-            return raw, raw.status
-        response = self._user_session().post(
-            url,
-            data=body,
-            headers=self._headers,
-            timeout=timeout,
-            stream=True,
-            allow_redirects=False,
-        )
-        return response.raw, response.status_code
-
-    def _user_session(self) -> requests.Session:
-        """The session requests go through when urllib3's pool is not used."""
-        if self._session is None:  # not reached: without a session the own pool is used
-            self._session = new_session(self._config.endpoint)  # pragma: no mutate
-        return self._session
+        self._sender = self._sender.forked()
 
     # ------------------------------------------------------------------ delivery
 
@@ -438,7 +332,7 @@ class Transport:
             try:
                 # Redirects are not followed: requests would turn the POST into a bodiless GET
                 # (301-303) or re-send X-API-Key to whatever host the Location names (307/308).
-                raw, status = self._post(url, path, body, remaining)
+                raw, status = self._sender.request(url, path, body, self._headers, remaining)
                 content = read_stream(raw, deadline)
             except Exception as exc:
                 if is_tls_error(exc):

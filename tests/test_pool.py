@@ -23,7 +23,7 @@ from faultserver import FaultServer, retry_later, tls_context, tls_files
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from opentelemetry_exporter_altertable import AltertableSpanExporter
-from opentelemetry_exporter_altertable._pool import OwnPool, own_pool, proxy_for
+from opentelemetry_exporter_altertable._pool import GivenSession, OwnPool, own_pool, proxy_for
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
                    "all_proxy", "NO_PROXY", "no_proxy")  # fmt: skip
@@ -121,9 +121,9 @@ def test_the_own_pool_is_urllib3_and_a_user_session_is_not_replaced(
             api_key=FAKE_API_KEY, endpoint=server.endpoint, session=session
         )
         try:
-            assert isinstance(own._transport._pool, OwnPool)
-            assert given._transport._pool is None
-            assert given._transport._session is session
+            assert isinstance(own._transport._sender, OwnPool)
+            assert isinstance(given._transport._sender, GivenSession)
+            assert given._transport._sender.session is session
         finally:
             own.shutdown()
             given.shutdown()

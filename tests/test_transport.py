@@ -41,16 +41,21 @@ from opentelemetry_exporter_altertable import RetryPolicy
 from opentelemetry_exporter_altertable._answers import ACCEPT_ENCODING, read_stream
 from opentelemetry_exporter_altertable._api import USER_AGENT
 from opentelemetry_exporter_altertable._config import ExporterConfig, resolve_config
+from opentelemetry_exporter_altertable._pool import (
+    GivenSession,
+    OwnPool,
+    OwnSession,
+    _TrackingAdapter,
+    new_session,
+)
 from opentelemetry_exporter_altertable._retry import AnswerTimeout
 from opentelemetry_exporter_altertable._transport import (
     DeliveryReport,
     Transport,
     _request_target,
-    _TrackingAdapter,
     encode_json,
     endpoint_url,
     fast_encoder,
-    new_session,
     request_headers,
 )
 
@@ -889,10 +894,10 @@ def test_abort_requests_ends_a_request_on_the_own_session_too(
     monkeypatch.delenv("NO_PROXY")
     monkeypatch.delenv("no_proxy")
     transport = Transport(config_for(server.endpoint, retry=RetryPolicy(total=0)))
-    assert transport._pool is None
-    assert transport._session is not None
-    assert transport._session.proxies == {"http": "socks5://127.0.0.1:1"}
-    transport._session.proxies.clear()  # no SOCKS library here: reach the server directly
+    sender = transport._sender
+    assert isinstance(sender, OwnSession)
+    assert sender.session.proxies == {"http": "socks5://127.0.0.1:1"}
+    sender.session.proxies.clear()  # no SOCKS library here: reach the server directly
     server.set_default(hang())
     thread, reports = _deliver_in_thread(transport, {"track": items(1)})
     try:
@@ -949,8 +954,8 @@ def test_release_closes_the_own_session(
     monkeypatch.delenv("NO_PROXY")
     monkeypatch.delenv("no_proxy")
     transport = Transport(config_for(server.endpoint))
-    assert transport._session is not None
-    transport._session.proxies.clear()  # as above: no SOCKS library here
+    assert isinstance(transport._sender, OwnSession)
+    transport._sender.session.proxies.clear()  # as above: no SOCKS library here
     transport.deliver({"track": items(1)}, far())
     transport.release()
     report = transport.deliver({"track": items(1)}, far())
@@ -970,18 +975,19 @@ def test_after_a_fork_the_child_opens_its_own_connections(
 ) -> None:
     session = None if own else requests.Session()
     transport = make_transport(session)
-    pool = transport._pool
+    sender = transport._sender
     transport.deliver({"track": items(1)}, far())
     _as_if_forked(transport)
     report = transport.deliver({"track": items(1, start=1)}, far())
     again = transport.deliver({"track": items(1, start=2)}, far())
     assert report.accepted == again.accepted == {"track": 1}
     assert [r.connection for r in server.requests] == [1, 2, 2]
-    assert transport._session is session
     if own:
-        assert transport._pool is not pool
+        assert isinstance(transport._sender, OwnPool)
+        assert transport._sender is not sender
     else:
-        assert transport._pool is None
+        assert isinstance(transport._sender, GivenSession)
+        assert transport._sender.session is session
         session.close()  # type: ignore[union-attr]
 
 
@@ -1204,15 +1210,17 @@ def test_after_a_fork_behind_a_socks_proxy_the_child_makes_its_own_session(
     monkeypatch.delenv("NO_PROXY")
     monkeypatch.delenv("no_proxy")
     transport = Transport(config_for(server.endpoint))
-    parent_session = transport._session
+    parent = transport._sender
     try:
         _as_if_forked(transport)
         report = transport.deliver({"track": items(1)}, far())
-        child_session = transport._session
+        child = transport._sender
     finally:
         transport.release()
-    assert child_session is not None
-    assert child_session is not parent_session
+    assert isinstance(parent, OwnSession)
+    assert isinstance(child, OwnSession)
+    child_session = child.session
+    assert child_session is not parent.session
     assert child_session.proxies == {"http": "socks5://127.0.0.1:1"}
     # No SOCKS library here: the request fails before leaving, a setting the user must fix.
     assert report.pending == {"track": items(1)}
