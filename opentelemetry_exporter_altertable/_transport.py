@@ -36,6 +36,7 @@ from ._retry import (
 )
 from ._stats import Stats
 from ._text import clip, clip_repr
+from ._warn_once import WarnOnce
 
 _logger = logging.getLogger(__name__)
 
@@ -162,8 +163,8 @@ class Transport:
         """Set by :meth:`close` and :meth:`begin_exit`: ends any backoff wait at once."""
         self._exit_deadline: float | None = None
         self._pid = os.getpid()
-        self._told: set[str] = set()
-        self._told_lock = threading.Lock()
+        # Errors a user must act on, said once (keys carry exception types: bounded).
+        self._tell_once = WarnOnce(_logger, logging.ERROR, repeat=logging.DEBUG, max_keys=257)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -203,7 +204,7 @@ class Transport:
         if closing:
             self._closing.set()
             self._wake.set()
-        self._told_lock = threading.Lock()
+        self._tell_once.reset_after_fork()
         self._sender = self._sender.forked()
 
     # ------------------------------------------------------------------ delivery
@@ -376,23 +377,6 @@ class Transport:
             retry_number += 1
 
     # ------------------------------------------------------------------ messages
-
-    def _tell_once(
-        self, key: str, message: str, *args: object, exc_info: bool = False
-    ) -> None:
-        """Log an error the first time, at debug level after that (no storm of repeats)."""
-        with self._told_lock:
-            if key in self._told:
-                first = False  # pragma: no mutate (None is as false: equivalent)
-            else:
-                if len(self._told) > 256:  # keys carry exception types: keep the set bounded
-                    self._told.clear()
-                self._told.add(key)
-                first = True
-        if first:
-            _logger.error(message, *args, exc_info=exc_info)
-        else:
-            _logger.debug(message, *args)
 
     def _tell_tls_error(self, exc: BaseException) -> None:
         endpoint = self._config.endpoint

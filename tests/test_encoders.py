@@ -57,7 +57,7 @@ def test_export_without_orjson_delivers(
 ) -> None:
     monkeypatch.setattr(_transport, "fast_encoder", lambda: None)
     exporter = make_exporter()
-    assert exporter._transport._encode is encode_json
+    assert exporter._core._transport._encode is encode_json
     batch = spans(5)
     result = exporter.export(batch)
     assert result.name == "SUCCESS"

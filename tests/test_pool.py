@@ -121,9 +121,9 @@ def test_the_own_pool_is_urllib3_and_a_user_session_is_not_replaced(
             api_key=FAKE_API_KEY, endpoint=server.endpoint, session=session
         )
         try:
-            assert isinstance(own._transport._sender, OwnPool)
-            assert isinstance(given._transport._sender, GivenSession)
-            assert given._transport._sender.session is session
+            assert isinstance(own._core._transport._sender, OwnPool)
+            assert isinstance(given._core._transport._sender, GivenSession)
+            assert given._core._transport._sender.session is session
         finally:
             own.shutdown()
             given.shutdown()

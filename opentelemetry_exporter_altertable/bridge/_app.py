@@ -118,7 +118,7 @@ class Bridge:
         self.max_body_bytes = max_body_bytes
         self.retry_after = retry_after
         self._options = MappingOptions(
-            environment=delivery.config.environment, on_warning=delivery._warn_once
+            environment=delivery.config.environment, on_warning=delivery.on_warning
         )
         self._answers: Counter[tuple[str, str, int]] = Counter()
         self._answers_lock = threading.Lock()

@@ -1,22 +1,20 @@
-"""The bridge's delivery: the exporters' own configuration, transport, spool and counters.
+"""The bridge's delivery: the exporters' own core (configuration, transport, spool, counters).
 
 The bridge must deliver exactly as an in-process exporter does (chunking, retries, 413 split,
 400 bisect, identify deduplication, spool and replay), and must also know, per request, what
 became of its calls, because its answer depends on it: 200 once everything is accepted or
-spooled, 503 when calls could be neither delivered nor kept. :class:`Delivery` reuses the
-exporter machinery as a whole and only records that outcome.
+spooled, 503 when calls could be neither delivered nor kept. :class:`Delivery` runs the
+exporter core and reads that from the core's own outcome.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .._core import ExporterCore
 from .._mapping import Calls
-from .._transport import DeliveryReport
-from ..exporters import _AltertableExporter
 
 
 @dataclass
@@ -31,44 +29,36 @@ class Outcome:
     """Why nothing was attempted (``shutdown``, ``no-api-key``), else ``None``."""
 
 
-class _Pending(threading.local):
-    report: DeliveryReport | None = None
-    kept: int = 0
-
-
-class Delivery(_AltertableExporter):
+class Delivery:
     """An exporter core without an SDK signal: calls in, an :class:`Outcome` out.
 
     Built from the same keyword arguments and ``OTEL_EXPORTER_ALTERTABLE_*`` variables as the
     exporters. Thread-safe: the bridge delivers the requests it serves concurrently.
     """
 
-    _signal = "bridge"
-
     def __init__(self, **settings: Any) -> None:
-        self._pending = _Pending()
-        super().__init__(**settings)
+        self._core = ExporterCore("bridge", **settings)
+        self.config = self._core.config
+        self.on_warning = self._core.on_warning
+        """The once-per-key warning hook, for the bridge's mapping."""
+
+    def stats(self) -> dict[str, object]:
+        """Counters since construction, as the exporters' ``stats()``."""
+        return self._core.stats()
+
+    def shutdown(self, timeout_millis: float = 30_000) -> None:
+        self._core.shutdown(timeout_millis)
 
     def deliver(self, count: int, build: Callable[[], Calls]) -> Outcome:
         """Map (``build``) and deliver the calls of ``count`` records; never raises."""
-        pending = self._pending
-        pending.report, pending.kept = None, 0
-        if self._shutdown:
-            return Outcome(refused="shutdown")
-        if not self._config.api_key:
-            return Outcome(refused="no-api-key")
-        ok = self._run(count, build)
-        report, pending.report = pending.report, None
-        if ok:
+        refused = self._core.refusal()
+        if refused is not None:
+            return Outcome(refused=refused)
+        run = self._core.run(count, build)
+        if run.ok:
             return Outcome()
+        report = run.report
         if report is None:  # mapping or delivery failed before any report: nothing was sent
             return Outcome(refused="error")
         owed = sum(len(items) for items in report.pending.values())
-        return Outcome(rejected=sum(report.rejected.values()), lost=owed - pending.kept)
-
-    def _keep(self, report: DeliveryReport) -> int:
-        # This request's report and what the spool took of it (not what replay re-spooled).
-        kept = super()._keep(report)
-        self._pending.report = report
-        self._pending.kept = kept
-        return kept
+        return Outcome(rejected=sum(report.rejected.values()), lost=owed - run.spooled)
