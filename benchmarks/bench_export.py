@@ -80,7 +80,7 @@ QUICK = Sizes(
 
 AnySink = Sink | ProcessSink
 
-#: The issue's targets for each ratio: (at least, at most).
+#: The package's targets for each ratio: (at least, at most).
 TARGETS: dict[str, tuple[float | None, float | None]] = {
     "ours/OTLP": (2.5, None),
     "ours/SDK": (55.0, None),

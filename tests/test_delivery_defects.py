@@ -1,4 +1,4 @@
-"""Delivery defects found by attacking v1, each reproduced over real loopback HTTP.
+"""Delivery defects, each reproduced over real loopback HTTP.
 
 One section per defect. Each test failed on the code before its fix; together they pin the
 class of bug, not only the one reproduction: an exception class nobody anticipated, an answer

@@ -673,7 +673,7 @@ def test_eviction_that_fails_stops_and_warns(tmp_path: Path, log: Records) -> No
     msg, args = warning(log)
     assert msg == "cannot evict %s from spool: %s"
     assert args[0] == stuck and isinstance(args[1], IsADirectoryError)
-    assert older in files(directory)  # the first failure ends this round of eviction
+    assert older in files(directory)  # the first failure ends this eviction pass
     assert len(files(directory)) == 3 and spool.lost == {}
 
 
