@@ -146,7 +146,7 @@ def test_official_client_runs_the_guide_queries(receiver: LocalReceiver) -> None
     identities = client.query_all(QueryRequest(statement=GUIDE_IDENTITIES, limit=10))
     assert identities.rows == [[USER, "user@example.com", "premium", "2025-01-15T11:00:00+00:00"]]
     assert identities.metadata.values["rows_limit"] == 10
-    # A failure is 400 {"error"}, as the Lakehouse API answers; client 0.5.1 reads the status but then
+    # A failure is 400 {"error"}, as the Lakehouse API answers; client 0.5.1 reads the status, then
     # trips on its own streamed response (httpx.ResponseNotRead) before it can raise.
     with pytest.raises((BadRequestError, httpx.ResponseNotRead)):
         client.query_all(QueryRequest(statement="SELEC 1"))
