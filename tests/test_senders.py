@@ -97,9 +97,12 @@ def test_a_sender_neither_retries_nor_follows_a_redirect(
     assert [r.path for r in server.requests] == ["/track"]
 
 
-def _read_under_way(sender: Sender, server: FaultServer) -> tuple[threading.Thread, list[object]]:
-    """POST from a thread to ``server`` (which hangs); the list gets what ended the POST."""
-    server.set_default(hang())
+def _read_under_way(
+    sender: Sender, server: FaultServer, answer: Answer | None = None
+) -> tuple[threading.Thread, list[object]]:
+    """POST from a thread to ``server`` (which hangs, or gives ``answer``) and return once the
+    request has arrived; the list gets what ended the POST: its answer, or an exception."""
+    server.set_default(hang() if answer is None else answer)
     ended: list[object] = []
 
     def post() -> None:
@@ -134,12 +137,8 @@ def test_abort_ends_a_read_under_way_on_the_packages_own_connections(
 def test_abort_leaves_a_users_session_alone(server: FaultServer) -> None:
     session = requests.Session()
     sender = GivenSession(session)
-    server.set_default(Answer(200, delay=0.5))
-    ended: list[object] = []
-    thread = threading.Thread(target=lambda: ended.append(_post(sender, server.endpoint)))
-    thread.start()
     try:
-        assert server.wait_for_requests(1)
+        thread, ended = _read_under_way(sender, server, Answer(200, delay=0.5))
         sender.abort()
         thread.join()
     finally:
