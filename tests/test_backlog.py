@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAKE_API_KEY, fast_retry
 from faultserver import FaultServer, bad_request, hang, ok, retry_later, unauthorized
+from support import FAKE_API_KEY, fast_retry, seqs
 
 from opentelemetry_exporter_altertable._backlog import REPLAY_FILES_PER_EXPORT, Backlog
 from opentelemetry_exporter_altertable._config import ExporterConfig
@@ -36,10 +36,6 @@ def item(seq: int) -> dict[str, Any]:
 
 def items(start: int, count: int) -> list[dict[str, Any]]:
     return [item(seq) for seq in range(start, start + count)]
-
-
-def seqs(payloads: list[Any]) -> list[int]:
-    return [payload["properties"]["seq"] for payload in payloads]
 
 
 class Rig:

@@ -18,12 +18,12 @@ from typing import Any
 
 import requests
 from bridge_support import KEY, otlp_log_exporter, otlp_span_exporter, running_bridge
-from conftest import tagged_spans
 from faultserver import FaultServer, retry_later
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+from support import tagged_spans
 
 from opentelemetry_exporter_altertable.receiver import FaultPlan, LocalReceiver
 

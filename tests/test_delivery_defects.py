@@ -13,13 +13,11 @@ import gzip
 import logging
 import re
 import tracemalloc
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from conftest import FAKE_API_KEY, tagged_spans
 from faultserver import (
     Answer,
     FaultServer,
@@ -31,45 +29,25 @@ from faultserver import (
     tls_files,
 )
 from loopback import refusing_endpoint
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_builders import emitted_log_records
+from support import (
+    FAKE_API_KEY,
+    PACKAGE,
+    MakeExporter,
+    Spans,
+    package_records,
+    spooled_items,
+    tagged_spans,
+)
 
 from opentelemetry_exporter_altertable import AltertableLogExporter, AltertableSpanExporter
 from opentelemetry_exporter_altertable._answers import CONFIG_ERRORS
 from opentelemetry_exporter_altertable._config import resolve_config
-from opentelemetry_exporter_altertable._spool import Spool
 from opentelemetry_exporter_altertable._transport import Transport
 
-MakeExporter = Callable[..., AltertableSpanExporter]
-Spans = Callable[..., list[ReadableSpan]]
-
-PACKAGE = "opentelemetry_exporter_altertable"
 #: Headroom for thread scheduling on a loaded machine, on top of a promised bound.
 MARGIN = 0.75
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    with caplog.at_level(logging.DEBUG):
-        yield caplog
-
-
-def package_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name.startswith(PACKAGE) and r.levelno >= level]
-
-
-def spooled_items(directory: Path) -> int:
-    """Items waiting in the spool at ``directory`` (read without taking them)."""
-    spool = Spool(directory)
-    claims = []
-    try:
-        while (claim := spool.claim()) is not None:
-            claims.append(claim)
-        return sum(claim.items for claim in claims)
-    finally:
-        for claim in claims:
-            claim.release()
 
 
 # ---------------------------------------------------------------------------- 1: one classification

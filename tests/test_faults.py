@@ -2,8 +2,8 @@
 
 Every test runs a real exporter against a :class:`faultserver.FaultServer` on loopback and
 counts exactly what was delivered, what was lost or dropped, and, where it is deterministic,
-how many requests it took. Retries use ``FAST_RETRY`` (3 retries, 10 ms backoff, no jitter)
-unless a test needs a longer wait to tell one behaviour from another.
+how many requests it took. Retries use ``support.fast_retry()`` (3 retries, 10 ms backoff, no
+jitter) unless a test needs a longer wait to tell one behaviour from another.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any
 
 import pytest
 from faultserver import (
@@ -40,39 +39,20 @@ from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from otel_builders import emitted_log_records
+from support import PACKAGE, MakeExporter, Spans, package_records, seqs
 
 from opentelemetry_exporter_altertable import (
     AltertableLogExporter,
-    AltertableSpanExporter,
     RetryPolicy,
 )
 
-MakeExporter = Callable[..., AltertableSpanExporter]
-Spans = Callable[..., list[ReadableSpan]]
-
-PACKAGE = "opentelemetry_exporter_altertable"
 #: Headroom for thread scheduling on a loaded machine, on top of a promised bound.
 MARGIN = 0.5
-
-
-def seqs(items: list[Any]) -> list[int]:
-    return [item["properties"]["seq"] for item in items]
 
 
 def gap(first: Request, second: Request) -> float:
     """Seconds between two requests' arrival at the server."""
     return second.received_at - first.received_at
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Every log record of every logger, DEBUG and up."""
-    with caplog.at_level(logging.DEBUG):
-        yield caplog
-
-
-def package_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name.startswith(PACKAGE) and r.levelno >= level]
 
 
 def full_text(record: logging.LogRecord) -> str:

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import FAKE_API_KEY, tagged_spans
 from faultserver import FaultServer, retry_later, tls_context, tls_files
 from opentelemetry.sdk.trace.export import SpanExportResult
+from support import FAKE_API_KEY, tagged_spans
 
 from opentelemetry_exporter_altertable import AltertableSpanExporter
 from opentelemetry_exporter_altertable._pool import OwnPool, own_pool, proxy_for

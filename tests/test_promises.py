@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_builders import T0_NS, finished_spans
+from support import PACKAGE, MakeExporter, Spans
 
 from opentelemetry_exporter_altertable import AltertableSpanExporter, RetryPolicy
 from opentelemetry_exporter_altertable._backlog import spool_reason
@@ -32,10 +33,6 @@ from opentelemetry_exporter_altertable._retry import (
     tls_problem,
 )
 
-MakeExporter = Callable[..., AltertableSpanExporter]
-Spans = Callable[..., list[ReadableSpan]]
-
-PACKAGE = "opentelemetry_exporter_altertable"
 #: Names ``requests`` reads proxies from, in both cases.
 PROXY_VARIABLES = ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"]
 

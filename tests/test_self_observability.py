@@ -20,21 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAKE_API_KEY, FAST_RETRY
 from faultserver import FaultServer, ok, reject_items, retry_later
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_builders import T0_NS, emitted_log_records, finished_spans
+from support import FAKE_API_KEY, PACKAGE, MakeExporter, Spans, fast_retry
 
 from opentelemetry_exporter_altertable import AltertableLogExporter, AltertableSpanExporter
 
-MakeExporter = Callable[..., AltertableSpanExporter]
-Spans = Callable[..., list[ReadableSpan]]
-
-PACKAGE_LOGGER = "opentelemetry_exporter_altertable"
 EXPORTED = "otel.sdk.exporter.span.exported"
 LOG_EXPORTED = "otel.sdk.exporter.log.exported"
 INFLIGHT = "otel.sdk.exporter.span.inflight"
@@ -146,12 +141,12 @@ def test_stats_count_an_outage_without_spool_as_undelivered_drops(
 
     assert exporter.export(spans(3)) is SpanExportResult.FAILURE
 
-    attempts = FAST_RETRY.total + 1
+    attempts = fast_retry().total + 1
     assert counters(exporter) == expected(
         records_seen=3,
         calls_built=3,
         requests=attempts,
-        retries=FAST_RETRY.total,
+        retries=fast_retry().total,
         calls_dropped=3,
         dropped_by_reason={"undelivered-retryable": 3},
     )
@@ -168,8 +163,8 @@ def test_stats_count_spooled_then_replayed_calls(
     assert counters(exporter) == expected(
         records_seen=3,
         calls_built=3,
-        requests=FAST_RETRY.total + 1,
-        retries=FAST_RETRY.total,
+        requests=fast_retry().total + 1,
+        retries=fast_retry().total,
         calls_spooled=3,
     )
     assert stats["spool_files"] == 1
@@ -184,8 +179,8 @@ def test_stats_count_spooled_then_replayed_calls(
         records_seen=5,
         calls_built=5,
         calls_exported=5,  # the 3 replayed and the 2 new
-        requests=FAST_RETRY.total + 1 + 2,  # one replay request, one for the new calls
-        retries=FAST_RETRY.total,
+        requests=fast_retry().total + 1 + 2,  # one replay request, one for the new calls
+        retries=fast_retry().total,
         calls_spooled=3,
         calls_replayed=3,
     )
@@ -240,7 +235,7 @@ def test_log_exporter_keeps_its_own_stats(server: FaultServer) -> None:
         ]
     )
     exporter = AltertableLogExporter(
-        api_key=FAKE_API_KEY, endpoint=server.endpoint, timeout=2.0, retry=FAST_RETRY
+        api_key=FAKE_API_KEY, endpoint=server.endpoint, timeout=2.0, retry=fast_retry()
     )
     try:
         assert exporter.export(records) is LogRecordExportResult.SUCCESS
@@ -346,7 +341,7 @@ def test_log_exporter_self_metrics(server: FaultServer) -> None:
         api_key=FAKE_API_KEY,
         endpoint=server.endpoint,
         timeout=2.0,
-        retry=FAST_RETRY,
+        retry=fast_retry(),
         meter_provider=MeterProvider(metric_readers=[reader]),
     )
     tagged = [
@@ -452,7 +447,7 @@ def warnings_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]
     return [
         r
         for r in caplog.records
-        if r.name.startswith(PACKAGE_LOGGER) and r.levelno == logging.WARNING
+        if r.name.startswith(PACKAGE) and r.levelno == logging.WARNING
     ]
 
 
@@ -466,7 +461,7 @@ def test_refused_items_of_one_export_make_one_warning_with_their_count(
     spans: Spans,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger=PACKAGE_LOGGER)
+    caplog.set_level(logging.WARNING, logger=PACKAGE)
     server.add_rule(reject_items(seq_is(1, 3, 4)), path="/track")
     exporter = make_exporter()
 
@@ -487,7 +482,7 @@ def test_drops_in_a_row_are_reported_at_most_once_a_minute(
     spans: Spans,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger=PACKAGE_LOGGER)
+    caplog.set_level(logging.WARNING, logger=PACKAGE)
     server.add_rule(reject_items(lambda item: True), path="/track")
     exporter = make_exporter()
 
@@ -506,7 +501,7 @@ def test_undelivered_calls_are_reported_once_with_their_count(
     spans: Spans,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger=PACKAGE_LOGGER)
+    caplog.set_level(logging.WARNING, logger=PACKAGE)
     server.set_default(retry_later(503))
     exporter = make_exporter(max_batch_size=2)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spool_support import Records, dead_pid, spool_log
+from support import Records, dead_pid, spool_log
 
 from opentelemetry_exporter_altertable import _spool
 from opentelemetry_exporter_altertable._spool import Spool, SpoolClaim, SpoolDirectoryError

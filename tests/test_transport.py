@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import requests
 import urllib3
-from conftest import FAKE_API_KEY, fast_retry
 from faultserver import (
     Answer,
     FaultServer,
@@ -36,6 +35,7 @@ from faultserver import (
     unauthorized,
 )
 from loopback import refusing_endpoint
+from support import FAKE_API_KEY, fast_retry
 
 from opentelemetry_exporter_altertable import RetryPolicy
 from opentelemetry_exporter_altertable._answers import ACCEPT_ENCODING, read_stream
@@ -89,12 +89,6 @@ def make_transport(server: FaultServer) -> Iterator[MakeTransport]:
     for transport in built:
         transport.close()
         transport.release()
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    with caplog.at_level(logging.DEBUG, logger="opentelemetry_exporter_altertable"):
-        yield caplog
 
 
 def said(caplog: pytest.LogCaptureFixture, level: int | None = None) -> list[tuple[int, str]]:
