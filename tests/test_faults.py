@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from email.utils import formatdate
 from pathlib import Path
 
 import pytest
@@ -41,18 +40,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from otel_builders import emitted_log_records
 from support import PACKAGE, MakeExporter, Spans, package_records, seqs
 
-from opentelemetry_exporter_altertable import (
-    AltertableLogExporter,
-    RetryPolicy,
-)
+from opentelemetry_exporter_altertable import AltertableLogExporter, RetryPolicy
 
 #: Headroom for thread scheduling on a loaded machine, on top of a promised bound.
 MARGIN = 0.5
-
-
-def gap(first: Request, second: Request) -> float:
-    """Seconds between two requests' arrival at the server."""
-    return second.received_at - first.received_at
 
 
 def full_text(record: logging.LogRecord) -> str:
@@ -79,138 +70,6 @@ def backoff_started() -> Iterator[threading.Event]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-
-
-# ---------------------------------------------------------------------------- retries
-
-
-@pytest.mark.parametrize("status", [500, 502, 503, 504, 599, 408, 429])
-def test_a_retryable_status_uses_the_whole_retry_budget_then_fails(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans, status: int
-) -> None:
-    server.set_default(Answer(status, body=b""))
-    exporter = make_exporter(retry=RetryPolicy(total=3, backoff_factor=0.01, jitter=0))
-
-    result = exporter.export(spans(5))
-
-    assert result is SpanExportResult.FAILURE
-    assert len(server.requests) == 4  # total=3 retries: 4 attempts
-    assert server.accepted_items("/track") == []
-    stats = exporter.stats()
-    assert stats["requests"] == 4
-    assert stats["retries"] == 3
-    assert stats["calls_exported"] == 0
-    assert stats["calls_dropped"] == 5
-    assert stats["dropped_by_reason"] == {"undelivered-retryable": 5}
-
-
-@pytest.mark.parametrize(("first", "second"), [(500, 502), (503, 504), (408, 429), (408, 500)])
-def test_success_after_two_failures(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans, first: int, second: int
-) -> None:
-    server.script("/track", [Answer(first, body=b""), Answer(second, body=b"")])
-    exporter = make_exporter(retry=RetryPolicy(total=3, backoff_factor=0.01, jitter=0))
-
-    result = exporter.export(spans(5))
-
-    assert result is SpanExportResult.SUCCESS
-    assert [r.status for r in server.requests] == [first, second, 200]
-    assert seqs(server.accepted_items("/track")) == [0, 1, 2, 3, 4]
-    stats = exporter.stats()
-    assert stats["requests"] == 3
-    assert stats["retries"] == 2
-    assert stats["calls_exported"] == 5
-    assert stats["calls_dropped"] == 0
-
-
-def test_no_retries_at_all_with_total_zero(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans
-) -> None:
-    server.set_default(retry_later(503))
-    exporter = make_exporter(retry=RetryPolicy(total=0, backoff_factor=0.01, jitter=0))
-
-    assert exporter.export(spans(3)) is SpanExportResult.FAILURE
-    assert len(server.requests) == 1
-
-
-# ---------------------------------------------------------------------------- Retry-After
-
-
-@pytest.mark.parametrize("status", [429, 503])
-def test_retry_after_in_seconds_is_honoured(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans, status: int
-) -> None:
-    server.script("/track", [retry_later(status, "1")])
-    exporter = make_exporter(timeout=3.0)
-
-    assert exporter.export(spans(2)) is SpanExportResult.SUCCESS
-
-    first, second = server.requests
-    assert 0.95 <= gap(first, second) < 1.0 + MARGIN  # not the 10 ms backoff
-    assert seqs(server.accepted_items("/track")) == [0, 1]
-
-
-def test_retry_after_as_an_http_date_is_honoured(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans
-) -> None:
-    # HTTP-dates have whole seconds: two seconds ahead means a wait of more than one second.
-    server.script("/track", [retry_later(503, formatdate(time.time() + 2, usegmt=True))])
-    exporter = make_exporter(timeout=4.0)
-
-    assert exporter.export(spans(2)) is SpanExportResult.SUCCESS
-
-    first, second = server.requests
-    assert 0.9 <= gap(first, second) < 2.0 + MARGIN
-    assert seqs(server.accepted_items("/track")) == [0, 1]
-
-
-@pytest.mark.parametrize(
-    "retry_after",
-    ["0", formatdate(time.time() - 3600, usegmt=True)],
-    ids=["zero", "date-in-the-past"],
-)
-def test_retry_after_zero_or_past_retries_at_once(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans, retry_after: str
-) -> None:
-    server.script("/track", [retry_later(429, retry_after)])
-    # A one-second backoff, so that falling back to it would show.
-    exporter = make_exporter(retry=RetryPolicy(total=3, backoff_factor=1.0, jitter=0))
-
-    assert exporter.export(spans(2)) is SpanExportResult.SUCCESS
-
-    first, second = server.requests
-    assert gap(first, second) < 0.5
-    assert exporter.stats()["retries"] == 1
-
-
-def test_a_retry_after_beyond_the_deadline_ends_the_export_by_its_timeout(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans
-) -> None:
-    server.set_default(retry_later(503, "3600"))
-    exporter = make_exporter(timeout=1.0)
-
-    started = time.monotonic()
-    result = exporter.export(spans(4))
-    elapsed = time.monotonic() - started
-
-    assert result is SpanExportResult.FAILURE
-    assert elapsed < 1.0 + MARGIN
-    assert len(server.requests) == 1  # waiting an hour is pointless: no second attempt
-    assert exporter.stats()["dropped_by_reason"] == {"undelivered-retryable": 4}
-
-
-@pytest.mark.parametrize("retry_after", ["soon", "-5", "nan", "Thu, 99 Foo 2024 99:00:00 GMT"])
-def test_a_malformed_retry_after_falls_back_to_the_backoff(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans, retry_after: str
-) -> None:
-    server.script("/track", [retry_later(503, retry_after)])
-    exporter = make_exporter(retry=RetryPolicy(total=3, backoff_factor=0.2, jitter=0))
-
-    assert exporter.export(spans(2)) is SpanExportResult.SUCCESS
-
-    first, second = server.requests
-    assert 0.18 <= gap(first, second) < 0.2 + MARGIN
-    assert seqs(server.accepted_items("/track")) == [0, 1]
 
 
 # ---------------------------------------------------------------------------- connections

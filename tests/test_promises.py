@@ -8,7 +8,6 @@ life of an exporter. Each is checked over real HTTP on loopback where it is abou
 from __future__ import annotations
 
 import logging
-import random
 import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,8 +16,6 @@ from typing import Any
 import pytest
 import requests
 from faultserver import FaultServer, tls_context, tls_files
-from hypothesis import given
-from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_builders import T0_NS, finished_spans
@@ -26,12 +23,7 @@ from support import PACKAGE, MakeExporter, Spans
 
 from opentelemetry_exporter_altertable import AltertableSpanExporter, RetryPolicy
 from opentelemetry_exporter_altertable._backlog import spool_reason
-from opentelemetry_exporter_altertable._retry import (
-    is_tls_error,
-    is_transient_error,
-    parse_retry_after,
-    tls_problem,
-)
+from opentelemetry_exporter_altertable._retry import is_tls_error, is_transient_error, tls_problem
 
 #: Names ``requests`` reads proxies from, in both cases.
 PROXY_VARIABLES = ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"]
@@ -121,66 +113,6 @@ def test_requests_ca_bundle_from_the_environment_is_trusted(
     else:
         assert (result, accepted, stats["calls_exported"]) == (SpanExportResult.FAILURE, 0, 0)
         assert stats["dropped_by_reason"] == {"undelivered-tls": 2}
-
-
-# ---------------------------------------------------------------------------- backoff
-
-
-class Draws:
-    """A random source that records the bounds asked for and answers from a script."""
-
-    def __init__(self, *answers: float) -> None:
-        self.answers = list(answers)
-        self.bounds: list[tuple[float, float]] = []
-
-    def uniform(self, low: float, high: float) -> float:
-        self.bounds.append((low, high))
-        return self.answers.pop(0)
-
-
-def test_backoff_doubles_is_capped_and_scaled_by_the_jitter_draw() -> None:
-    policy = RetryPolicy(total=9, backoff_factor=0.5, backoff_max=3.0, jitter=0.25)
-    draws = Draws(0.75, 1.25, 1.0, 0.75, 1.25)
-
-    delays = [policy.backoff(n, draws) for n in range(5)]  # type: ignore[arg-type]
-
-    # Bases 0.5, 1, 2, then 3 (capped; 4 and 8 without the cap), each times its draw.
-    assert delays == [0.375, 1.25, 2.0, 2.25, 3.75]
-    assert draws.bounds == [(0.75, 1.25)] * 5
-
-
-def test_backoff_without_jitter_draws_nothing() -> None:
-    policy = RetryPolicy(backoff_factor=0.1, backoff_max=1.0, jitter=0)
-    draws = Draws()
-    assert [policy.backoff(n, draws) for n in range(5)] == [0.1, 0.2, 0.4, 0.8, 1.0]  # type: ignore[arg-type]
-    assert draws.bounds == []
-
-
-def test_backoff_with_a_seeded_source_is_reproducible_and_varies() -> None:
-    policy = RetryPolicy(backoff_factor=1.0, backoff_max=100.0, jitter=0.5)
-    first = [policy.backoff(3, random.Random(7)) for _ in range(2)]
-    mirror = random.Random(7)
-    assert first == [8.0 * mirror.uniform(0.5, 1.5)] * 2
-    source = random.Random(11)
-    spread = {policy.backoff(3, source) for _ in range(20)}
-    assert len(spread) == 20  # a fresh draw each time, not a constant
-    assert all(4.0 <= d <= 12.0 for d in spread)
-
-
-@given(
-    retry=st.integers(0, 40),
-    factor=st.floats(0, 10),
-    cap=st.floats(0, 60),
-    jitter=st.floats(0, 1),
-    seed=st.integers(0, 2**32),
-)
-def test_backoff_stays_inside_its_jitter_bounds(
-    retry: int, factor: float, cap: float, jitter: float, seed: int
-) -> None:
-    policy = RetryPolicy(backoff_factor=factor, backoff_max=cap, jitter=jitter)
-    base = min(cap, factor * 2.0**retry)
-    delay = policy.backoff(retry, random.Random(seed))
-    assert base * (1 - jitter) - 1e-9 <= delay <= base * (1 + jitter) + 1e-9
 
 
 # ---------------------------------------------------------------------------- identify cache
@@ -360,35 +292,3 @@ def test_a_tls_failure_is_found_up_to_eight_causes_deep() -> None:
     assert not is_tls_error(urllib3.exceptions.MaxRetryError(None, "/t", OSError("x")))  # type: ignore[arg-type]
     assert not is_transient_error(requests.exceptions.SSLError("x"))  # a ConnectionError too
     assert is_transient_error(requests.exceptions.ConnectionError("x"))
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [("0", 0.0), ("7", 7.0), (" 2 ", 2.0), ("0.0", 0.0), ("0.5", 0.5), ("1.5", 1.5),
-     ("-0.5", None), ("inf", None), ("nan", None), ("", None), (None, None),
-     ("Wed, 21 Oct 2015 07:28:10 GMT", 10.0), ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
-     ("Wed, 21 Oct 2015 07:28:10", None)],
-)  # fmt: skip
-def test_retry_after_in_seconds_from_either_form(value: str | None, seconds: float | None) -> None:
-    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
-    assert parse_retry_after(value, now=now) == seconds
-
-
-@pytest.mark.parametrize(
-    ("settings", "message"),
-    [({"total": -1}, "RetryPolicy.total must be >= 0"),
-     ({"backoff_factor": -0.01}, "RetryPolicy backoff values must be >= 0"),
-     ({"backoff_max": -0.01}, "RetryPolicy backoff values must be >= 0"),
-     ({"jitter": -0.01}, "RetryPolicy.jitter must be between 0 and 1"),
-     ({"jitter": 1.01}, "RetryPolicy.jitter must be between 0 and 1")],
-)  # fmt: skip
-def test_a_retry_policy_out_of_bounds_is_refused(settings: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError) as raised:
-        RetryPolicy(**settings)
-    assert str(raised.value) == message
-
-
-def test_a_retry_policy_on_its_bounds_is_accepted() -> None:
-    edge = RetryPolicy(total=0, backoff_factor=0, backoff_max=0, jitter=0)
-    assert (edge.total, edge.backoff_factor, edge.backoff_max, edge.jitter) == (0, 0, 0, 0)
-    assert RetryPolicy(jitter=1).jitter == 1
