@@ -15,14 +15,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 from faultserver import (
     Answer,
     FaultServer,
-    Request,
     bad_request,
-    body_larger_than,
     close,
     env_not_found_400,
     env_not_found_422,
@@ -30,7 +30,6 @@ from faultserver import (
     hang,
     ok,
     ok_false,
-    reject_items,
     retry_later,
     unauthorized,
 )
@@ -38,9 +37,13 @@ from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from otel_builders import emitted_log_records
-from support import PACKAGE, MakeExporter, Spans, package_records, seqs
+from support import PACKAGE, MakeExporter, Spans, package_records, seqs, spooled_items
 
-from opentelemetry_exporter_altertable import AltertableLogExporter, RetryPolicy
+from opentelemetry_exporter_altertable import (
+    AltertableLogExporter,
+    AltertableSpanExporter,
+    RetryPolicy,
+)
 
 #: Headroom for thread scheduling on a loaded machine, on top of a promised bound.
 MARGIN = 0.5
@@ -205,91 +208,37 @@ def test_shutdown_from_another_thread_interrupts_a_long_backoff(
     assert stats["dropped_by_reason"] == {"undelivered-retryable": 3}
 
 
-# ---------------------------------------------------------------------------- refusals
-
-
-def test_413_splits_the_batch_until_it_fits(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+def test_a_body_that_times_out_mid_read_is_spooled_not_lost(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, tmp_path: Path, logs: Any
 ) -> None:
-    batch = spans(64)
-    exporter = make_exporter(max_batch_size=64)
-    limit = 5000  # about a dozen of these items
-    server.add_rule(body_larger_than(limit))
+    """urllib3 raises ReadTimeoutError (not an OSError) when a body stalls mid-read."""
+    server.set_default(Answer(200, stall=3))
+    exporter = make_exporter(spool_dir=tmp_path / "spool", timeout=1.0)
 
-    assert exporter.export(batch) is SpanExportResult.SUCCESS
+    assert exporter.export(spans(7)) is SpanExportResult.FAILURE
 
-    assert sorted(seqs(server.accepted_items("/track"))) == list(range(64))
-    assert len(server.accepted_items("/track")) == 64
-    statuses = [r.status for r in server.requests]
-    assert statuses[0] == 413
-    assert all(len(r.raw_body) <= limit for r in server.requests if r.status == 200)
-    # Halving, depth first: 64, each 32 and each 16 are too large, each 8 fits (15 requests).
-    sizes = [64, 32, 16, 8, 8, 16, 8, 8, 32, 16, 8, 8, 16, 8, 8]
-    assert [len(r.items) for r in server.requests] == sizes
     stats = exporter.stats()
-    assert stats["calls_exported"] == 64
+    assert stats["calls_spooled"] == 7
     assert stats["calls_dropped"] == 0
+    assert spooled_items(tmp_path / "spool") == 7
+    assert not [r for r in package_records(logs, logging.ERROR) if "unexpectedly" in r.msg]
 
 
-def test_an_item_too_large_on_its_own_is_dropped_and_the_rest_delivered(
+def test_a_body_cut_mid_read_is_retried(
     server: FaultServer, make_exporter: MakeExporter, spans: Spans
 ) -> None:
-    server.add_rule(body_larger_than(2000))
-    exporter = make_exporter(max_batch_size=8)
-    batch = spans(7) + spans(1, start=7, blob="x" * 5000)
+    """A connection closed inside the body: urllib3's ProtocolError, transient."""
+    server.script("/track", [Answer(200, truncate=5)])
+    exporter = make_exporter()
 
-    assert exporter.export(batch) is SpanExportResult.FAILURE
+    assert exporter.export(spans(4)) is SpanExportResult.SUCCESS
 
-    assert sorted(seqs(server.accepted_items("/track"))) == list(range(7))
-    stats = exporter.stats()
-    assert stats["calls_exported"] == 7
-    assert stats["calls_dropped"] == 1
-    assert sum(stats["dropped_by_reason"].values()) == 1  # type: ignore[attr-defined]
+    assert len(server.requests_to("/track")) == 2
+    assert len(server.accepted_items("/track")) == 4
+    assert exporter.stats()["retries"] == 1
 
 
-@pytest.mark.parametrize("status", [400, 422])
-def test_one_bad_item_among_fifty_is_found_and_dropped(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans, status: int
-) -> None:
-    server.add_rule(reject_items(lambda item: item["event"] == "bad", status=status))
-    exporter = make_exporter(max_batch_size=50)
-    batch = spans(17) + spans(1, start=17, event="bad") + spans(32, start=18)
-
-    assert exporter.export(batch) is SpanExportResult.FAILURE
-
-    delivered = seqs(server.accepted_items("/track"))
-    assert sorted(delivered) == [s for s in range(50) if s != 17]
-    assert len(delivered) == 49
-    # Bisection: the halves with item 17 are split again, the others delivered whole.
-    assert [len(r.items) for r in server.requests] == [50, 25, 12, 13, 6, 3, 3, 1, 2, 1, 1, 7, 25]
-    stats = exporter.stats()
-    assert stats["calls_exported"] == 49
-    assert stats["calls_dropped"] == 1
-    assert stats["dropped_by_reason"] == {"invalid-event": 1}
-
-
-@pytest.mark.parametrize("error_code", ["insert-failed", None])
-def test_ok_false_in_a_200_is_handled_as_a_400(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans, error_code: str | None
-) -> None:
-    refusal = ok_false(error_code) if error_code else Answer(200, body={"ok": False})
-
-    def refuse_bad(request: Request) -> Answer | None:
-        return refusal if any(i["event"] == "bad" for i in request.items) else None
-
-    server.add_rule(refuse_bad)
-    exporter = make_exporter(max_batch_size=50)
-    batch = spans(30) + spans(1, start=30, event="bad") + spans(19, start=31)
-
-    assert exporter.export(batch) is SpanExportResult.FAILURE
-
-    assert sorted(seqs(server.accepted_items("/track"))) == [s for s in range(50) if s != 30]
-    # Bisection: the halves with item 30 are split again, the others delivered whole.
-    assert [len(r.items) for r in server.requests] == [50, 25, 25, 12, 6, 3, 3, 1, 2, 1, 1, 6, 13]
-    stats = exporter.stats()
-    assert stats["calls_exported"] == 49
-    assert stats["calls_dropped"] == 1
-    assert stats["dropped_by_reason"] == {error_code or "ok-false": 1}
+# ---------------------------------------------------------------------------- redirects
 
 
 @pytest.mark.parametrize("status", [301, 302, 303])
@@ -382,6 +331,19 @@ def test_an_unknown_environment_is_reported_once_with_the_fix(
     for record in logs.records:
         assert api_key not in full_text(record)
     assert exporter.stats()["dropped_by_reason"] == {"undelivered-environment-not-found": 40}
+
+
+def test_environment_not_found_names_the_refused_environment(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, logs: Any
+) -> None:
+    server.set_default(env_not_found_400())
+    exporter = make_exporter(environment="qa-7")
+
+    exporter.export(spans(2))
+
+    (error,) = [r.getMessage() for r in package_records(logs, logging.ERROR)]
+    assert "'qa-7'" in error
+    assert "OTEL_EXPORTER_ALTERTABLE_ENVIRONMENT" in error
 
 
 #: Each nasty answer with what it must do to the 9 spans (chunks of 4, 4 and 1) and to the one
@@ -619,3 +581,41 @@ def test_calls_pending_at_shutdown_are_delivered_by_the_next_exporter(
     assert seqs(server.accepted_items("/track")) == list(range(12))
     assert second.stats()["calls_replayed"] == 12
     assert second.stats()["spool_files"] == 0
+
+
+# -------------------------------------------------------------------- exceptions nobody anticipated
+
+
+def test_an_exception_nobody_anticipated_owes_the_rest_of_the_export(
+    server: FaultServer, spans: Spans, api_key: str, tmp_path: Path, logs: Any
+) -> None:
+    """A user's session hook raising its own exception class: the calls are spooled."""
+
+    class HookFailure(Exception):
+        pass
+
+    def hook(response: requests.Response, **_: Any) -> None:
+        raise HookFailure("boom")
+
+    session = requests.Session()
+    session.hooks["response"].append(hook)
+    exporter = AltertableSpanExporter(
+        api_key=api_key,
+        endpoint=server.endpoint,
+        session=session,
+        spool_dir=tmp_path / "spool",
+        max_batch_size=5,
+        timeout=2,
+    )
+    try:
+        assert exporter.export(spans(12)) is SpanExportResult.FAILURE
+        stats = exporter.stats()
+    finally:
+        exporter.shutdown()
+        session.close()
+    assert len(server.requests) == 1  # the first chunk failed: the rest was not tried
+    assert stats["calls_spooled"] == 12
+    assert stats["calls_dropped"] == 0
+    errors = package_records(logs, logging.ERROR)
+    assert len(errors) == 1
+    assert "HookFailure" in errors[0].getMessage()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -21,14 +22,16 @@ from typing import Any
 
 import pytest
 from faultserver import FaultServer, ok, reject_items, retry_later
+from loopback import refusing_endpoint
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_builders import T0_NS, emitted_log_records, finished_spans
-from support import FAKE_API_KEY, PACKAGE, MakeExporter, Spans, fast_retry
+from support import FAKE_API_KEY, PACKAGE, MakeExporter, Spans, fast_retry, package_records
 
 from opentelemetry_exporter_altertable import AltertableLogExporter, AltertableSpanExporter
+from opentelemetry_exporter_altertable._answers import CONFIG_ERRORS
 
 EXPORTED = "otel.sdk.exporter.span.exported"
 LOG_EXPORTED = "otel.sdk.exporter.log.exported"
@@ -512,3 +515,75 @@ def test_undelivered_calls_are_reported_once_with_their_count(
     assert "dropped 5 call(s)" in messages[0]
     assert "OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR" in messages[0]  # the fix is named
     assert FAKE_API_KEY not in caplog.text
+
+
+# ------------------------------------------------------------ what is counted as skipped or dropped
+
+
+def test_log_records_without_analytics_data_are_counted_as_skipped(
+    server: FaultServer, api_key: str
+) -> None:
+    records = emitted_log_records(
+        [
+            {"attributes": {"http.route": "/a"}, "body": "plain"},
+            {"attributes": {}, "body": "plain"},
+            {"attributes": {"analytics.event": "Signed Up", "user.id": "u1"}},
+            {"attributes": {"user.email": "u2@example.com", "user.id": "u2"}},
+        ]
+    )
+    exporter = AltertableLogExporter(api_key=api_key, endpoint=server.endpoint, timeout=2)
+    try:
+        exporter.export(records)
+        stats = exporter.stats()
+    finally:
+        exporter.shutdown()
+    assert stats["records_seen"] == 4
+    assert stats["records_skipped"] == 2  # an identity with a trait is analytics data
+
+
+def test_an_event_name_of_only_spaces_is_skipped_with_one_warning(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, logs: Any
+) -> None:
+    exporter = make_exporter()
+
+    assert exporter.export(spans(2, event="   ")) is SpanExportResult.SUCCESS
+    assert exporter.export(spans(1, start=2, event="\t ")) is SpanExportResult.SUCCESS
+    assert exporter.export(spans(1, start=3)) is SpanExportResult.SUCCESS
+
+    tracked = server.items("/track")
+    assert [item["event"] for item in tracked] == ["Order Placed"]
+    warnings = [r.getMessage() for r in package_records(logs, logging.WARNING)]
+    assert len([w for w in warnings if "only spaces" in w]) == 1, warnings
+
+
+def test_readme_names_the_drop_reasons_the_code_counts(
+    spans: Spans, api_key: str
+) -> None:
+    """The README's dropped_by_reason keys are the ones stats() reports."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    with refusing_endpoint() as down:
+        exporter = AltertableSpanExporter(api_key=api_key, endpoint=down, timeout=0.5)
+        exporter.export(spans(1))
+        reasons = exporter.stats()["dropped_by_reason"]
+        exporter.shutdown()
+    assert reasons == {"undelivered-retryable": 1}
+    assert "`undelivered-retryable`" in readme
+    assert "undelivered (retryable)" not in readme
+    # Every reason of the exporter's own the README lists is one the code can count.
+    table = readme.split("The keys of `dropped_by_reason`")[1].split("\n\n")[1]
+    own = [
+        key
+        for row in table.splitlines()[4:]  # past the header and the API's own codes
+        for key in re.findall(r"`([a-z-]+)`", row.split("|")[1])
+    ]
+    assert own, table
+    source = "\n".join(
+        path.read_text()
+        for path in (Path(__file__).resolve().parents[1] / PACKAGE).glob("*.py")
+    )
+    settings = set(CONFIG_ERRORS) | {"retryable"}
+    for key in own:
+        if key.startswith("undelivered-"):
+            assert key.removeprefix("undelivered-") in settings, key
+        else:
+            assert f'"{key}"' in source, key

@@ -736,6 +736,24 @@ def test_a_request_error_nobody_anticipated_is_said_once_by_its_type(
     ]
 
 
+def test_deliver_itself_never_raises(server: FaultServer, api_key: str) -> None:
+    session = requests.Session()
+
+    def hook(response: requests.Response, **_: Any) -> None:
+        raise LookupError("not a network error")
+
+    session.hooks["response"].append(hook)
+    config = resolve_config(api_key=api_key, endpoint=server.endpoint, timeout=2)
+    transport = Transport(config, session)
+    items = [{"event": f"e{i}", "distinct_id": "u"} for i in range(3)]
+    try:
+        report = transport.deliver({"track": items, "alias": items[:1]}, deadline=1e18)
+    finally:
+        session.close()
+    assert report.pending == {"track": items, "alias": items[:1]}
+    assert report.accepted == {}
+
+
 def test_an_interrupt_mid_request_owes_the_rest_and_is_handed_back(
     server: FaultServer, make_transport: MakeTransport
 ) -> None:
