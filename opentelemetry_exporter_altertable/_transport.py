@@ -101,7 +101,7 @@ def fast_encoder() -> Encoder | None:
         import orjson
     except ImportError:
         return None
-    dumps = orjson.dumps  # pragma: no mutate (a failing dumps falls back to json: same bytes)
+    dumps = orjson.dumps  # pragma: no mutate
 
     def encode(items: Sequence[Payload]) -> bytes:
         try:
@@ -144,7 +144,6 @@ class _TrackingAdapter(HTTPAdapter):
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        # Equivalent if mutated: requests passes only block=False here, urllib3's default.
         super().init_poolmanager(*args, **kwargs)  # pragma: no mutate
         self.poolmanager.pool_classes_by_scheme = {
             "http": tracked(HTTPConnectionPool, self._connections),
@@ -154,7 +153,6 @@ class _TrackingAdapter(HTTPAdapter):
     def abort(self) -> None:
         """Shut every socket of this adapter down (reads under way end with an error)."""
         for conn in list(self._connections):
-            # Equivalent if mutated: urllib3's connections always have .sock (None once closed).
             sock = getattr(conn, "sock", None)  # pragma: no mutate
             if sock is not None:
                 with contextlib.suppress(OSError):
@@ -172,7 +170,7 @@ def new_session(endpoint: str, pool_size: int = 16) -> requests.Session:
     adapter = _TrackingAdapter(
         pool_connections=2,
         pool_maxsize=pool_size,
-        max_retries=0,  # pragma: no mutate (requests' default too: said to be read, equivalent)
+        max_retries=0,  # pragma: no mutate
     )
     session.mount("https://", adapter)
     session.mount("http://", adapter)
@@ -194,7 +192,7 @@ class _Stop(Exception):
     """Internal: the rest of this delivery cannot be sent now."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)  # pragma: no mutate (only .reason is ever read)
+        super().__init__(reason)  # pragma: no mutate
         self.reason = reason
 
 
@@ -220,7 +218,7 @@ class Transport:
             else None
         )
         self._stats = stats if stats is not None else Stats()
-        # orjson sends the very bytes json would (tested): which one is used cannot be seen.
+        # orjson sends the very bytes json would (tested).
         self._encode: Encoder = fast_encoder() or encode_json  # pragma: no mutate
         self._headers = request_headers(config)
         self._urls = {name: endpoint_url(config, name) for name in _api.ENDPOINTS}
@@ -337,7 +335,7 @@ class Transport:
                     stopped = self._send(endpoint, chunk, deadline, report)
                 except Exception:  # a defect here must not lose the chunk: owe it whole
                     self._tell_once(
-                        "unexpected",  # pragma: no mutate (a key's spelling: equivalent)
+                        "unexpected",
                         "Altertable delivery failed unexpectedly; the calls are kept as owed",
                         exc_info=True,
                     )
@@ -489,7 +487,7 @@ class Transport:
         """Log an error the first time, at debug level after that (no storm of repeats)."""
         with self._told_lock:
             if key in self._told:
-                first = False  # pragma: no mutate (None is as false: equivalent)
+                first = False
             else:
                 if len(self._told) > 256:  # keys carry exception types: keep the set bounded
                     self._told.clear()
@@ -503,7 +501,7 @@ class Transport:
     def _tell_tls_error(self, exc: BaseException) -> None:
         endpoint = self._config.endpoint
         self._tell_once(
-            "tls",  # pragma: no mutate (a key's spelling: equivalent while no other key has it)
+            "tls",
             "Altertable TLS error talking to %s: %s (%s). The calls are kept as owed and not "
             "retried until this is fixed: behind a TLS-intercepting proxy, or with a private "
             "CA, set REQUESTS_CA_BUNDLE to its CA certificate; if the endpoint serves plain "
@@ -520,7 +518,7 @@ class Transport:
         endpoint = clip(self._config.endpoint)
         if kind == "auth":
             self._tell_once(
-                kind,  # pragma: no mutate (a key's spelling: equivalent while unique)
+                kind,
                 "Altertable refused the API key (HTTP %s from %s). Set %s (or pass api_key=) to "
                 "a valid ingestion key (pk_live_... or pk_test_...) from your Altertable project.",
                 status,
@@ -541,7 +539,7 @@ class Transport:
             )
         else:
             self._tell_once(
-                kind,  # pragma: no mutate (a key's spelling: equivalent while unique)
+                kind,
                 "%s answered HTTP %s to an Altertable call: is %s the API's base URL "
                 "(default https://api.altertable.ai)? Redirects are not followed: use the "
                 "final URL.",
