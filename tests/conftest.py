@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from faultserver import FaultServer
 from opentelemetry.sdk.trace import ReadableSpan
-from support import FAKE_API_KEY, fast_retry, tagged_spans
+from support import FAKE_API_KEY, Records, fast_retry, spool_log, tagged_spans
 
 from opentelemetry_exporter_altertable import AltertableSpanExporter
 
@@ -66,6 +66,13 @@ def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]
     """Every log record of every logger, DEBUG and up."""
     with caplog.at_level(logging.DEBUG):
         yield caplog
+
+
+@pytest.fixture
+def log() -> Iterator[Records]:
+    """The spool's own records, DEBUG and up, whatever propagation the package configures."""
+    with spool_log() as handler:
+        yield handler
 
 
 @pytest.fixture
