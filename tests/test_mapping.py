@@ -30,6 +30,7 @@ from otel_builders import (
     open_span,
     span_context,
 )
+from support import ISO_RE
 
 from opentelemetry_exporter_altertable._api import LIB_NAME, LIB_VERSION, is_reserved_id
 from opentelemetry_exporter_altertable._mapping import Calls, MappingOptions, resolve_environment
@@ -42,7 +43,6 @@ from opentelemetry_exporter_altertable._sdk import (
 from opentelemetry_exporter_altertable._values import json_safe
 from opentelemetry_exporter_altertable.version import __version__
 
-ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 

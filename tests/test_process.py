@@ -28,12 +28,12 @@ from loopback import answered, refusing_endpoint
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_builders import finished_spans
+from support import SUBPROCESS_TIMEOUT
 
 from opentelemetry_exporter_altertable import AltertableSpanExporter, RetryPolicy
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
 CHILD_TIMEOUT = 15.0
-SUBPROCESS_TIMEOUT = 60.0
 NO_RETRY = RetryPolicy(total=0)
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import enum
 import json
 import math
-import re
 from typing import Any
 
 import pytest
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_builders import SECOND_NS, T0_NS, emitted_log_record, finished_spans
+from support import ISO_RE
 
 from opentelemetry_exporter_altertable import (
     AltertableLogExporter,
@@ -27,9 +27,6 @@ from opentelemetry_exporter_altertable import (
 )
 from opentelemetry_exporter_altertable._values import format_timestamp, json_safe
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
-
-ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
 
 # ---------------------------------------------------------------------------- format_timestamp
 
