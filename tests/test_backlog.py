@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 from faultserver import FaultServer, bad_request, hang, ok, retry_later, unauthorized
-from loopback import refusing_endpoint
 from opentelemetry.sdk.trace.export import SpanExportResult
-from support import FAKE_API_KEY, Spans, fast_retry, seqs, spooled_items
+from support import FAKE_API_KEY, Spans, fast_retry, refusing_endpoint, seqs, spooled_items
 
 from opentelemetry_exporter_altertable import AltertableSpanExporter
 from opentelemetry_exporter_altertable._backlog import (

@@ -1,4 +1,4 @@
-"""Delivery when things go wrong: outages, slow and hung servers, refusals, bad settings.
+"""Delivery when things go wrong: outages, slow and hung servers, redirects, bad settings.
 
 Every test runs a real exporter against a :class:`faultserver.FaultServer` on loopback and
 counts exactly what was delivered, what was lost or dropped, and, where it is deterministic,

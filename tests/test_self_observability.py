@@ -22,13 +22,20 @@ from typing import Any
 
 import pytest
 from faultserver import FaultServer, ok, reject_items, retry_later
-from loopback import refusing_endpoint
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_builders import T0_NS, emitted_log_records, finished_spans
-from support import FAKE_API_KEY, PACKAGE, MakeExporter, Spans, fast_retry, package_records
+from support import (
+    FAKE_API_KEY,
+    PACKAGE,
+    MakeExporter,
+    Spans,
+    fast_retry,
+    package_records,
+    refusing_endpoint,
+)
 
 from opentelemetry_exporter_altertable import AltertableLogExporter, AltertableSpanExporter
 from opentelemetry_exporter_altertable._answers import CONFIG_ERRORS

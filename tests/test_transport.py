@@ -34,8 +34,7 @@ from faultserver import (
     tls_files,
     unauthorized,
 )
-from loopback import refusing_endpoint
-from support import FAKE_API_KEY, fast_retry
+from support import FAKE_API_KEY, fast_retry, refusing_endpoint
 
 from opentelemetry_exporter_altertable import RetryPolicy
 from opentelemetry_exporter_altertable._answers import ACCEPT_ENCODING, read_stream

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 from faultserver import FaultServer, hang
-from loopback import answered
-from support import INSTRUMENT, SUBPROCESS_TIMEOUT
+from support import INSTRUMENT, SUBPROCESS_TIMEOUT, answered
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
