@@ -213,7 +213,7 @@ class Spool:
         self.auth_max_age = float(auth_max_age)
         self.stale_claim_age = float(stale_claim_age)
         self._lock = threading.Lock()
-        self._ready = False  # pragma: no mutate
+        self._ready = False
         self._last_ns = 0  # pragma: no mutate
         self._io_warned_at = -_IO_WARNING_INTERVAL
         self._io_suppressed = 0  # pragma: no mutate
