@@ -88,12 +88,12 @@ def config_error(status: int, error_code: str | None) -> str | None:
 
 def read_answer(status: int, body: bytes) -> Answer:
     """The verdict on ``status`` with ``body`` (already decoded from its Content-Encoding)."""
-    data: Any = None  # pragma: no mutate  # any non-dict reads as None below
+    data: Any = None  # pragma: no mutate
     if body:
         try:
             data = json.loads(body)
         except ValueError:  # not JSON, or not UTF-8
-            data = None  # pragma: no mutate  # any non-dict reads as None below
+            data = None  # pragma: no mutate
     return Answer(status, data if isinstance(data, dict) else None)
 
 
@@ -109,7 +109,7 @@ class _Decoder:
         self._out: list[bytes] = []
         self._size = 0
         self._encoding = encoding
-        self._raw_deflate_tried = False  # pragma: no mutate  # as None: the same (falsy)
+        self._raw_deflate_tried = False
         self._zlib: Any = None
         if encoding in ("gzip", "x-gzip"):
             self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -209,7 +209,7 @@ def read_stream(raw: Any, deadline: float, limit: int = MAX_ANSWER_BYTES) -> byt
         _discard(raw)
         raise
     # urllib3 gives the connection back itself once the answer is read to its end; this is for
-    # answers that do not, so mutating it changes nothing with urllib3.
+    # answers that do not.
     release = getattr(raw, "release_conn", None)  # pragma: no mutate
     if release is not None:  # pragma: no mutate
         release()  # pragma: no mutate

@@ -38,7 +38,7 @@ class Backlog:
         self._stats = stats
         self._drops = drops
         self._spool: Spool | None = None
-        # Equivalent as True or None: _open sets it whenever a spool exists, else it is unread.
+        # _open sets it whenever a spool exists, else it is unread.
         self._may_have_files = False  # pragma: no mutate
         if config.spool_dir:
             self._open()
@@ -85,12 +85,12 @@ class Backlog:
     def _replay(self, spool: Spool, transport: Transport, deadline: float) -> None:
         for _ in range(REPLAY_FILES_PER_EXPORT):
             # Saves a claim only: deliver() itself sends nothing past the deadline or once
-            # closed (the claim is then released untouched), so `>`/`and` change no outcome.
+            # closed (the claim is then released untouched).
             if time.monotonic() >= deadline or transport.closed:  # pragma: no mutate
                 return
             claim = spool.claim()
             if claim is None:
-                self._may_have_files = False  # pragma: no mutate  # as None: the same (falsy)
+                self._may_have_files = False
                 return
             report = transport.deliver(claim.calls, deadline)
             self._stats.add("calls_replayed", sum(report.accepted.values()))
@@ -142,7 +142,7 @@ class Backlog:
                     self._may_have_files = self._may_have_files or kept > 0
                     self._stats.add("calls_spooled", kept)
                     if kept < owed:
-                        # Spool.put keeps all or none: kept is 0, so `owed + kept` is the same.
+                        # Spool.put keeps all or none: kept is 0 here.
                         refused = owed - kept  # pragma: no mutate
                         self._stats.drop("spool-refused", refused)
                         dropped["spool-refused"] += refused

@@ -61,8 +61,7 @@ class _Damaged(Exception):
 def _name_counts(name: str) -> tuple[int, int]:
     """(items, bytes) recorded in a parcel file name, (0, 0) if it is not one."""
     m = _NAME_RE.match(name)
-    # Every caller has matched the name already, so the (0, 0) fallback is never taken: its
-    # mutants cannot be seen (the counts themselves are checked by exact tests).
+    # Every caller has matched the name already: the (0, 0) fallback is never taken.
     return (int(m.group(4)), int(m.group(5))) if m else (0, 0)  # pragma: no mutate
 
 
@@ -73,8 +72,7 @@ def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     if os.name != "posix":
-        # os.kill(pid, 0) would terminate the process on Windows. Never reached on POSIX,
-        # where the tests run: mutating it changes nothing they can see.
+        # os.kill(pid, 0) would terminate the process on Windows.
         return True  # pragma: no mutate
     try:
         os.kill(pid, 0)
@@ -89,18 +87,17 @@ def _encode(calls: dict[str, list[dict[str, Any]]], reason: str, created_ns: int
     text = json.dumps(
         {"v": 1, "reason": reason, "created_ns": created_ns, "calls": calls},
         separators=(",", ":"),
-        # ASCII round-trips every str, lone surrogates included. (True is also the default, so
-        # dropping the argument changes nothing; nor does spelling the codec "ASCII".)
-        ensure_ascii=True,  # pragma: no mutate
+        # ASCII round-trips every str, lone surrogates included.
+        ensure_ascii=True,
     )
-    body = text.encode("ascii")  # pragma: no mutate
-    digest = hashlib.sha256(body).hexdigest().encode("ascii")  # pragma: no mutate (ASCII==ascii)
+    body = text.encode("ascii")
+    digest = hashlib.sha256(body).hexdigest().encode("ascii")
     header = b"%s %s %d\n" % (_MAGIC, digest, len(body))
     return header + body
 
 
 def _decode(data: bytes) -> tuple[dict[str, list[dict[str, Any]]], str, float]:
-    newline = data.find(b"\n", 0, _HEADER_MAX)  # pragma: no mutate (start None == start 0)
+    newline = data.find(b"\n", 0, _HEADER_MAX)
     if newline < 0:
         raise _Damaged("no header")
     parts = data[:newline].split(b" ")
@@ -109,7 +106,7 @@ def _decode(data: bytes) -> tuple[dict[str, list[dict[str, Any]]], str, float]:
     body = data[newline + 1 :]
     if int(parts[2]) != len(body):
         raise _Damaged(f"length {len(body)} instead of {int(parts[2])}: torn write")
-    digest = hashlib.sha256(body).hexdigest().encode("ascii")  # pragma: no mutate (ASCII==ascii)
+    digest = hashlib.sha256(body).hexdigest().encode("ascii")
     if digest != parts[1]:
         raise _Damaged("checksum mismatch")
     try:
@@ -135,7 +132,7 @@ def _decode(data: bytes) -> tuple[dict[str, list[dict[str, Any]]], str, float]:
 
 
 def _read(path: Path) -> bytes:
-    mode = os.O_RDONLY | _O_BINARY  # pragma: no mutate (both 0 on POSIX: `&` gives the same)
+    mode = os.O_RDONLY | _O_BINARY  # pragma: no mutate
     fd = os.open(path, mode | _O_NOFOLLOW)
     with os.fdopen(fd, "rb") as fh:
         return fh.read()
@@ -156,7 +153,7 @@ class SpoolClaim:
     ) -> None:
         self._original = original
         self._claimed = claimed
-        self._finished = False  # pragma: no mutate (only its truth is read: None is the same)
+        self._finished = False
         self.calls = calls
         self.reason = reason
         self.created = created
@@ -216,10 +213,7 @@ class Spool:
         self.auth_max_age = float(auth_max_age)
         self.stale_claim_age = float(stale_claim_age)
         self._lock = threading.Lock()
-        # No mutant of the next two lines nor of the fourth can be seen: _ready is only tested
-        # for truth (None is as False); any small start is below time.time_ns(); and the first
-        # disk warning is always logged (monotonic time is not negative), which resets the count.
-        self._ready = False  # pragma: no mutate
+        self._ready = False
         self._last_ns = 0  # pragma: no mutate
         self._io_warned_at = -_IO_WARNING_INTERVAL
         self._io_suppressed = 0  # pragma: no mutate
@@ -273,8 +267,8 @@ class Spool:
                     self._ensure_dir()
                     self._write(name, data)
                 except FileNotFoundError:
-                    # the directory was removed under us: recreate it once (None is as False)
-                    self._ready = False  # pragma: no mutate
+                    # the directory was removed under us: recreate it once
+                    self._ready = False
                     self._ensure_dir()
                     self._write(name, data)
             except OSError as exc:
@@ -292,13 +286,12 @@ class Spool:
         """Take the oldest valid parcel for this caller alone, or return None if there is none."""
         with self._lock:
             try:
-                # create=None is as False; create=True is caught by a test.
-                if not self._ensure_dir(create=False):  # pragma: no mutate
+                if not self._ensure_dir(create=False):
                     return None
                 names = os.listdir(self._dir)
             except FileNotFoundError:
-                # removed under us: nothing to claim, recreated on put (None would be as False)
-                self._ready = False  # pragma: no mutate
+                # removed under us: nothing to claim, recreated on put
+                self._ready = False
                 return None
             except OSError as exc:
                 self._warn_io("cannot read spool %s: %s", self._dir, exc)
@@ -355,7 +348,7 @@ class Spool:
                 f"spool directory {where} exists but is not a directory; "
                 f"set spool_dir to a directory"
             )
-        geteuid = getattr(os, "geteuid", None)  # pragma: no mutate (the default is for Windows)
+        geteuid = getattr(os, "geteuid", None)  # pragma: no mutate
         if geteuid is not None:  # POSIX: the owner and mode checks are meaningful
             uid = geteuid()
             if st.st_uid != uid:
@@ -378,19 +371,16 @@ class Spool:
             return True
         if not self._inspect():
             if not create:
-                # True would be the same: claim() then lists the missing directory and gets
-                # FileNotFoundError, which it takes for "nothing to claim" too.
                 return False  # pragma: no mutate
             self._dir.parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.mkdir(self._dir, 0o700)  # pragma: no mutate (the chmod below sets the mode)
+                os.mkdir(self._dir, 0o700)  # pragma: no mutate
             except FileExistsError:
                 pass  # created concurrently: judged below like any existing directory
             else:
                 os.chmod(self._dir, 0o700)  # mkdir's mode is filtered by the umask
             # Removed again between mkdir and here: put() retries once on FileNotFoundError, and
-            # the retry finds the directory gone or present like any first call. So raising it
-            # always, or with another text, changes nothing put() reports.
+            # the retry finds the directory gone or present like any first call.
             if not self._inspect():  # pragma: no mutate
                 raise FileNotFoundError(  # pragma: no mutate
                     f"spool directory {self._dir} vanished"  # pragma: no mutate
@@ -401,8 +391,8 @@ class Spool:
     def _write(self, name: str, data: bytes) -> None:
         tmp = self._dir / f".{name}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        # Mutants of the next two lines cannot be seen on POSIX: _O_BINARY is 0 there, O_CREAT |
-        # O_EXCL never follows a link anyway, and fchmod below sets the mode 0600 exactly.
+        # Belt and braces: _O_BINARY is 0 on POSIX, O_CREAT | O_EXCL never follows a link
+        # anyway, and fchmod below sets the mode 0600 exactly.
         flags |= _O_BINARY | _O_NOFOLLOW  # pragma: no mutate
         fd = os.open(tmp, flags, 0o600)  # pragma: no mutate
         try:
@@ -443,7 +433,7 @@ class Spool:
             elif _NAME_RE.match(name):
                 total += _name_counts(name)[1]
                 unclaimed.append(name)
-        if total <= self.max_bytes:  # pragma: no mutate (`<` is the same: the loop re-checks)
+        if total <= self.max_bytes:  # pragma: no mutate
             return
         lost_files = lost_items = 0
         for name in sorted(unclaimed):
@@ -497,9 +487,7 @@ class Spool:
             elif name.startswith(".") and name.endswith(".tmp"):
                 path = self._dir / name
                 try:
-                    # The mutant follow_symlinks=None is the same as False; following links
-                    # (True, or no argument) is caught by a test with an old dangling link.
-                    mtime = os.stat(path, follow_symlinks=False).st_mtime  # pragma: no mutate
+                    mtime = os.stat(path, follow_symlinks=False).st_mtime
                     if now - mtime > _STALE_TMP_AGE:
                         os.unlink(path)
                 except OSError:

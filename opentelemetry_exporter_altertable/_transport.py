@@ -97,7 +97,7 @@ def fast_encoder() -> Encoder | None:
         import orjson
     except ImportError:
         return None
-    dumps = orjson.dumps  # pragma: no mutate (a failing dumps falls back to json: same bytes)
+    dumps = orjson.dumps  # pragma: no mutate
 
     def encode(items: Sequence[Payload]) -> bytes:
         try:
@@ -137,7 +137,7 @@ class _Stop(Exception):
     """Internal: the rest of this delivery cannot be sent now."""
 
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)  # pragma: no mutate (only .reason is ever read)
+        super().__init__(reason)  # pragma: no mutate
         self.reason = reason
 
 
@@ -153,7 +153,7 @@ class Transport:
         self._config = config
         self._sender: Sender = resolve_sender(config.endpoint, session)
         self._stats = stats if stats is not None else Stats()
-        # orjson sends the very bytes json would (tested): which one is used cannot be seen.
+        # orjson sends the very bytes json would (tested).
         self._encode: Encoder = fast_encoder() or encode_json  # pragma: no mutate
         self._headers = request_headers(config)
         self._urls = {name: endpoint_url(config, name) for name in _api.ENDPOINTS}
@@ -232,7 +232,7 @@ class Transport:
                     stopped = self._send(endpoint, chunk, deadline, report)
                 except Exception:  # a defect here must not lose the chunk: owe it whole
                     self._tell_once(
-                        "unexpected",  # pragma: no mutate (a key's spelling: equivalent)
+                        "unexpected",
                         "Altertable delivery failed unexpectedly; the calls are kept as owed",
                         exc_info=True,
                     )
@@ -381,7 +381,7 @@ class Transport:
     def _tell_tls_error(self, exc: BaseException) -> None:
         endpoint = self._config.endpoint
         self._tell_once(
-            "tls",  # pragma: no mutate (a key's spelling: equivalent while no other key has it)
+            "tls",
             "Altertable TLS error talking to %s: %s (%s). The calls are kept as owed and not "
             "retried until this is fixed: behind a TLS-intercepting proxy, or with a private "
             "CA, set REQUESTS_CA_BUNDLE to its CA certificate; if the endpoint serves plain "
@@ -398,7 +398,7 @@ class Transport:
         endpoint = clip(self._config.endpoint)
         if kind == "auth":
             self._tell_once(
-                kind,  # pragma: no mutate (a key's spelling: equivalent while unique)
+                kind,
                 "Altertable refused the API key (HTTP %s from %s). Set %s (or pass api_key=) to "
                 "a valid ingestion key (pk_live_... or pk_test_...) from your Altertable project.",
                 status,
@@ -419,7 +419,7 @@ class Transport:
             )
         else:
             self._tell_once(
-                kind,  # pragma: no mutate (a key's spelling: equivalent while unique)
+                kind,
                 "%s answered HTTP %s to an Altertable call: is %s the API's base URL "
                 "(default https://api.altertable.ai)? Redirects are not followed: use the "
                 "final URL.",

@@ -1,7 +1,11 @@
-"""Shared fixtures: a fault-injecting server, exporters pointed at it, tagged spans."""
+"""The fixtures pytest injects: a fault-injecting server, exporters aimed at it, tagged spans, logs.
+
+What tests import by name is in ``support.py``.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -9,28 +13,9 @@ from typing import Any
 import pytest
 from faultserver import FaultServer
 from opentelemetry.sdk.trace import ReadableSpan
-from otel_builders import SECOND_NS, T0_NS, finished_spans
+from support import FAKE_API_KEY, Records, fast_retry, spool_log, tagged_spans
 
-from opentelemetry_exporter_altertable import AltertableSpanExporter, RetryPolicy
-
-#: A key no log line or exception may ever show.
-FAKE_API_KEY = "pk_test_SECRET-4f1c9d2e7a-NEVER-LOG-ME"
-
-
-def fast_retry() -> RetryPolicy:
-    """Quick, jitter-free retries: exact attempt counts, tests that take milliseconds.
-
-    Built when asked for, not at import: under ``make mutation`` a mutated ``RetryPolicy``
-    must fail a test, not the loading of this file.
-    """
-    return RetryPolicy(total=3, backoff_factor=0.01, backoff_max=0.05, jitter=0)
-
-
-def __getattr__(name: str) -> Any:
-    """``from conftest import FAST_RETRY``: :func:`fast_retry`'s policy."""
-    if name == "FAST_RETRY":
-        return fast_retry()
-    raise AttributeError(name)
+from opentelemetry_exporter_altertable import AltertableSpanExporter
 
 
 @pytest.fixture
@@ -64,23 +49,6 @@ def make_exporter(
         exporter.shutdown(timeout_millis=1000)
 
 
-def tagged_spans(
-    count: int, *, start: int = 0, event: str = "Order Placed", **attributes: Any
-) -> list[ReadableSpan]:
-    """``count`` finished spans tagged ``analytics.event``; property ``seq`` numbers them."""
-    specs = [
-        (
-            f"span-{seq}",
-            {"analytics.event": event, "user.id": f"user-{seq % 7}", "seq": seq, **attributes},
-            (),
-            T0_NS - SECOND_NS,
-            T0_NS + seq,
-        )
-        for seq in range(start, start + count)
-    ]
-    return finished_spans(specs, resource={"service.name": "shop"})
-
-
 @pytest.fixture
 def spans() -> Callable[..., list[ReadableSpan]]:
     """:func:`tagged_spans` as a fixture: ``spans(50, start=100, event="bad")``."""
@@ -91,6 +59,20 @@ def spans() -> Callable[..., list[ReadableSpan]]:
 def api_key() -> str:
     """The key every ``make_exporter`` exporter uses (distinctive, to search logs for it)."""
     return FAKE_API_KEY
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Every log record of every logger, DEBUG and up."""
+    with caplog.at_level(logging.DEBUG):
+        yield caplog
+
+
+@pytest.fixture
+def log() -> Iterator[Records]:
+    """The spool's own records, DEBUG and up, whatever propagation the package configures."""
+    with spool_log() as handler:
+        yield handler
 
 
 @pytest.fixture

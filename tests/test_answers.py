@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 import requests
 import urllib3
-from faultserver import Answer, FaultServer
+from faultserver import Answer, FaultServer, env_not_found_400
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk.trace.export import SpanExportResult
+from support import MakeExporter, Spans, package_records
 
 from opentelemetry_exporter_altertable._answers import (
     CONFIG_ERRORS,
@@ -500,3 +502,82 @@ def test_read_body_keeps_to_its_deadline_and_bound(server: FaultServer) -> None:
         response = session.post(f"{server.endpoint}/track", data=b"[]", stream=True)
         with pytest.raises(AnswerTimeout):
             read_body(response, time.monotonic())
+
+
+# ----------------------------------------------------------------------- encoded answers end to end
+
+
+#: Headroom for thread scheduling on a loaded machine, on top of a promised bound.
+MARGIN = 0.75
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "deflate-raw"])
+def test_an_encoded_ok_false_is_a_refusal(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, encoding: str
+) -> None:
+    server.set_default(
+        Answer(200, body={"ok": False, "error_code": "insert-failed"}, encoding=encoding)
+    )
+    exporter = make_exporter()
+
+    assert exporter.export(spans(1)) is SpanExportResult.FAILURE
+
+    stats = exporter.stats()
+    assert stats["calls_exported"] == 0
+    assert stats["dropped_by_reason"] == {"insert-failed": 1}
+
+
+def test_an_encoded_acceptance_is_an_acceptance(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    server.set_default(Answer(200, body={"ok": True, "task_id": "t"}, encoding="gzip"))
+    exporter = make_exporter()
+    assert exporter.export(spans(3)) is SpanExportResult.SUCCESS
+    assert exporter.stats()["calls_exported"] == 3
+
+
+def test_a_gzipped_environment_not_found_is_a_setting_error_not_bisected(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, logs: Any
+) -> None:
+    server.set_default(Answer(400, body=env_not_found_400().body, encoding="gzip"))
+    exporter = make_exporter(max_batch_size=50, environment="qa-7")
+
+    assert exporter.export(spans(50)) is SpanExportResult.FAILURE
+
+    assert len(server.requests) == 1
+    stats = exporter.stats()
+    assert stats["dropped_by_reason"] == {"undelivered-environment-not-found": 50}
+    errors = [r.getMessage() for r in package_records(logs, logging.ERROR)]
+    assert len(errors) == 1
+    assert "'qa-7'" in errors[0]
+
+
+def test_a_gzipped_answer_still_cannot_outlive_the_deadline(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    import time
+
+    server.set_default(Answer(200, trickle=0.2, encoding="gzip"))
+    exporter = make_exporter(timeout=1.0)
+    started = time.monotonic()
+    assert exporter.export(spans(2)) is SpanExportResult.FAILURE
+    assert time.monotonic() - started < 1.0 + MARGIN
+
+
+def test_a_decompression_bomb_is_not_decoded_past_the_bound(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+) -> None:
+    """64 MiB of zeros in 64 KiB of gzip: read at most 1 MiB decoded; the status decides."""
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)
+    server.set_default(
+        Answer(200, body=bomb, headers={"Content-Encoding": "gzip", "Content-Type": "x/y"})
+    )
+    exporter = make_exporter()
+    tracemalloc.start()
+    try:
+        result = exporter.export(spans(1))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result is SpanExportResult.SUCCESS
+    assert peak < 8 * 1024 * 1024

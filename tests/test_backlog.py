@@ -18,10 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAKE_API_KEY, fast_retry
 from faultserver import FaultServer, bad_request, hang, ok, retry_later, unauthorized
+from opentelemetry.sdk.trace.export import SpanExportResult
+from support import FAKE_API_KEY, Spans, fast_retry, refusing_endpoint, seqs, spooled_items
 
-from opentelemetry_exporter_altertable._backlog import REPLAY_FILES_PER_EXPORT, Backlog
+from opentelemetry_exporter_altertable import AltertableSpanExporter
+from opentelemetry_exporter_altertable._backlog import (
+    REPLAY_FILES_PER_EXPORT,
+    Backlog,
+    spool_reason,
+)
 from opentelemetry_exporter_altertable._config import ExporterConfig
 from opentelemetry_exporter_altertable._spool import Spool
 from opentelemetry_exporter_altertable._stats import DropReporter, Stats
@@ -36,10 +42,6 @@ def item(seq: int) -> dict[str, Any]:
 
 def items(start: int, count: int) -> list[dict[str, Any]]:
     return [item(seq) for seq in range(start, start + count)]
-
-
-def seqs(payloads: list[Any]) -> list[int]:
-    return [payload["properties"]["seq"] for payload in payloads]
 
 
 class Rig:
@@ -571,3 +573,48 @@ def test_a_refusal_named_like_a_drop_reason_adds_up_with_it(
     assert [message.split(";")[0] for _, message in logged] == [
         f"Altertable exporter dropped 5 call(s) (5 {name})"
     ]
+
+
+# ----------------------------------------------------------------------- replay through an exporter
+
+
+def test_a_failing_re_spool_keeps_the_original_file(
+    server: FaultServer, spans: Spans, api_key: str, tmp_path: Path
+) -> None:
+    """Replay delivers half a file, the rest cannot be re-spooled: nothing may be lost."""
+    spool = tmp_path / "spool"
+    with refusing_endpoint() as down:
+        first = AltertableSpanExporter(
+            api_key=api_key, endpoint=down, spool_dir=spool, timeout=1, max_batch_size=100
+        )
+        assert first.export(spans(10)) is SpanExportResult.FAILURE
+        first.shutdown()
+    assert spooled_items(spool) == 10
+
+    server.script("/track", [ok()])  # the first half goes through, then an outage
+    server.set_default(retry_later(503))
+    # A spool now too small for what is still owed: its put fails.
+    second = AltertableSpanExporter(
+        api_key=api_key,
+        endpoint=server.endpoint,
+        spool_dir=spool,
+        spool_max_bytes=200,
+        max_batch_size=5,
+        timeout=1,
+    )
+    try:
+        second.export([])
+    finally:
+        second.shutdown()
+
+    assert len(server.accepted_items("/track")) == 5
+    assert spooled_items(spool) == 10  # kept whole: 5 are sent again, none is lost
+
+
+@pytest.mark.parametrize(
+    ("reason", "kept_as"),
+    [("auth", "auth"), ("environment-not-found", "auth"), ("endpoint-not-found", "auth"),
+     ("tls", "auth"), ("retryable", "retryable"), ("invalid-event", "retryable")],
+)  # fmt: skip
+def test_calls_owed_for_a_setting_are_spooled_as_auth_parcels(reason: str, kept_as: str) -> None:
+    assert spool_reason(reason) == kept_as

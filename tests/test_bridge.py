@@ -10,7 +10,10 @@ import json
 from typing import Any
 
 import pytest
-from bridge_support import (
+from faultserver import FaultServer
+from opentelemetry.sdk._logs.export import LogRecordExportResult
+from opentelemetry.sdk.trace.export import SpanExportResult
+from support import (
     KEY,
     otlp_log_exporter,
     otlp_span_exporter,
@@ -18,9 +21,6 @@ from bridge_support import (
     sample_logs,
     sample_spans,
 )
-from faultserver import FaultServer
-from opentelemetry.sdk._logs.export import LogRecordExportResult
-from opentelemetry.sdk.trace.export import SpanExportResult
 
 from opentelemetry_exporter_altertable import AltertableLogExporter, AltertableSpanExporter
 from opentelemetry_exporter_altertable.receiver import LocalReceiver

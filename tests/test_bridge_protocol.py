@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 import requests
-from bridge_support import KEY, running_bridge, sample_logs, sample_spans
 from faultserver import Answer, FaultServer, bad_request, retry_later
 from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from support import KEY, running_bridge, sample_logs, sample_spans
 
 from opentelemetry_exporter_altertable.bridge import BridgeServer
 

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from bridge_support import KEY, otlp_log_exporter, otlp_span_exporter, running_bridge
-from conftest import tagged_spans
 from faultserver import FaultServer, retry_later
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+from support import KEY, otlp_log_exporter, otlp_span_exporter, running_bridge, tagged_spans
 
 from opentelemetry_exporter_altertable.receiver import FaultPlan, LocalReceiver
 
@@ -304,7 +303,7 @@ def test_serve_accepts_otlp_into_its_own_store(tmp_path: Path) -> None:
         base = f"http://127.0.0.1:{port}"
         spans_exporter = otlp_span_exporter(base)
         logs_exporter = otlp_log_exporter(base)
-        from bridge_support import sample_logs, sample_spans
+        from support import sample_logs, sample_spans
 
         assert spans_exporter.export(sample_spans(1)) is SpanExportResult.SUCCESS
         from opentelemetry.sdk._logs.export import LogRecordExportResult

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from loopback import closed_port, refusing_endpoint
+from support import closed_port, refusing_endpoint
 
 from opentelemetry_exporter_altertable.cli import main
 from opentelemetry_exporter_altertable.receiver import LocalReceiver

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from guide import GUIDE_EVENTS_BY_CURRENCY
-from loopback import closed_port
+from support import closed_port
 
 from opentelemetry_exporter_altertable.cli import (
     DEFAULT_ENDPOINT,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -18,19 +17,12 @@ from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_builders import T0_NS, emitted_log_records, finished_spans
+from support import MakeExporter, Spans, seqs
 
 from opentelemetry_exporter_altertable import (
     AltertableLogExporter,
-    AltertableSpanExporter,
     __version__,
 )
-
-MakeExporter = Callable[..., AltertableSpanExporter]
-Spans = Callable[..., list[ReadableSpan]]
-
-
-def seqs(items: list[Any]) -> list[int]:
-    return [item["properties"]["seq"] for item in items]
 
 
 def identity_spans(email: str, user: str = "u1") -> list[ReadableSpan]:

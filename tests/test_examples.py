@@ -16,16 +16,13 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
+from support import EXAMPLES, INSTRUMENT, ROOT
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
-INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
 API_KEY = "pk_test_examples"
 TIMEOUT = 60.0
 

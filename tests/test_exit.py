@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from faultserver import FaultServer, hang
-from loopback import refusing_endpoint
+from support import refusing_endpoint
 
 from opentelemetry_exporter_altertable._spool import Spool
 

@@ -1,9 +1,9 @@
-"""Delivery when things go wrong: outages, slow and hung servers, refusals, bad settings.
+"""Delivery when things go wrong: outages, slow and hung servers, redirects, bad settings.
 
 Every test runs a real exporter against a :class:`faultserver.FaultServer` on loopback and
 counts exactly what was delivered, what was lost or dropped, and, where it is deterministic,
-how many requests it took. Retries use ``FAST_RETRY`` (3 retries, 10 ms backoff, no jitter)
-unless a test needs a longer wait to tell one behaviour from another.
+how many requests it took. Retries use ``support.fast_retry()`` (3 retries, 10 ms backoff, no
+jitter) unless a test needs a longer wait to tell one behaviour from another.
 """
 
 from __future__ import annotations
@@ -12,19 +12,17 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from faultserver import (
     Answer,
     FaultServer,
-    Request,
     bad_request,
-    body_larger_than,
     close,
     env_not_found_400,
     env_not_found_422,
@@ -32,7 +30,6 @@ from faultserver import (
     hang,
     ok,
     ok_false,
-    reject_items,
     retry_later,
     unauthorized,
 )
@@ -40,6 +37,7 @@ from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from otel_builders import emitted_log_records
+from support import PACKAGE, MakeExporter, Spans, package_records, seqs, spooled_items
 
 from opentelemetry_exporter_altertable import (
     AltertableLogExporter,
@@ -47,32 +45,8 @@ from opentelemetry_exporter_altertable import (
     RetryPolicy,
 )
 
-MakeExporter = Callable[..., AltertableSpanExporter]
-Spans = Callable[..., list[ReadableSpan]]
-
-PACKAGE = "opentelemetry_exporter_altertable"
 #: Headroom for thread scheduling on a loaded machine, on top of a promised bound.
 MARGIN = 0.5
-
-
-def seqs(items: list[Any]) -> list[int]:
-    return [item["properties"]["seq"] for item in items]
-
-
-def gap(first: Request, second: Request) -> float:
-    """Seconds between two requests' arrival at the server."""
-    return second.received_at - first.received_at
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Every log record of every logger, DEBUG and up."""
-    with caplog.at_level(logging.DEBUG):
-        yield caplog
-
-
-def package_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name.startswith(PACKAGE) and r.levelno >= level]
 
 
 def full_text(record: logging.LogRecord) -> str:
@@ -99,138 +73,6 @@ def backoff_started() -> Iterator[threading.Event]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-
-
-# ---------------------------------------------------------------------------- retries
-
-
-@pytest.mark.parametrize("status", [500, 502, 503, 504, 599, 408, 429])
-def test_a_retryable_status_uses_the_whole_retry_budget_then_fails(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans, status: int
-) -> None:
-    server.set_default(Answer(status, body=b""))
-    exporter = make_exporter(retry=RetryPolicy(total=3, backoff_factor=0.01, jitter=0))
-
-    result = exporter.export(spans(5))
-
-    assert result is SpanExportResult.FAILURE
-    assert len(server.requests) == 4  # total=3 retries: 4 attempts
-    assert server.accepted_items("/track") == []
-    stats = exporter.stats()
-    assert stats["requests"] == 4
-    assert stats["retries"] == 3
-    assert stats["calls_exported"] == 0
-    assert stats["calls_dropped"] == 5
-    assert stats["dropped_by_reason"] == {"undelivered-retryable": 5}
-
-
-@pytest.mark.parametrize(("first", "second"), [(500, 502), (503, 504), (408, 429), (408, 500)])
-def test_success_after_two_failures(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans, first: int, second: int
-) -> None:
-    server.script("/track", [Answer(first, body=b""), Answer(second, body=b"")])
-    exporter = make_exporter(retry=RetryPolicy(total=3, backoff_factor=0.01, jitter=0))
-
-    result = exporter.export(spans(5))
-
-    assert result is SpanExportResult.SUCCESS
-    assert [r.status for r in server.requests] == [first, second, 200]
-    assert seqs(server.accepted_items("/track")) == [0, 1, 2, 3, 4]
-    stats = exporter.stats()
-    assert stats["requests"] == 3
-    assert stats["retries"] == 2
-    assert stats["calls_exported"] == 5
-    assert stats["calls_dropped"] == 0
-
-
-def test_no_retries_at_all_with_total_zero(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans
-) -> None:
-    server.set_default(retry_later(503))
-    exporter = make_exporter(retry=RetryPolicy(total=0, backoff_factor=0.01, jitter=0))
-
-    assert exporter.export(spans(3)) is SpanExportResult.FAILURE
-    assert len(server.requests) == 1
-
-
-# ---------------------------------------------------------------------------- Retry-After
-
-
-@pytest.mark.parametrize("status", [429, 503])
-def test_retry_after_in_seconds_is_honoured(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans, status: int
-) -> None:
-    server.script("/track", [retry_later(status, "1")])
-    exporter = make_exporter(timeout=3.0)
-
-    assert exporter.export(spans(2)) is SpanExportResult.SUCCESS
-
-    first, second = server.requests
-    assert 0.95 <= gap(first, second) < 1.0 + MARGIN  # not the 10 ms backoff
-    assert seqs(server.accepted_items("/track")) == [0, 1]
-
-
-def test_retry_after_as_an_http_date_is_honoured(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans
-) -> None:
-    # HTTP-dates have whole seconds: two seconds ahead means a wait of more than one second.
-    server.script("/track", [retry_later(503, formatdate(time.time() + 2, usegmt=True))])
-    exporter = make_exporter(timeout=4.0)
-
-    assert exporter.export(spans(2)) is SpanExportResult.SUCCESS
-
-    first, second = server.requests
-    assert 0.9 <= gap(first, second) < 2.0 + MARGIN
-    assert seqs(server.accepted_items("/track")) == [0, 1]
-
-
-@pytest.mark.parametrize(
-    "retry_after",
-    ["0", formatdate(time.time() - 3600, usegmt=True)],
-    ids=["zero", "date-in-the-past"],
-)
-def test_retry_after_zero_or_past_retries_at_once(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans, retry_after: str
-) -> None:
-    server.script("/track", [retry_later(429, retry_after)])
-    # A one-second backoff, so that falling back to it would show.
-    exporter = make_exporter(retry=RetryPolicy(total=3, backoff_factor=1.0, jitter=0))
-
-    assert exporter.export(spans(2)) is SpanExportResult.SUCCESS
-
-    first, second = server.requests
-    assert gap(first, second) < 0.5
-    assert exporter.stats()["retries"] == 1
-
-
-def test_a_retry_after_beyond_the_deadline_ends_the_export_by_its_timeout(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans
-) -> None:
-    server.set_default(retry_later(503, "3600"))
-    exporter = make_exporter(timeout=1.0)
-
-    started = time.monotonic()
-    result = exporter.export(spans(4))
-    elapsed = time.monotonic() - started
-
-    assert result is SpanExportResult.FAILURE
-    assert elapsed < 1.0 + MARGIN
-    assert len(server.requests) == 1  # waiting an hour is pointless: no second attempt
-    assert exporter.stats()["dropped_by_reason"] == {"undelivered-retryable": 4}
-
-
-@pytest.mark.parametrize("retry_after", ["soon", "-5", "nan", "Thu, 99 Foo 2024 99:00:00 GMT"])
-def test_a_malformed_retry_after_falls_back_to_the_backoff(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans, retry_after: str
-) -> None:
-    server.script("/track", [retry_later(503, retry_after)])
-    exporter = make_exporter(retry=RetryPolicy(total=3, backoff_factor=0.2, jitter=0))
-
-    assert exporter.export(spans(2)) is SpanExportResult.SUCCESS
-
-    first, second = server.requests
-    assert 0.18 <= gap(first, second) < 0.2 + MARGIN
-    assert seqs(server.accepted_items("/track")) == [0, 1]
 
 
 # ---------------------------------------------------------------------------- connections
@@ -366,91 +208,37 @@ def test_shutdown_from_another_thread_interrupts_a_long_backoff(
     assert stats["dropped_by_reason"] == {"undelivered-retryable": 3}
 
 
-# ---------------------------------------------------------------------------- refusals
-
-
-def test_413_splits_the_batch_until_it_fits(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans
+def test_a_body_that_times_out_mid_read_is_spooled_not_lost(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, tmp_path: Path, logs: Any
 ) -> None:
-    batch = spans(64)
-    exporter = make_exporter(max_batch_size=64)
-    limit = 5000  # about a dozen of these items
-    server.add_rule(body_larger_than(limit))
+    """urllib3 raises ReadTimeoutError (not an OSError) when a body stalls mid-read."""
+    server.set_default(Answer(200, stall=3))
+    exporter = make_exporter(spool_dir=tmp_path / "spool", timeout=1.0)
 
-    assert exporter.export(batch) is SpanExportResult.SUCCESS
+    assert exporter.export(spans(7)) is SpanExportResult.FAILURE
 
-    assert sorted(seqs(server.accepted_items("/track"))) == list(range(64))
-    assert len(server.accepted_items("/track")) == 64
-    statuses = [r.status for r in server.requests]
-    assert statuses[0] == 413
-    assert all(len(r.raw_body) <= limit for r in server.requests if r.status == 200)
-    # Halving, depth first: 64, each 32 and each 16 are too large, each 8 fits (15 requests).
-    sizes = [64, 32, 16, 8, 8, 16, 8, 8, 32, 16, 8, 8, 16, 8, 8]
-    assert [len(r.items) for r in server.requests] == sizes
     stats = exporter.stats()
-    assert stats["calls_exported"] == 64
+    assert stats["calls_spooled"] == 7
     assert stats["calls_dropped"] == 0
+    assert spooled_items(tmp_path / "spool") == 7
+    assert not [r for r in package_records(logs, logging.ERROR) if "unexpectedly" in r.msg]
 
 
-def test_an_item_too_large_on_its_own_is_dropped_and_the_rest_delivered(
+def test_a_body_cut_mid_read_is_retried(
     server: FaultServer, make_exporter: MakeExporter, spans: Spans
 ) -> None:
-    server.add_rule(body_larger_than(2000))
-    exporter = make_exporter(max_batch_size=8)
-    batch = spans(7) + spans(1, start=7, blob="x" * 5000)
+    """A connection closed inside the body: urllib3's ProtocolError, transient."""
+    server.script("/track", [Answer(200, truncate=5)])
+    exporter = make_exporter()
 
-    assert exporter.export(batch) is SpanExportResult.FAILURE
+    assert exporter.export(spans(4)) is SpanExportResult.SUCCESS
 
-    assert sorted(seqs(server.accepted_items("/track"))) == list(range(7))
-    stats = exporter.stats()
-    assert stats["calls_exported"] == 7
-    assert stats["calls_dropped"] == 1
-    assert sum(stats["dropped_by_reason"].values()) == 1  # type: ignore[attr-defined]
+    assert len(server.requests_to("/track")) == 2
+    assert len(server.accepted_items("/track")) == 4
+    assert exporter.stats()["retries"] == 1
 
 
-@pytest.mark.parametrize("status", [400, 422])
-def test_one_bad_item_among_fifty_is_found_and_dropped(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans, status: int
-) -> None:
-    server.add_rule(reject_items(lambda item: item["event"] == "bad", status=status))
-    exporter = make_exporter(max_batch_size=50)
-    batch = spans(17) + spans(1, start=17, event="bad") + spans(32, start=18)
-
-    assert exporter.export(batch) is SpanExportResult.FAILURE
-
-    delivered = seqs(server.accepted_items("/track"))
-    assert sorted(delivered) == [s for s in range(50) if s != 17]
-    assert len(delivered) == 49
-    # Bisection: the halves with item 17 are split again, the others delivered whole.
-    assert [len(r.items) for r in server.requests] == [50, 25, 12, 13, 6, 3, 3, 1, 2, 1, 1, 7, 25]
-    stats = exporter.stats()
-    assert stats["calls_exported"] == 49
-    assert stats["calls_dropped"] == 1
-    assert stats["dropped_by_reason"] == {"invalid-event": 1}
-
-
-@pytest.mark.parametrize("error_code", ["insert-failed", None])
-def test_ok_false_in_a_200_is_handled_as_a_400(
-    server: FaultServer, make_exporter: MakeExporter, spans: Spans, error_code: str | None
-) -> None:
-    refusal = ok_false(error_code) if error_code else Answer(200, body={"ok": False})
-
-    def refuse_bad(request: Request) -> Answer | None:
-        return refusal if any(i["event"] == "bad" for i in request.items) else None
-
-    server.add_rule(refuse_bad)
-    exporter = make_exporter(max_batch_size=50)
-    batch = spans(30) + spans(1, start=30, event="bad") + spans(19, start=31)
-
-    assert exporter.export(batch) is SpanExportResult.FAILURE
-
-    assert sorted(seqs(server.accepted_items("/track"))) == [s for s in range(50) if s != 30]
-    # Bisection: the halves with item 30 are split again, the others delivered whole.
-    assert [len(r.items) for r in server.requests] == [50, 25, 25, 12, 6, 3, 3, 1, 2, 1, 1, 6, 13]
-    stats = exporter.stats()
-    assert stats["calls_exported"] == 49
-    assert stats["calls_dropped"] == 1
-    assert stats["dropped_by_reason"] == {error_code or "ok-false": 1}
+# ---------------------------------------------------------------------------- redirects
 
 
 @pytest.mark.parametrize("status", [301, 302, 303])
@@ -543,6 +331,19 @@ def test_an_unknown_environment_is_reported_once_with_the_fix(
     for record in logs.records:
         assert api_key not in full_text(record)
     assert exporter.stats()["dropped_by_reason"] == {"undelivered-environment-not-found": 40}
+
+
+def test_environment_not_found_names_the_refused_environment(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, logs: Any
+) -> None:
+    server.set_default(env_not_found_400())
+    exporter = make_exporter(environment="qa-7")
+
+    exporter.export(spans(2))
+
+    (error,) = [r.getMessage() for r in package_records(logs, logging.ERROR)]
+    assert "'qa-7'" in error
+    assert "OTEL_EXPORTER_ALTERTABLE_ENVIRONMENT" in error
 
 
 #: Each nasty answer with what it must do to the 9 spans (chunks of 4, 4 and 1) and to the one
@@ -780,3 +581,41 @@ def test_calls_pending_at_shutdown_are_delivered_by_the_next_exporter(
     assert seqs(server.accepted_items("/track")) == list(range(12))
     assert second.stats()["calls_replayed"] == 12
     assert second.stats()["spool_files"] == 0
+
+
+# -------------------------------------------------------------------- exceptions nobody anticipated
+
+
+def test_an_exception_nobody_anticipated_owes_the_rest_of_the_export(
+    server: FaultServer, spans: Spans, api_key: str, tmp_path: Path, logs: Any
+) -> None:
+    """A user's session hook raising its own exception class: the calls are spooled."""
+
+    class HookFailure(Exception):
+        pass
+
+    def hook(response: requests.Response, **_: Any) -> None:
+        raise HookFailure("boom")
+
+    session = requests.Session()
+    session.hooks["response"].append(hook)
+    exporter = AltertableSpanExporter(
+        api_key=api_key,
+        endpoint=server.endpoint,
+        session=session,
+        spool_dir=tmp_path / "spool",
+        max_batch_size=5,
+        timeout=2,
+    )
+    try:
+        assert exporter.export(spans(12)) is SpanExportResult.FAILURE
+        stats = exporter.stats()
+    finally:
+        exporter.shutdown()
+        session.close()
+    assert len(server.requests) == 1  # the first chunk failed: the rest was not tried
+    assert stats["calls_spooled"] == 12
+    assert stats["calls_dropped"] == 0
+    errors = package_records(logs, logging.ERROR)
+    assert len(errors) == 1
+    assert "HookFailure" in errors[0].getMessage()

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 from faultserver import FaultServer
-from loopback import answered
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
+from support import answered
 
 from opentelemetry_exporter_altertable import AltertableSpanExporter, alias, identify, track
 from opentelemetry_exporter_altertable.receiver import LocalReceiver

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-from loopback import refusing_endpoint
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
+from support import refusing_endpoint
 
 from opentelemetry_exporter_altertable import AltertableLogExporter, RetryPolicy
 

@@ -30,6 +30,7 @@ from otel_builders import (
     open_span,
     span_context,
 )
+from support import ISO_RE
 
 from opentelemetry_exporter_altertable._api import LIB_NAME, LIB_VERSION, is_reserved_id
 from opentelemetry_exporter_altertable._mapping import Calls, MappingOptions, resolve_environment
@@ -39,10 +40,9 @@ from opentelemetry_exporter_altertable._sdk import (
     resource_attributes,
     span_has_analytics_data,
 )
-from opentelemetry_exporter_altertable._values import format_timestamp, json_safe
+from opentelemetry_exporter_altertable._values import json_safe
 from opentelemetry_exporter_altertable.version import __version__
 
-ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 
@@ -165,30 +165,6 @@ def test_lib_name_and_version() -> None:
     assert __version__ == LIB_VERSION
 
 
-# --------------------------------------------------------------------------- format_timestamp
-
-
-@pytest.mark.parametrize(
-    ("ns", "expected"),
-    [
-        (0, "1970-01-01T00:00:00.000Z"),
-        (T0_NS, "2023-01-01T12:00:00.000Z"),
-        (T0_NS + 123_456_789, "2023-01-01T12:00:00.123Z"),
-        (T0_NS + 7_000_000, "2023-01-01T12:00:00.007Z"),
-        (1_718_461_800_123_000_000, "2024-06-15T14:30:00.123Z"),
-        (4_102_444_800 * SECOND_NS, "2100-01-01T00:00:00.000Z"),
-    ],
-)
-def test_format_timestamp(ns: int, expected: str) -> None:
-    assert format_timestamp(ns) == expected
-
-
-def test_format_timestamp_never_rolls_over_the_format() -> None:
-    text = format_timestamp(T0_NS + 999_999_999)
-    assert ISO_RE.match(text)
-    assert text in {"2023-01-01T12:00:00.999Z", "2023-01-01T12:00:01.000Z"}
-
-
 # --------------------------------------------------------------------------- is_reserved_id
 
 
@@ -290,45 +266,6 @@ def test_log_records_use_their_resource_environment() -> None:
         attributes={"analytics.event": "E"}, resource={"deployment.environment": "qa"}
     )
     assert one_track(map_log_records([record], opts()))["environment"] == "qa"
-
-
-# --------------------------------------------------------------------------- json_safe
-
-
-def test_json_safe_non_finite_floats_become_null() -> None:
-    assert json_safe(math.nan) is None
-    assert json_safe(math.inf) is None
-    assert json_safe(-math.inf) is None
-    assert json_safe([1.0, math.nan, math.inf]) == [1.0, None, None]
-
-
-def test_json_safe_keeps_plain_values() -> None:
-    assert json_safe("text") == "text"
-    assert json_safe(True) is True
-    assert json_safe(0) == 0
-    assert json_safe(10**40) == 10**40
-    assert json_safe(1.5) == 1.5
-    assert json_safe(None) is None
-    negative_zero = json_safe(-0.0)
-    assert negative_zero == 0.0
-    assert math.copysign(1.0, negative_zero) == -1.0
-
-
-def test_json_safe_sequences_become_lists() -> None:
-    assert json_safe(("a", "b")) == ["a", "b"]
-    assert json_safe((1, (2, 3))) == [1, [2, 3]]
-    assert json_safe({"k": (1, 2)}) == {"k": [1, 2]}
-
-
-def test_json_safe_bytes_become_text() -> None:
-    value = json_safe(b"abc")
-    assert isinstance(value, str)
-    json.dumps(value)
-
-
-def test_json_safe_output_is_strict_json() -> None:
-    value = {"a": (math.nan, b"\xff\x00", {"b": -math.inf}), "c": [True, None, 2**70]}
-    json.dumps(json_safe(value), allow_nan=False)
 
 
 # ------------------------------------------------------------------ what is an analytics record

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,13 +22,12 @@ from otel_builders import (
     finished_span,
     span_context,
 )
+from support import ISO_RE
 
 from opentelemetry_exporter_altertable._api import LIB_NAME, LIB_VERSION, is_reserved_id
 from opentelemetry_exporter_altertable._mapping import Calls, MappingOptions
 from opentelemetry_exporter_altertable._sdk import map_log_records, map_spans
 from opentelemetry_exporter_altertable._values import format_timestamp, json_safe
-
-ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 # From the API facts: the built-in property names and the reserved user ids.
 BUILT_INS = frozenset(

@@ -18,11 +18,13 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import FAKE_API_KEY, tagged_spans
 from faultserver import FaultServer, retry_later, tls_context, tls_files
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
+from otel_builders import T0_NS, finished_spans
+from support import FAKE_API_KEY, MakeExporter, Spans, tagged_spans
 
-from opentelemetry_exporter_altertable import AltertableSpanExporter
+from opentelemetry_exporter_altertable import AltertableSpanExporter, RetryPolicy
 from opentelemetry_exporter_altertable._pool import GivenSession, OwnPool, own_pool, proxy_for
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
@@ -216,3 +218,137 @@ def test_no_proxy_bypasses_the_proxy(clean_proxy_env: pytest.MonkeyPatch) -> Non
 def test_a_socks_proxy_is_left_to_requests(clean_proxy_env: pytest.MonkeyPatch) -> None:
     clean_proxy_env.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
     assert own_pool("https://api.altertable.ai") is None
+
+
+# ---------------------------------------------------- proxies and the CA bundle through an exporter
+
+
+@pytest.mark.usefixtures("clean_proxy_env")
+def test_https_proxy_from_the_environment_sees_the_connect(
+    monkeypatch: pytest.MonkeyPatch, api_key: str
+) -> None:
+    # The proxy is a FaultServer: it records the CONNECT and answers it with a JSON body, so
+    # the TLS handshake inside the "tunnel" fails: nothing leaves the machine, the host need
+    # not resolve, and the key is never sent.
+    with FaultServer() as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.endpoint)
+        exporter = AltertableSpanExporter(
+            api_key=api_key, endpoint="https://api.example.invalid", timeout=2.0,
+            retry=RetryPolicy(total=0),
+        )  # fmt: skip
+        try:
+            assert exporter.export(_tagged(1)) is SpanExportResult.FAILURE
+        finally:
+            exporter.shutdown()
+        assert proxy.wait_for_requests(1)
+        assert [(r.method, r.target) for r in proxy.requests] == [
+            ("CONNECT", "api.example.invalid:443")
+        ]
+        assert "x-api-key" not in proxy.requests[0].headers
+        assert exporter.stats()["dropped_by_reason"] == {"undelivered-tls": 1}
+
+
+@pytest.mark.usefixtures("clean_proxy_env")
+@pytest.mark.parametrize("bypass", [False, True], ids=["through-proxy", "no-proxy"])
+def test_http_proxy_and_no_proxy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, server: FaultServer, api_key: str, *, bypass: bool
+) -> None:
+    with FaultServer() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.endpoint)
+        if bypass:
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        exporter = AltertableSpanExporter(api_key=api_key, endpoint=server.endpoint, timeout=2.0)
+        try:
+            assert exporter.export(_tagged(3)) is SpanExportResult.SUCCESS
+        finally:
+            exporter.shutdown()
+        direct, proxied = server.requests, proxy.requests
+    if bypass:
+        assert proxied == []
+        assert [len(r.items) for r in direct] == [3]
+    else:
+        assert direct == []
+        assert [(r.method, r.target, len(r.items)) for r in proxied] == [
+            ("POST", f"{server.endpoint}/track", 3)  # an absolute URL: meant for the API
+        ]
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_requests_ca_bundle_from_the_environment_is_trusted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, api_key: str, *, trusted: bool
+) -> None:
+    cert, key = tls_files(tmp_path, "IP:127.0.0.1")
+    if trusted:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    else:
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    with FaultServer(tls=tls_context(cert, key)) as server:
+        exporter = AltertableSpanExporter(api_key=api_key, endpoint=server.endpoint, timeout=2.0)
+        try:
+            result = exporter.export(_tagged(2))
+            stats = exporter.stats()
+        finally:
+            exporter.shutdown()
+        accepted = len(server.accepted_items("/track"))
+    if trusted:
+        assert (result, accepted, stats["calls_exported"]) == (SpanExportResult.SUCCESS, 2, 2)
+    else:
+        assert (result, accepted, stats["calls_exported"]) == (SpanExportResult.FAILURE, 0, 0)
+        assert stats["dropped_by_reason"] == {"undelivered-tls": 2}
+
+
+def _tagged(count: int) -> list[ReadableSpan]:
+    return finished_spans(
+        [(f"s{n}", {"analytics.event": "Paid", "user.id": "u1", "seq": n}, (), T0_NS, T0_NS)
+         for n in range(count)]
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------- a user's session is left as it was
+
+
+def _snapshot(session: requests.Session) -> dict[str, Any]:
+    return {
+        "verify": session.verify,
+        "trust_env": session.trust_env,
+        "proxies": dict(session.proxies),
+        "adapters": list(session.adapters.items()),
+        "headers": dict(session.headers),
+        "hooks": {k: list(v) for k, v in session.hooks.items()},
+        "auth": session.auth,
+        "cert": session.cert,
+        "params": dict(session.params),  # type: ignore[arg-type]
+        "max_redirects": session.max_redirects,
+        "stream": session.stream,
+        "cookies": session.cookies.get_dict(),
+    }
+
+
+@pytest.mark.parametrize("trust_env", [True, False])
+def test_a_user_session_is_left_exactly_as_it_was(
+    server: FaultServer,
+    make_exporter: MakeExporter,
+    spans: Spans,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    *,
+    trust_env: bool,
+) -> None:
+    # Environment settings the exporter's own sessions would pick up: a user's is not touched.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "nowhere.pem"))
+    session = requests.Session()
+    session.trust_env = trust_env
+    session.verify = True
+    session.proxies = {"ftp": "http://127.0.0.1:1"}
+    session.headers["X-Tenant"] = "acme"
+    session.hooks["response"].append(lambda response, **_: None)
+    before = _snapshot(session)
+    try:
+        exporter = make_exporter(session=session, max_batch_size=2)
+        assert exporter.export(spans(5)) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+        assert _snapshot(session) == before
+    finally:
+        session.close()
+    assert len(server.accepted_items("/track")) == 5

@@ -24,16 +24,15 @@ from typing import Any
 import pytest
 import requests
 from faultserver import FaultServer
-from loopback import answered, refusing_endpoint
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_builders import finished_spans
+from support import SUBPROCESS_TIMEOUT, answered, refusing_endpoint
 
 from opentelemetry_exporter_altertable import AltertableSpanExporter, RetryPolicy
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
 CHILD_TIMEOUT = 15.0
-SUBPROCESS_TIMEOUT = 60.0
 NO_RETRY = RetryPolicy(total=0)
 
 

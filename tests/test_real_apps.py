@@ -17,17 +17,14 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from support import EXAMPLES, INSTRUMENT
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
-INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
 TIMEOUT = 60.0
 
 BROWSER_UA = "Mozilla/5.0 (X11; Linux x86_64) RealAppsTest/1.0"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,21 +21,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAKE_API_KEY, FAST_RETRY
 from faultserver import FaultServer, ok, reject_items, retry_later
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_builders import T0_NS, emitted_log_records, finished_spans
+from support import (
+    FAKE_API_KEY,
+    PACKAGE,
+    MakeExporter,
+    Spans,
+    fast_retry,
+    package_records,
+    refusing_endpoint,
+)
 
 from opentelemetry_exporter_altertable import AltertableLogExporter, AltertableSpanExporter
+from opentelemetry_exporter_altertable._answers import CONFIG_ERRORS
 
-MakeExporter = Callable[..., AltertableSpanExporter]
-Spans = Callable[..., list[ReadableSpan]]
-
-PACKAGE_LOGGER = "opentelemetry_exporter_altertable"
 EXPORTED = "otel.sdk.exporter.span.exported"
 LOG_EXPORTED = "otel.sdk.exporter.log.exported"
 INFLIGHT = "otel.sdk.exporter.span.inflight"
@@ -146,12 +151,12 @@ def test_stats_count_an_outage_without_spool_as_undelivered_drops(
 
     assert exporter.export(spans(3)) is SpanExportResult.FAILURE
 
-    attempts = FAST_RETRY.total + 1
+    attempts = fast_retry().total + 1
     assert counters(exporter) == expected(
         records_seen=3,
         calls_built=3,
         requests=attempts,
-        retries=FAST_RETRY.total,
+        retries=fast_retry().total,
         calls_dropped=3,
         dropped_by_reason={"undelivered-retryable": 3},
     )
@@ -168,8 +173,8 @@ def test_stats_count_spooled_then_replayed_calls(
     assert counters(exporter) == expected(
         records_seen=3,
         calls_built=3,
-        requests=FAST_RETRY.total + 1,
-        retries=FAST_RETRY.total,
+        requests=fast_retry().total + 1,
+        retries=fast_retry().total,
         calls_spooled=3,
     )
     assert stats["spool_files"] == 1
@@ -184,8 +189,8 @@ def test_stats_count_spooled_then_replayed_calls(
         records_seen=5,
         calls_built=5,
         calls_exported=5,  # the 3 replayed and the 2 new
-        requests=FAST_RETRY.total + 1 + 2,  # one replay request, one for the new calls
-        retries=FAST_RETRY.total,
+        requests=fast_retry().total + 1 + 2,  # one replay request, one for the new calls
+        retries=fast_retry().total,
         calls_spooled=3,
         calls_replayed=3,
     )
@@ -240,7 +245,7 @@ def test_log_exporter_keeps_its_own_stats(server: FaultServer) -> None:
         ]
     )
     exporter = AltertableLogExporter(
-        api_key=FAKE_API_KEY, endpoint=server.endpoint, timeout=2.0, retry=FAST_RETRY
+        api_key=FAKE_API_KEY, endpoint=server.endpoint, timeout=2.0, retry=fast_retry()
     )
     try:
         assert exporter.export(records) is LogRecordExportResult.SUCCESS
@@ -346,7 +351,7 @@ def test_log_exporter_self_metrics(server: FaultServer) -> None:
         api_key=FAKE_API_KEY,
         endpoint=server.endpoint,
         timeout=2.0,
-        retry=FAST_RETRY,
+        retry=fast_retry(),
         meter_provider=MeterProvider(metric_readers=[reader]),
     )
     tagged = [
@@ -452,7 +457,7 @@ def warnings_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]
     return [
         r
         for r in caplog.records
-        if r.name.startswith(PACKAGE_LOGGER) and r.levelno == logging.WARNING
+        if r.name.startswith(PACKAGE) and r.levelno == logging.WARNING
     ]
 
 
@@ -466,7 +471,7 @@ def test_refused_items_of_one_export_make_one_warning_with_their_count(
     spans: Spans,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger=PACKAGE_LOGGER)
+    caplog.set_level(logging.WARNING, logger=PACKAGE)
     server.add_rule(reject_items(seq_is(1, 3, 4)), path="/track")
     exporter = make_exporter()
 
@@ -487,7 +492,7 @@ def test_drops_in_a_row_are_reported_at_most_once_a_minute(
     spans: Spans,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger=PACKAGE_LOGGER)
+    caplog.set_level(logging.WARNING, logger=PACKAGE)
     server.add_rule(reject_items(lambda item: True), path="/track")
     exporter = make_exporter()
 
@@ -506,7 +511,7 @@ def test_undelivered_calls_are_reported_once_with_their_count(
     spans: Spans,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger=PACKAGE_LOGGER)
+    caplog.set_level(logging.WARNING, logger=PACKAGE)
     server.set_default(retry_later(503))
     exporter = make_exporter(max_batch_size=2)
 
@@ -517,3 +522,75 @@ def test_undelivered_calls_are_reported_once_with_their_count(
     assert "dropped 5 call(s)" in messages[0]
     assert "OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR" in messages[0]  # the fix is named
     assert FAKE_API_KEY not in caplog.text
+
+
+# ------------------------------------------------------------ what is counted as skipped or dropped
+
+
+def test_log_records_without_analytics_data_are_counted_as_skipped(
+    server: FaultServer, api_key: str
+) -> None:
+    records = emitted_log_records(
+        [
+            {"attributes": {"http.route": "/a"}, "body": "plain"},
+            {"attributes": {}, "body": "plain"},
+            {"attributes": {"analytics.event": "Signed Up", "user.id": "u1"}},
+            {"attributes": {"user.email": "u2@example.com", "user.id": "u2"}},
+        ]
+    )
+    exporter = AltertableLogExporter(api_key=api_key, endpoint=server.endpoint, timeout=2)
+    try:
+        exporter.export(records)
+        stats = exporter.stats()
+    finally:
+        exporter.shutdown()
+    assert stats["records_seen"] == 4
+    assert stats["records_skipped"] == 2  # an identity with a trait is analytics data
+
+
+def test_an_event_name_of_only_spaces_is_skipped_with_one_warning(
+    server: FaultServer, make_exporter: MakeExporter, spans: Spans, logs: Any
+) -> None:
+    exporter = make_exporter()
+
+    assert exporter.export(spans(2, event="   ")) is SpanExportResult.SUCCESS
+    assert exporter.export(spans(1, start=2, event="\t ")) is SpanExportResult.SUCCESS
+    assert exporter.export(spans(1, start=3)) is SpanExportResult.SUCCESS
+
+    tracked = server.items("/track")
+    assert [item["event"] for item in tracked] == ["Order Placed"]
+    warnings = [r.getMessage() for r in package_records(logs, logging.WARNING)]
+    assert len([w for w in warnings if "only spaces" in w]) == 1, warnings
+
+
+def test_readme_names_the_drop_reasons_the_code_counts(
+    spans: Spans, api_key: str
+) -> None:
+    """The README's dropped_by_reason keys are the ones stats() reports."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    with refusing_endpoint() as down:
+        exporter = AltertableSpanExporter(api_key=api_key, endpoint=down, timeout=0.5)
+        exporter.export(spans(1))
+        reasons = exporter.stats()["dropped_by_reason"]
+        exporter.shutdown()
+    assert reasons == {"undelivered-retryable": 1}
+    assert "`undelivered-retryable`" in readme
+    assert "undelivered (retryable)" not in readme
+    # Every reason of the exporter's own the README lists is one the code can count.
+    table = readme.split("The keys of `dropped_by_reason`")[1].split("\n\n")[1]
+    own = [
+        key
+        for row in table.splitlines()[4:]  # past the header and the API's own codes
+        for key in re.findall(r"`([a-z-]+)`", row.split("|")[1])
+    ]
+    assert own, table
+    source = "\n".join(
+        path.read_text()
+        for path in (Path(__file__).resolve().parents[1] / PACKAGE).glob("*.py")
+    )
+    settings = set(CONFIG_ERRORS) | {"retryable"}
+    for key in own:
+        if key.startswith("undelivered-"):
+            assert key.removeprefix("undelivered-") in settings, key
+        else:
+            assert f'"{key}"' in source, key

@@ -11,21 +11,14 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from spool_support import Records, dead_pid, spool_log
+from support import Records, dead_pid
 
 from opentelemetry_exporter_altertable import _spool
 from opentelemetry_exporter_altertable._spool import Spool, SpoolClaim, SpoolDirectoryError
-
-
-@pytest.fixture
-def log() -> Iterator[Records]:
-    with spool_log() as handler:
-        yield handler
 
 
 def parcel(ident: int, n: int = 1) -> dict[str, list[dict[str, Any]]]:
@@ -369,8 +362,6 @@ def test_two_processes_claim_disjoint_sets(tmp_path: Path) -> None:
     for ids in got:
         assert ids == sorted(ids)  # each one still went oldest first
     assert list(directory.iterdir()) == []
-
-
 
 
 def test_claim_of_dead_process_is_recovered(tmp_path: Path, log: Records) -> None:

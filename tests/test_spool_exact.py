@@ -12,21 +12,14 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from spool_support import Records, dead_pid, spool_log
+from support import Records, dead_pid
 
 from opentelemetry_exporter_altertable import _spool
 from opentelemetry_exporter_altertable._spool import Spool, SpoolDirectoryError
-
-
-@pytest.fixture
-def log() -> Iterator[Records]:
-    with spool_log() as handler:
-        yield handler
 
 
 class _Clock:
@@ -237,8 +230,6 @@ def test_damage_reason_and_count_are_logged_exactly(tmp_path: Path, log: Records
 
 
 # -- whether a claimer is alive ----------------------------------------------------------------
-
-
 
 
 def test_pid_alive() -> None:

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import requests
 import urllib3
-from conftest import FAKE_API_KEY, fast_retry
 from faultserver import (
     Answer,
     FaultServer,
@@ -35,7 +34,7 @@ from faultserver import (
     tls_files,
     unauthorized,
 )
-from loopback import refusing_endpoint
+from support import FAKE_API_KEY, fast_retry, refusing_endpoint
 
 from opentelemetry_exporter_altertable import RetryPolicy
 from opentelemetry_exporter_altertable._answers import ACCEPT_ENCODING, read_stream
@@ -94,12 +93,6 @@ def make_transport(server: FaultServer) -> Iterator[MakeTransport]:
     for transport in built:
         transport.close()
         transport.release()
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    with caplog.at_level(logging.DEBUG, logger="opentelemetry_exporter_altertable"):
-        yield caplog
 
 
 def said(caplog: pytest.LogCaptureFixture, level: int | None = None) -> list[tuple[int, str]]:
@@ -745,6 +738,24 @@ def test_a_request_error_nobody_anticipated_is_said_once_by_its_type(
         (logging.DEBUG, f"Altertable request failed (LookupError: again){tail}"),
         (logging.ERROR, f"Altertable request failed (KeyError: 'other'){tail}"),
     ]
+
+
+def test_deliver_itself_never_raises(server: FaultServer, api_key: str) -> None:
+    session = requests.Session()
+
+    def hook(response: requests.Response, **_: Any) -> None:
+        raise LookupError("not a network error")
+
+    session.hooks["response"].append(hook)
+    config = resolve_config(api_key=api_key, endpoint=server.endpoint, timeout=2)
+    transport = Transport(config, session)
+    items = [{"event": f"e{i}", "distinct_id": "u"} for i in range(3)]
+    try:
+        report = transport.deliver({"track": items, "alias": items[:1]}, deadline=1e18)
+    finally:
+        session.close()
+    assert report.pending == {"track": items, "alias": items[:1]}
+    assert report.accepted == {}
 
 
 def test_an_interrupt_mid_request_owes_the_rest_and_is_handed_back(

@@ -18,12 +18,9 @@ from pathlib import Path
 
 import pytest
 from faultserver import FaultServer, hang
-from loopback import answered
+from support import INSTRUMENT, SUBPROCESS_TIMEOUT, answered
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
-
-INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
-SUBPROCESS_TIMEOUT = 60.0
 
 pytestmark = pytest.mark.skipif(
     not INSTRUMENT.exists(), reason="opentelemetry-instrument (opentelemetry-distro) not installed"

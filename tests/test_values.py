@@ -1,8 +1,10 @@
-"""Hostile values end to end: every one is delivered as valid JSON, none breaks a batch.
+"""Values on their way to JSON: timestamps, ``json_safe``, and hostile values end to end.
 
-NaN and infinities, NUL, lone surrogates, 1 MB strings, huge integers, deeply nested log
-bodies and reserved ids, exported over real HTTP into the local receiver, whose strict JSON
-parser refuses anything invalid (so a bad byte would show as a refused request).
+:func:`format_timestamp` and :func:`json_safe` are tested on their own; then every hostile
+value (NaN and infinities, NUL, lone surrogates, 1 MB strings, huge integers, deeply nested log
+bodies, reserved ids) is exported over real HTTP into the local receiver, whose strict JSON
+parser refuses anything invalid (so a bad byte would show as a refused request): each one is
+delivered as valid JSON, and none breaks a batch.
 """
 
 from __future__ import annotations
@@ -12,18 +14,89 @@ import json
 import math
 from typing import Any
 
+import pytest
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 from opentelemetry.sdk.trace.export import SpanExportResult
-from otel_builders import emitted_log_record, finished_spans
+from otel_builders import SECOND_NS, T0_NS, emitted_log_record, finished_spans
+from support import ISO_RE
 
 from opentelemetry_exporter_altertable import (
     AltertableLogExporter,
     AltertableSpanExporter,
     RetryPolicy,
 )
+from opentelemetry_exporter_altertable._values import format_timestamp, json_safe
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
+# ---------------------------------------------------------------------------- format_timestamp
+
+
+@pytest.mark.parametrize(
+    ("ns", "expected"),
+    [
+        (0, "1970-01-01T00:00:00.000Z"),
+        (T0_NS, "2023-01-01T12:00:00.000Z"),
+        (T0_NS + 123_456_789, "2023-01-01T12:00:00.123Z"),
+        (T0_NS + 7_000_000, "2023-01-01T12:00:00.007Z"),
+        (1_718_461_800_123_000_000, "2024-06-15T14:30:00.123Z"),
+        (4_102_444_800 * SECOND_NS, "2100-01-01T00:00:00.000Z"),
+    ],
+)
+def test_format_timestamp(ns: int, expected: str) -> None:
+    assert format_timestamp(ns) == expected
+
+
+def test_format_timestamp_never_rolls_over_the_format() -> None:
+    text = format_timestamp(T0_NS + 999_999_999)
+    assert ISO_RE.match(text)
+    assert text in {"2023-01-01T12:00:00.999Z", "2023-01-01T12:00:01.000Z"}
+
+
+# ---------------------------------------------------------------------------- json_safe
+
+
+def test_json_safe_non_finite_floats_become_null() -> None:
+    assert json_safe(math.nan) is None
+    assert json_safe(math.inf) is None
+    assert json_safe(-math.inf) is None
+    assert json_safe([1.0, math.nan, math.inf]) == [1.0, None, None]
+
+
+def test_json_safe_keeps_plain_values() -> None:
+    assert json_safe("text") == "text"
+    assert json_safe(True) is True
+    assert json_safe(0) == 0
+    assert json_safe(10**40) == 10**40
+    assert json_safe(1.5) == 1.5
+    assert json_safe(None) is None
+    negative_zero = json_safe(-0.0)
+    assert negative_zero == 0.0
+    assert math.copysign(1.0, negative_zero) == -1.0
+
+
+def test_json_safe_sequences_become_lists() -> None:
+    assert json_safe(("a", "b")) == ["a", "b"]
+    assert json_safe((1, (2, 3))) == [1, [2, 3]]
+    assert json_safe({"k": (1, 2)}) == {"k": [1, 2]}
+
+
+def test_json_safe_bytes_become_text() -> None:
+    value = json_safe(b"abc")
+    assert isinstance(value, str)
+    json.dumps(value)
+
+
+def test_json_safe_output_is_strict_json() -> None:
+    value = {"a": (math.nan, b"\xff\x00", {"b": -math.inf}), "c": [True, None, 2**70]}
+    json.dumps(json_safe(value), allow_nan=False)
+
+
+# ---------------------------------------------------------------- hostile values end to end
+
+
 KEY = "pk_test_hostile"
+
+
 ONE_MB = "x" * (1024 * 1024)
 
 

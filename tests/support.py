@@ -1,11 +1,24 @@
-"""What the bridge tests share: a running bridge, rich sample telemetry, OTLP senders."""
+"""What the tests share besides fixtures: keys, quick retries, spans, log filters, a bridge.
+
+Fixtures pytest injects live in ``conftest.py`` (which builds on this module); everything a test
+imports by name lives here, so no test imports from ``conftest``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import logging
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import pytest
 from opentelemetry import trace
 from opentelemetry._logs import LogRecord
 from opentelemetry.context import Context
@@ -19,13 +32,165 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import NonRecordingSpan, SpanKind
-from otel_builders import MS_NS, SECOND_NS, T0_NS, span_context
+from otel_builders import MS_NS, SECOND_NS, T0_NS, finished_spans, span_context
 
-from opentelemetry_exporter_altertable import RetryPolicy
+from opentelemetry_exporter_altertable import AltertableSpanExporter, RetryPolicy
+from opentelemetry_exporter_altertable._spool import Spool
 from opentelemetry_exporter_altertable.bridge import BridgeServer, create_bridge
+from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
+#: The package's logger name, the parent of every module's logger.
+PACKAGE = "opentelemetry_exporter_altertable"
+
+#: A key no log line or exception may ever show.
+FAKE_API_KEY = "pk_test_SECRET-4f1c9d2e7a-NEVER-LOG-ME"
+
+#: The repository's root, and its examples.
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+#: The zero-code launcher of the running interpreter's environment.
+INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
+#: The longest a test waits for a child process.
+SUBPROCESS_TIMEOUT = 60.0
+
+#: A timestamp as the API takes it: ISO 8601, milliseconds, UTC.
+ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+#: The ``make_exporter`` fixture: builds a span exporter aimed at the test's server.
+MakeExporter = Callable[..., AltertableSpanExporter]
+#: The ``spans`` fixture: :func:`tagged_spans`.
+Spans = Callable[..., list[ReadableSpan]]
+
+
+def fast_retry() -> RetryPolicy:
+    """Quick, jitter-free retries: exact attempt counts, tests that take milliseconds.
+
+    Built when asked for, not at import: under ``make mutation`` a mutated ``RetryPolicy``
+    must fail a test, not the loading of this file.
+    """
+    return RetryPolicy(total=3, backoff_factor=0.01, backoff_max=0.05, jitter=0)
+
+
+def tagged_spans(
+    count: int, *, start: int = 0, event: str = "Order Placed", **attributes: Any
+) -> list[ReadableSpan]:
+    """``count`` finished spans tagged ``analytics.event``; property ``seq`` numbers them."""
+    specs = [
+        (
+            f"span-{seq}",
+            {"analytics.event": event, "user.id": f"user-{seq % 7}", "seq": seq, **attributes},
+            (),
+            T0_NS - SECOND_NS,
+            T0_NS + seq,
+        )
+        for seq in range(start, start + count)
+    ]
+    return finished_spans(specs, resource={"service.name": "shop"})
+
+
+def seqs(items: list[Any]) -> list[int]:
+    """The ``seq`` property of each item (as :func:`tagged_spans` numbers them), in order."""
+    return [item["properties"]["seq"] for item in items]
+
+
+def package_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    """The package's own records at ``level`` and above."""
+    return [r for r in caplog.records if r.name.startswith(PACKAGE) and r.levelno >= level]
+
+
+def spooled_items(directory: Path) -> int:
+    """Items waiting in the spool at ``directory`` (read without taking them)."""
+    spool = Spool(directory)
+    claims = []
+    try:
+        while (claim := spool.claim()) is not None:
+            claims.append(claim)
+        return sum(claim.items for claim in claims)
+    finally:
+        for claim in claims:
+            claim.release()
+
+
+# ---------------------------------------------------------------------------- loopback
+
+
+def answered(receiver: LocalReceiver, path: str, expected: int, timeout: float = 2.0) -> int:
+    """Requests the receiver answered on ``path`` with 200, once it has counted ``expected``.
+
+    The receiver counts a request just after writing its response, so right after an export
+    the count may still lag by one: wait (briefly) for it to settle.
+    """
+    deadline = time.monotonic() + timeout
+    while receiver.requests[(path, 200)] < expected and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return receiver.requests[(path, 200)]
+
+
+def closed_port() -> int:
+    """A loopback port that was free a moment ago and has no listener now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def refusing_endpoint() -> Iterator[str]:
+    """A loopback URL that refuses connections: bound (so no one else takes it), not listening."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+# ---------------------------------------------------------------------------- the spool's log
+
+SPOOL_LOGGER = f"{PACKAGE}._spool"
+
+
+class Records(logging.Handler):
+    """Every record the spool's logger emits, whatever propagation the package configures."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def at(self, level: int) -> list[logging.LogRecord]:
+        return [r for r in self.records if r.levelno == level]
+
+    def warnings(self) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= logging.WARNING]
+
+
+@contextlib.contextmanager
+def spool_log() -> Iterator[Records]:
+    """Capture the spool's records at DEBUG and up for the block, then restore the logger."""
+    handler = Records()
+    logger = logging.getLogger(SPOOL_LOGGER)
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped: no process has it now."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# ---------------------------------------------------------------------------- the bridge
+
+#: The key the bridge tests' bridges use.
 KEY = "pk_test_bridge-key-NEVER-IN-AN-ANSWER"
-FAST_RETRY = RetryPolicy(total=3, backoff_factor=0.01, backoff_max=0.05, jitter=0)
+
+
 RESOURCE = {
     "service.name": "checkout",
     "service.version": "2.4.1",
@@ -42,7 +207,7 @@ def running_bridge(endpoint: str, **settings: Any) -> Iterator[BridgeServer]:
         "api_key": KEY,
         "endpoint": endpoint,
         "timeout": 2.0,
-        "retry": FAST_RETRY,
+        "retry": fast_retry(),
     }
     options.update(settings)
     server = BridgeServer(create_bridge(**options), port=0, max_in_flight=max_in_flight)
@@ -166,16 +331,3 @@ def otlp_span_exporter(base: str, **kwargs: Any) -> OTLPSpanExporter:
 
 def otlp_log_exporter(base: str, **kwargs: Any) -> OTLPLogExporter:
     return OTLPLogExporter(endpoint=f"{base}/v1/logs", **kwargs)
-
-
-__all__ = [
-    "FAST_RETRY",
-    "KEY",
-    "RESOURCE",
-    "SECOND_NS",
-    "otlp_log_exporter",
-    "otlp_span_exporter",
-    "running_bridge",
-    "sample_logs",
-    "sample_spans",
-]
