@@ -159,7 +159,7 @@ def expected_outputs(page: Path) -> dict[int, str]:
     for first, second in zip(page_blocks, page_blocks[1:], strict=False):
         if first.language != "python" or second.language != "text":
             continue
-        between = text[first.line - 1 + first.code.count("\n") : second.line - 2]
+        between = text[first.line + first.code.count("\n") : second.line - 2]
         if all(not line.strip() for line in between):
             expected[first.line] = second.code
     return expected
