@@ -128,6 +128,10 @@ class _AltertableExporter:
         properties_exclude: str | Iterable[str] | None = None,
         before_send: BeforeSend | None = None,
     ) -> None:
+        """Each argument falls back to its ``OTEL_EXPORTER_ALTERTABLE_*`` variable, then a
+        default, so the exporter also builds with no arguments (as ``opentelemetry-instrument``
+        builds it). A bad argument raises ``ValueError``; a bad variable is logged and ignored.
+        """
         self._config: ExporterConfig = resolve_config(
             api_key=api_key,
             endpoint=endpoint,
@@ -171,6 +175,7 @@ class _AltertableExporter:
 
     @property
     def config(self) -> ExporterConfig:
+        """The settings in force: argument, then environment, then default (key not shown)."""
         return self._config
 
     def _record_queue_drops(self, count: int) -> None:
@@ -178,7 +183,7 @@ class _AltertableExporter:
         self._stats.add("queue_dropped", count)
 
     def stats(self) -> dict[str, object]:
-        """Counters since construction, as a plain dict (see the README for each key)."""
+        """Counters since construction, as a plain dict (each key is in the docs' counters page)."""
         return self._backlog.stats(self._stats)
 
     # ------------------------------------------------------------------ export
