@@ -1,8 +1,8 @@
 """The Altertable API's facts: built-in property names, reserved ids, our library name.
 
-One place for what the API itself fixes (see ``shared/altertable/FACTS.md``), so the exporter's
-mapping, its transport and the local receiver agree by construction. The receiver imports this
-module, never the exporter's mapping.
+One place for what the API itself fixes (its reference, official SDKs and mock), so the
+exporter's mapping, its transport and the local receiver agree by construction. The receiver
+imports this module, never the exporter's mapping.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import inspect
 import io
+import itertools
 import json
 import os
 import re
@@ -102,7 +103,7 @@ def blocks(page: Path) -> list[Block]:
         end = start
         while end < len(lines) and lines[end].strip() != fence:
             end += 1
-        body = [line[len(indent) :] if line.startswith(indent) else line for line in lines[start:end]]
+        body = [line.removeprefix(indent) for line in lines[start:end]]
         found.append(Block(page, start + 1, language or "", "\n".join(body) + "\n"))
         index = end + 1
     return found
@@ -156,7 +157,7 @@ def expected_outputs(page: Path) -> dict[int, str]:
     expected: dict[int, str] = {}
     page_blocks = blocks(page)
     text = page.read_text(encoding="utf-8").splitlines()
-    for first, second in zip(page_blocks, page_blocks[1:], strict=False):
+    for first, second in itertools.pairwise(page_blocks):
         if first.language != "python" or second.language != "text":
             continue
         between = text[first.line + first.code.count("\n") : second.line - 2]
@@ -285,6 +286,24 @@ def check_pip(arguments: list[str], where: str) -> None:
                     assert extra in extras, f"{where}: no extra [{extra}]"
 
 
+def check_make(arguments: list[str], where: str) -> None:
+    for argument in arguments:
+        if "=" in argument:
+            check_variable(argument.split("=", 1)[0], where)
+        else:
+            assert argument in makefile_targets(), f"{where}: no make target {argument}"
+
+
+def check_python(arguments: list[str], where: str) -> None:
+    if arguments[:2] == ["-m", "pip"]:
+        check_pip(arguments[2:], where)
+        return
+    script = next((a for a in arguments if not a.startswith("-")), None)
+    assert script is not None, f"{where}: python with no script"
+    if "/" in script:
+        assert (ROOT / script).is_file(), f"{where}: no file {script}"
+
+
 def check_command(words: list[str], where: str) -> None:
     while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
         check_variable(words[0].split("=", 1)[0], where)
@@ -298,20 +317,11 @@ def check_command(words: list[str], where: str) -> None:
     elif command == "altertable-otel":
         check_altertable_otel(arguments, where)
     elif command == "make":
-        for argument in arguments:
-            if "=" in argument:
-                check_variable(argument.split("=", 1)[0], where)
-            else:
-                assert argument in makefile_targets(), f"{where}: no make target {argument}"
-    elif command in {"pip", "python", "python3"} and arguments[:2] == ["-m", "pip"]:
-        check_pip(arguments[2:], where)
+        check_make(arguments, where)
     elif command == "pip":
         check_pip(arguments, where)
     elif command in {"python", "python3", ".venv/bin/python"}:
-        script = next((a for a in arguments if not a.startswith("-")), None)
-        assert script is not None, f"{where}: python with no script"
-        if "/" in script:
-            assert (ROOT / script).is_file(), f"{where}: no file {script}"
+        check_python(arguments, where)
     elif command == "opentelemetry-instrument":
         check_command(arguments, where)
     else:
@@ -413,7 +423,9 @@ def test_every_counter_is_documented(receiver: LocalReceiver, tmp_path: Path) ->
         assert f"`{key}`" in counters, f"counters.md does not name `{key}`"
 
 
-PATH = re.compile(r"`((?:examples|tests|benchmarks|docs|opentelemetry_exporter_altertable)/[\w./-]+)`")
+PATH = re.compile(
+    r"`((?:examples|tests|benchmarks|docs|opentelemetry_exporter_altertable)/[\w./-]+)`"
+)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

@@ -26,7 +26,7 @@ from opentelemetry_exporter_altertable._spool import Spool
 
 pytestmark = pytest.mark.usefixtures("no_altertable_settings")
 
-#: What DESIGN allows an export once the interpreter is exiting.
+#: What an export may take once the interpreter is exiting (docs/delivery.md: 2 seconds).
 EXIT_BUDGET = 2.0
 #: Interpreter teardown after the bound (modules, threads) on a loaded 2-core machine.
 TEARDOWN = 1.5

@@ -1,7 +1,7 @@
 """``POST /query``: the Lakehouse API's shapes, and read-only for whoever calls it.
 
 Every attack here answered 200 before /query was made safe (any SQL ran on the store's own
-connection, under its one lock); each now gets the refusal DESIGN names, over real HTTP.
+connection, under its one lock); each now gets the refusal the docs name, over real HTTP.
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ def test_official_client_runs_the_guide_queries(receiver: LocalReceiver) -> None
     identities = client.query_all(QueryRequest(statement=GUIDE_IDENTITIES, limit=10))
     assert identities.rows == [[USER, "user@example.com", "premium", "2025-01-15T11:00:00+00:00"]]
     assert identities.metadata.values["rows_limit"] == 10
-    # A failure is 400 {"error"} as DESIGN fixes; client 0.5.1 reads the status but then
-    # trips on its own streamed response (httpx.ResponseNotRead) before it can raise.
+    # A failure is 400 {"error"}, as the Lakehouse API answers; client 0.5.1 reads the status
+    # but then trips on its own streamed response (httpx.ResponseNotRead) before it can raise.
     with pytest.raises((BadRequestError, httpx.ResponseNotRead)):
         client.query_all(QueryRequest(statement="SELEC 1"))
 

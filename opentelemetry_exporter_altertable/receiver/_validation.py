@@ -1,7 +1,7 @@
 """Parse and validate ingestion request bodies the way the Altertable API does.
 
 Pure functions, no I/O: bytes in, typed items or an :class:`ApiError` out. The rules follow
-the API reference and the official mock server (see ``FACTS.md``):
+the API reference and the official mock server:
 
 * The body is a single JSON object or a JSON array of them, optionally gzip-encoded
   (``Content-Encoding: gzip``). Any ``Content-Type`` is accepted, because the browser SDK
