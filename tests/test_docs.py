@@ -1,6 +1,6 @@
 """Every code block of the documentation runs here, so no page can drift from the code.
 
-The pages are ``docs/*.md``, ``README.md`` and ``CONTRIBUTING.md``. Each fenced block is
+The pages are ``docs/*.md``, ``README.md``, ``CONTRIBUTING.md`` and ``examples/README.md``. Each fenced block is
 handled by its language, and a language with no rule fails the test (add one):
 
 - ``python``: executed. A page's blocks run in order in one namespace (as a reader pastes
@@ -10,7 +10,7 @@ handled by its language, and a language with no rule fails the test (add one):
   must match what it printed. A python block that only includes a file section
   (``--8<-- "examples/x.py:name"``) shows an example that ``tests/test_examples.py`` runs: the
   file and the section must exist.
-- ``bash``: validated, and executed where that is safe. Every command is split as the shell
+- ``bash`` (or ``sh``): validated, and executed where that is safe. Every command is split as the shell
   would (continuations joined, comments dropped) and checked against the project:
   ``altertable-otel`` command lines are parsed by the real argument parser (and run when they
   only ask for ``--help`` or ``--version``), ``make`` targets exist in the Makefile,
@@ -56,7 +56,9 @@ from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES = sorted([*DOCS.glob("*.md"), ROOT / "README.md", ROOT / "CONTRIBUTING.md"])
+PAGES = sorted(
+    [*DOCS.glob("*.md"), ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "examples/README.md"]
+)
 API_KEY = "pk_test_docs"
 SNIPPET = re.compile(r'^--8<-- "([^":]+)(?::([\w-]+))?"$')
 FENCE = re.compile(r"^(\s*)(`{3,})\s*([\w+-]*)([^`]*)$")
@@ -104,7 +106,8 @@ def blocks(page: Path) -> list[Block]:
         while end < len(lines) and lines[end].strip() != fence:
             end += 1
         body = [line.removeprefix(indent) for line in lines[start:end]]
-        found.append(Block(page, start + 1, language or "", "\n".join(body) + "\n"))
+        language = {"sh": "bash", "shell": "bash"}.get(language, language)
+        found.append(Block(page, start + 1, language, "\n".join(body) + "\n"))
         index = end + 1
     return found
 
