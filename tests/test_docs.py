@@ -1,7 +1,8 @@
 """Every code block of the documentation runs here, so no page can drift from the code.
 
-The pages are ``docs/*.md``, ``README.md``, ``CONTRIBUTING.md`` and ``examples/README.md``. Each fenced block is
-handled by its language, and a language with no rule fails the test (add one):
+The pages are ``docs/*.md``, ``README.md``, ``CONTRIBUTING.md`` and ``examples/README.md``.
+Each fenced block is handled by its language, and a language with no rule fails the test (add
+one):
 
 - ``python``: executed. A page's blocks run in order in one namespace (as a reader pastes
   them), in a fresh interpreter whose only settings are ``OTEL_EXPORTER_ALTERTABLE_ENDPOINT``
@@ -10,8 +11,8 @@ handled by its language, and a language with no rule fails the test (add one):
   must match what it printed. A python block that only includes a file section
   (``--8<-- "examples/x.py:name"``) shows an example that ``tests/test_examples.py`` runs: the
   file and the section must exist.
-- ``bash`` (or ``sh``): validated, and executed where that is safe. Every command is split as the shell
-  would (continuations joined, comments dropped) and checked against the project:
+- ``bash`` (or ``sh``): validated, and executed where that is safe. Every command is split as
+  the shell would (continuations joined, comments dropped) and checked against the project:
   ``altertable-otel`` command lines are parsed by the real argument parser (and run when they
   only ask for ``--help`` or ``--version``), ``make`` targets exist in the Makefile,
   ``pip install`` extras exist in ``pyproject.toml``, files named exist, and every
