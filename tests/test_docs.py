@@ -50,6 +50,7 @@ import yaml
 from opentelemetry_exporter_altertable import (
     AltertableLogExporter,
     AltertableSpanExporter,
+    RetryPolicy,
     environment_variables,
 )
 from opentelemetry_exporter_altertable.cli import build_parser
@@ -389,6 +390,30 @@ def test_every_exporter_argument_is_documented() -> None:
         for name in inspect.signature(exporter.__init__).parameters:
             if name != "self":
                 assert f"`{name}`" in settings, f"settings.md does not name `{name}`"
+
+
+def test_the_documented_defaults_are_the_code_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each default the settings table spells out (in backticks) is the one an exporter gets."""
+    for name in package_variables():
+        monkeypatch.delenv(name, raising=False)
+    config = AltertableSpanExporter(api_key=API_KEY).config
+    settings = (DOCS / "settings.md").read_text(encoding="utf-8")
+    checked = []
+    for row in re.findall(r"^\| `(\w+)` \|[^|]*\| `([^`]+)`", settings, re.MULTILINE):
+        name, documented = row
+        actual = getattr(config, name)
+        if isinstance(actual, bool):
+            assert documented == str(actual).lower(), name
+        elif isinstance(actual, int | float):
+            assert float(documented) == actual, name
+        elif isinstance(actual, tuple):
+            assert documented == ",".join(actual), name
+        elif isinstance(actual, RetryPolicy):
+            assert eval(documented, {"RetryPolicy": RetryPolicy}) == actual, name
+        else:
+            assert documented == actual, name
+        checked.append(name)
+    assert {"endpoint", "timeout", "max_batch_size", "retry"} <= set(checked), checked
 
 
 def test_every_environment_variable_is_documented() -> None:
