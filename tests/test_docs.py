@@ -423,20 +423,54 @@ def test_every_environment_variable_is_documented() -> None:
 
 
 def cli_flags() -> Iterator[tuple[str, str]]:
-    parser = build_parser()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for command, sub in action.choices.items():
-                for option in sub._actions:
-                    for flag in option.option_strings:
-                        if flag not in {"-h", "--help"}:
-                            yield command, flag
+    for command, sub in subcommand_parsers().items():
+        for option in sub._actions:
+            for flag in option.option_strings:
+                if flag not in {"-h", "--help"}:
+                    yield command, flag
 
 
 def test_every_cli_flag_is_documented() -> None:
     text = docs_text()
     missing = [f"{command} {flag}" for command, flag in cli_flags() if f"`{flag}" not in text]
     assert not missing, f"flags no page names: {missing}"
+
+
+def subcommand_parsers() -> dict[str, argparse.ArgumentParser]:
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("altertable-otel has no subcommands")
+
+
+def documented_value(text: str) -> object:
+    number = re.fullmatch(r"(\d+(?:\.\d+)?)(?: (MiB))?", text)
+    if number is None:
+        return text.removeprefix("./")
+    value = float(number.group(1))
+    return value * 1024 * 1024 if number.group(2) else value
+
+
+def test_the_documented_command_defaults_are_the_parser_s() -> None:
+    """Each ``--flag`` (default X) in the settings page's command table is the parser's."""
+    settings = (DOCS / "settings.md").read_text(encoding="utf-8")
+    parsers = subcommand_parsers()
+    checked = []
+    for command, row in re.findall(r"^\| `(\w+)`[^|]*\|(.*)\|$", settings, re.MULTILINE):
+        if command not in parsers:
+            continue  # the exporter settings' table
+        defaults = {
+            action.option_strings[0]: action.default
+            for action in parsers[command]._actions
+            if action.option_strings
+        }
+        pattern = r"`(--[\w-]+)` \((?:seconds, )?default `?([^;),`]+)"
+        for flag, documented in re.findall(pattern, row):
+            actual = defaults[flag]
+            expected = documented_value(documented)
+            assert (float(actual) if isinstance(expected, float) else actual) == expected, flag
+            checked.append(f"{command} {flag}")
+    assert {"serve --port", "bridge --port", "query --endpoint"} <= set(checked), checked
 
 
 def test_every_counter_is_documented(receiver: LocalReceiver, tmp_path: Path) -> None:
