@@ -22,8 +22,9 @@ one):
 - ``text``: output or a file listing shown to the reader (compared when it follows python).
 
 Besides the blocks: every exporter argument, environment variable, CLI flag and ``stats()``
-counter is named somewhere in the docs, every repository path a page names exists, and the
-README stays one screen with ``make demo`` and ``make test`` as its set-up commands.
+counter is named in the docs, the defaults the settings page spells out are the code's, every
+repository path a page names exists, and the README stays one screen with ``make demo`` and
+``make test`` as its set-up commands.
 """
 
 from __future__ import annotations
