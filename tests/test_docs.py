@@ -8,7 +8,8 @@ one):
   them), in a fresh interpreter whose only settings are ``OTEL_EXPORTER_ALTERTABLE_ENDPOINT``
   and ``OTEL_EXPORTER_ALTERTABLE_API_KEY`` pointing at a :class:`LocalReceiver` started here, in
   a scratch directory. A ``text`` block right after a python block is that block's output and
-  must match what it printed. A python block that only includes a file section
+  must match what it printed, and the package must log no error (unless the page shows one on
+  purpose: then it must). A python block that only includes a file section
   (``--8<-- "examples/x.py:name"``) shows an example that ``tests/test_examples.py`` runs: the
   file and the section must exist.
 - ``bash`` (or ``sh``): validated, and executed where that is safe. Every command is split as
@@ -127,12 +128,18 @@ def test_every_block_has_a_known_language() -> None:
 # -- python ----------------------------------------------------------------------------------
 
 # Runs a page's blocks in one namespace, each with its own captured output; prints the outputs
-# as JSON on the last line. Line numbers in a traceback are the page's own.
+# and the package's ERROR log lines as JSON on the last line. Line numbers in a traceback are
+# the page's own.
 DRIVER = r"""
-import contextlib, io, json, sys, traceback
+import contextlib, io, json, logging, sys, traceback
 blocks = json.load(sys.stdin)
 namespace = {"__name__": "__main__"}
 outputs = []
+errors = []
+class Errors(logging.Handler):
+    def emit(self, record):
+        errors.append(record.getMessage()[:300])
+logging.getLogger("opentelemetry_exporter_altertable").addHandler(Errors(logging.ERROR))
 for block in blocks:
     code = compile("\n" * (block["line"] - 1) + block["code"], block["page"], "exec")
     out = io.StringIO()
@@ -144,8 +151,10 @@ for block in blocks:
         traceback.print_exc()
         sys.exit(1)
     outputs.append(out.getvalue())
-print(json.dumps(outputs))
+print(json.dumps({"outputs": outputs, "errors": errors}))
 """
+#: Pages whose examples show an error on purpose (the exporter logs it at ERROR).
+SHOWS_ERRORS = {"troubleshooting.md"}
 
 
 def python_pages() -> list[Path]:
@@ -202,7 +211,12 @@ def test_python_blocks_run(page: Path, receiver: LocalReceiver, tmp_path: Path) 
         check=False,
     )
     assert done.returncode == 0, f"{page.name}: a block failed\n{done.stderr[-4000:]}"
-    outputs = json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    outputs = result["outputs"]
+    if page.name not in SHOWS_ERRORS:
+        assert not result["errors"], f"{page.name}: the exporter logged {result['errors']}"
+    else:
+        assert result["errors"], f"{page.name} shows an error that no longer happens"
     printed = {int(str(block["line"])): out for block, out in zip(runnable, outputs, strict=True)}
     for line, text in expected_outputs(page).items():
         assert printed[line].strip() == text.strip(), f"{page.name}:{line}: output differs"
