@@ -47,6 +47,7 @@ settings.configure(
 )
 
 
+# --8<-- [start:identity]
 def identify_user(span: Any, request: Any, response: Any) -> None:
     """``response_hook``: runs after the auth middleware, so ``request.user`` is known."""
     if not span.is_recording():
@@ -64,6 +65,7 @@ def _instrument() -> None:
     from opentelemetry.instrumentation.django import DjangoInstrumentor
 
     DjangoInstrumentor().instrument(response_hook=identify_user)
+# --8<-- [end:identity]
 
 
 _instrument()  # before the WSGI handler loads the middleware list

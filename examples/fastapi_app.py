@@ -38,6 +38,7 @@ TOKENS = {"tok-ada": ("u-42", "ada@example.com")}
 app = FastAPI()
 
 
+# --8<-- [start:identity]
 async def current_user(
     authorization: str | None = Header(default=None), sid: str | None = Cookie(default=None)
 ) -> str | None:
@@ -53,6 +54,7 @@ async def current_user(
     span.set_attribute("user.id", user_id)
     span.set_attribute("user.email", email)  # a trait: sends an identify
     return user_id
+# --8<-- [end:identity]
 
 
 @app.get("/pricing", response_class=HTMLResponse)

@@ -53,6 +53,7 @@ def load_user(user_id: str) -> User | None:
     return USERS.get(user_id)
 
 
+# --8<-- [start:identity]
 @app.before_request
 def put_identity_on_the_server_span() -> None:
     span = trace.get_current_span()  # the instrumentation's SERVER span
@@ -63,6 +64,7 @@ def put_identity_on_the_server_span() -> None:
     if sid is None:
         sid = g.new_sid = uuid.uuid4().hex
     span.set_attribute("session.id", sid)
+# --8<-- [end:identity]
 
 
 @app.after_request

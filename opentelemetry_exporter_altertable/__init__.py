@@ -1,8 +1,8 @@
 """OpenTelemetry exporters that turn tagged spans, span events and log records into Altertable
 product analytics (``track``, ``identify`` and ``alias`` calls), with no collector in between.
 
-Tag a record with ``analytics.event`` and it becomes a ``track`` call; see the README for the
-whole attribute mapping.
+Tag a record with ``analytics.event`` and it becomes a ``track`` call; ``docs/mapping.md`` has
+the whole attribute mapping.
 """
 
 from ._retry import RetryPolicy

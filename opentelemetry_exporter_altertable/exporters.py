@@ -51,6 +51,10 @@ class _AltertableExporter:
         properties_exclude: str | Iterable[str] | None = None,
         before_send: BeforeSend | None = None,
     ) -> None:
+        """Each argument falls back to its ``OTEL_EXPORTER_ALTERTABLE_*`` variable, then a
+        default, so the exporter also builds with no arguments (as ``opentelemetry-instrument``
+        builds it). A bad argument raises ``ValueError``; a bad variable is logged and ignored.
+        """
         self._core = ExporterCore(
             self._signal,
             session=session,
@@ -72,6 +76,7 @@ class _AltertableExporter:
 
     @property
     def config(self) -> ExporterConfig:
+        """The settings in force: argument, then environment, then default (key not shown)."""
         return self._core.config
 
     def _record_queue_drops(self, count: int) -> None:
@@ -79,7 +84,7 @@ class _AltertableExporter:
         self._core.record_queue_drops(count)
 
     def stats(self) -> dict[str, object]:
-        """Counters since construction, as a plain dict (see the README for each key)."""
+        """Counters since construction, as a plain dict (each key is in the docs' counters page)."""
         return self._core.stats()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:

@@ -1,8 +1,8 @@
 """The mapping from spans, span events and log records to Altertable calls, row by row.
 
-Each test builds real SDK objects (see ``otel_builders``) and checks the payloads against the
-contract in the README: which attribute feeds which field, the fallbacks, what is excluded from
-``properties``, and the identify and alias calls.
+Each test builds real SDK objects (see ``otel_builders``) and checks the payloads against
+the rules of ``docs/mapping.md``: which attribute feeds which field, the fallbacks, what is
+excluded from ``properties``, and the identify and alias calls.
 """
 
 from __future__ import annotations

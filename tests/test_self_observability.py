@@ -563,11 +563,11 @@ def test_an_event_name_of_only_spaces_is_skipped_with_one_warning(
     assert len([w for w in warnings if "only spaces" in w]) == 1, warnings
 
 
-def test_readme_names_the_drop_reasons_the_code_counts(
+def test_the_docs_name_the_drop_reasons_the_code_counts(
     spans: Spans, api_key: str
 ) -> None:
-    """The README's dropped_by_reason keys are the ones stats() reports."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    """The docs' dropped_by_reason keys are the ones stats() reports."""
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "counters.md").read_text()
     with refusing_endpoint() as down:
         exporter = AltertableSpanExporter(api_key=api_key, endpoint=down, timeout=0.5)
         exporter.export(spans(1))
@@ -576,7 +576,7 @@ def test_readme_names_the_drop_reasons_the_code_counts(
     assert reasons == {"undelivered-retryable": 1}
     assert "`undelivered-retryable`" in readme
     assert "undelivered (retryable)" not in readme
-    # Every reason of the exporter's own the README lists is one the code can count.
+    # Every reason of the exporter's own the docs list is one the code can count.
     table = readme.split("The keys of `dropped_by_reason`")[1].split("\n\n")[1]
     own = [
         key
