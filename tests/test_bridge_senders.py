@@ -205,6 +205,8 @@ def test_altertable_down_for_a_while_the_senders_retries_deliver_everything() ->
 
 def _start_bridge_process(endpoint: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
     port = _free_port()
+    if "--no-grpc" not in extra and "--grpc-port" not in extra:  # never the default 4317
+        extra = (*extra, "--grpc-port", str(_free_port()))
     env = {
         **os.environ,
         "OTEL_EXPORTER_ALTERTABLE_API_KEY": KEY,

@@ -49,6 +49,8 @@ class Answer:
     body: bytes = b""
     content_type: str = JSON
     headers: tuple[tuple[str, str], ...] = ()
+    message: str = ""
+    """An error answer's text (also in ``body``), for a front end that words it otherwise."""
 
 
 class BodyTooLarge(Exception):
@@ -78,7 +80,11 @@ def error(status: int, message: str, protobuf: bool = False, retry_after: int = 
     if status == 401:
         headers = (*headers, ("WWW-Authenticate", "Bearer"))
     return Answer(
-        status, _status_body(code, message, protobuf), PROTOBUF if protobuf else JSON, headers
+        status,
+        _status_body(code, message, protobuf),
+        PROTOBUF if protobuf else JSON,
+        headers,
+        message,
     )
 
 

@@ -36,9 +36,10 @@ def add_parser(subparsers: Any, run: Callable[[argparse.Namespace], int]) -> Non
     """Register ``bridge``; ``run`` is the command's body (the CLI wraps it for its errors)."""
     parser = subparsers.add_parser(
         "bridge",
-        help="receive OTLP/HTTP (any language, any Collector) and send the analytics on",
+        help="receive OTLP (any language, any Collector) and send the analytics on",
         description=(
-            "An OTLP/HTTP receiver for POST /v1/traces and /v1/logs (protobuf or JSON, gzip): "
+            "An OTLP receiver for POST /v1/traces and /v1/logs (protobuf or JSON, gzip) and, "
+            "on the gRPC port, TraceService/Export and LogsService/Export: "
             "tagged spans, span events and log records become Altertable calls exactly as "
             "with the in-process exporters, through the same delivery and spool. Every "
             "setting falls back to its OTEL_EXPORTER_ALTERTABLE_* variable. "
@@ -48,6 +49,15 @@ def add_parser(subparsers: Any, run: Callable[[argparse.Namespace], int]) -> Non
     parser.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
     parser.add_argument(
         "--port", type=int, default=4318, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=4317,
+        help="OTLP/gRPC port; 0 picks a free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-grpc", action="store_true", help="do not listen for OTLP/gRPC (HTTP only)"
     )
     parser.add_argument(
         "--token",
@@ -108,6 +118,11 @@ def run_bridge(args: argparse.Namespace, fail: Callable[[str], Exception]) -> in
     except OSError as exc:
         bridge.delivery.shutdown()
         raise fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    try:
+        grpc_server = _start_grpc(bridge, args, fail)
+    except BaseException:
+        server.stop()
+        raise
     stop = threading.Event()
     previous = _on_stop_signals(stop)
     handler = _log_to_stderr()
@@ -119,15 +134,58 @@ def run_bridge(args: argparse.Namespace, fail: Callable[[str], Exception]) -> in
         print(f"  delivering to: {config.endpoint} (spool: {spool})", flush=True)
         print(f"  token:         {token}", flush=True)
         print(f"  senders:       OTEL_EXPORTER_OTLP_ENDPOINT={server.endpoint}", flush=True)
+        if grpc_server is not None:
+            print(f"  OTLP/gRPC:     {grpc_server.endpoint} (TraceService, LogsService)",
+                  flush=True)  # fmt: skip
+            print(f"  gRPC senders:  OTEL_EXPORTER_OTLP_PROTOCOL=grpc "
+                  f"OTEL_EXPORTER_OTLP_ENDPOINT={grpc_server.endpoint}", flush=True)  # fmt: skip
         stop.wait()
         print("Stopping: finishing the requests in hand...", flush=True)
     finally:
-        server.stop()  # delivers or spools what was accepted, answers the rest 503
+        # Both fronts refuse new work at once and finish what they took; then the delivery
+        # they share stops (delivering or spooling what was accepted).
+        stop_both(server, grpc_server)
         for signum, old in previous.items():
             signal.signal(signum, old)
         logging.getLogger("opentelemetry_exporter_altertable").removeHandler(handler)
     print("Bridge stopped.", flush=True)
     return 0
+
+
+def _start_grpc(bridge: Any, args: argparse.Namespace, fail: Callable[[str], Exception]) -> Any:
+    """The gRPC front on ``--grpc-port`` (``None`` with ``--no-grpc``)."""
+    if args.no_grpc:
+        return None
+    from ._grpc import GrpcBridgeServer
+
+    grpc_server = GrpcBridgeServer(
+        bridge, args.host, args.grpc_port, max_in_flight=args.max_in_flight
+    )
+    try:
+        return grpc_server.start()
+    except OSError as exc:
+        raise fail(
+            f"cannot listen for OTLP/gRPC on {args.host}:{args.grpc_port}: {exc.strerror or exc} "
+            "(pick another port with --grpc-port, or --no-grpc)"
+        ) from None
+
+
+def stop_both(http_server: Any, grpc_server: Any) -> None:
+    """Stop an HTTP and a gRPC front sharing one bridge, then its delivery, once.
+
+    The fronts stop together (each refuses new work at once and finishes what it took), so
+    neither waits for the other's senders; the delivery stops only after both.
+    """
+    if grpc_server is None:
+        http_server.stop()
+        return
+    grpc_stopping = threading.Thread(
+        target=grpc_server.stop, kwargs={"shutdown_delivery": False}, daemon=True
+    )
+    grpc_stopping.start()
+    http_server.stop(shutdown_delivery=False)
+    grpc_stopping.join()
+    http_server.bridge.delivery.shutdown(timeout_millis=1000)
 
 
 def _on_stop_signals(stop: threading.Event) -> dict[int, Any]:
