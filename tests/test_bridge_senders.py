@@ -288,7 +288,7 @@ def test_serve_accepts_otlp_into_its_own_store(tmp_path: Path) -> None:
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "opentelemetry_exporter_altertable", "serve", "--port", str(port),
-         "--db", ":memory:"],
+         "--db", ":memory:", "--no-otlp-ports"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -235,3 +235,129 @@ def add_otlp_routes(receiver: LocalReceiver, api_key: str) -> Callable[[], None]
     for path in (TRACES, LOGS):
         receiver.route("POST", path, handle)
     return bridge.delivery.shutdown
+
+
+# --------------------------------------------------------------------------- serve's OTLP ports
+
+#: OTLP's standard ports: where an SDK left at its defaults sends.
+STANDARD_GRPC_PORT = 4317
+STANDARD_HTTP_PORT = 4318
+
+
+def add_otlp_port_arguments(parser: argparse.ArgumentParser) -> None:
+    """``serve``'s flags for the standard OTLP ports."""
+    parser.add_argument(
+        "--otlp-grpc-port",
+        type=int,
+        default=STANDARD_GRPC_PORT,
+        help="also hear OTLP/gRPC here, where SDKs send by default (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--otlp-http-port",
+        type=int,
+        default=STANDARD_HTTP_PORT,
+        help="also hear OTLP/HTTP here, OTLP/HTTP's default port (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-otlp-ports",
+        action="store_true",
+        help="do not listen on the standard OTLP ports (OTLP still works on --port)",
+    )
+
+
+class OtlpPorts:
+    """The standard OTLP ports ``serve`` listens on, into the receiver's own store.
+
+    ``lines`` are the banner's lines; ``listening`` says, per protocol, the address that hears
+    OTLP (``None`` when the port could not be had); ``stop()`` stops both and their delivery.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.listening: dict[str, str | None] = {}
+        self._http: Any = None
+        self._grpc: Any = None
+        self._bridge: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        """What the receiver's page shows: the ports that hear OTLP, by protocol."""
+        return {"ports": self.listening}
+
+    def stop(self) -> None:
+        if self._bridge is None:
+            return
+        if self._http is not None:
+            stop_both(self._http, self._grpc)
+        elif self._grpc is not None:
+            self._grpc.stop()
+        else:
+            self._bridge.delivery.shutdown()
+        self._bridge = None
+
+
+def open_otlp_ports(receiver: LocalReceiver, api_key: str, args: argparse.Namespace) -> OtlpPorts:
+    """Listen on the standard OTLP ports (``--otlp-grpc-port``, ``--otlp-http-port``).
+
+    Never fails: a port already taken (a local Collector, another receiver) is one banner line.
+    Only on loopback: OTLP senders carry no Altertable key, so beyond loopback these ports
+    would let anyone write past ``--api-key``.
+    """
+    ports = OtlpPorts()
+    if args.no_otlp_ports:
+        return ports
+    from ..receiver._local import is_loopback_host
+
+    if not is_loopback_host(receiver.host):
+        ports.lines.append(
+            "  OTLP ports:   off beyond loopback (OTLP senders carry no API key); "
+            f"use {receiver.endpoint}/v1/traces"
+        )
+        return ports
+    try:
+        from ._factory import create_bridge
+        from ._grpc import GrpcBridgeServer
+        from ._server import BridgeServer
+    except ImportError:
+        return ports  # the receiver's banner already says how to install the otlp extra
+    bridge = create_bridge(api_key=api_key, endpoint=receiver.endpoint, token=None)
+    ports._bridge = bridge
+    fronts = (
+        ("gRPC", GrpcBridgeServer, args.otlp_grpc_port, STANDARD_GRPC_PORT),
+        ("HTTP", BridgeServer, args.otlp_http_port, STANDARD_HTTP_PORT),
+    )
+    for name, kind, port, standard in fronts:
+        front = kind(bridge, receiver.host, port)
+        label = f"  OTLP/{name}:".ljust(16)
+        try:
+            front.start()
+        except OSError as exc:
+            ports.listening[name.lower()] = None
+            ports.lines.append(
+                f"{label}port {port} is taken ({exc.strerror or 'in use'}: a local Collector?); "
+                "not listening there"
+            )
+            continue
+        address = front.endpoint
+        ports.listening[name.lower()] = address
+        note = " (an SDK left at its defaults sends here)" if port == standard else ""
+        ports.lines.append(f"{label}{address}{note}")
+        if name == "gRPC":
+            ports._grpc = front
+        else:
+            ports._http = front
+    return ports
+
+
+def add_otlp_page_route(receiver: LocalReceiver, ports: OtlpPorts, own: bool) -> None:
+    """``GET /otlp``: where this receiver hears OTLP, for its page (JSON)."""
+    import json
+
+    from ..receiver._app import Request, Response
+
+    document = {**ports.describe(), "receiver_port": receiver.endpoint if own else None}
+    body = json.dumps(document).encode()
+
+    def handle(request: Request) -> Response:
+        return Response(200, body, headers=(("Cache-Control", "no-store"),))
+
+    receiver.route("GET", "/otlp", handle)
