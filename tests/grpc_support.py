@@ -1,0 +1,122 @@
+"""What the gRPC bridge tests share: both fronts on free ports, the SDK's gRPC exporters, and
+a raw caller that sends any bytes and reports the status, details and trailers."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from bridge_support import FAST_RETRY, KEY
+from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+from opentelemetry_exporter_altertable.bridge import BridgeServer, GrpcBridgeServer, create_bridge
+from opentelemetry_exporter_altertable.bridge._cli import stop_both
+from opentelemetry_exporter_altertable.bridge._grpc import LOGS_SERVICE, TRACE_SERVICE
+
+TRACES_METHOD = f"/{TRACE_SERVICE}/Export"
+LOGS_METHOD = f"/{LOGS_SERVICE}/Export"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Fronts:
+    http: BridgeServer
+    grpc: GrpcBridgeServer
+
+    @property
+    def bridge(self) -> Any:
+        return self.http.bridge
+
+
+@contextmanager
+def running_fronts(endpoint: str, **settings: Any) -> Iterator[Fronts]:
+    """One bridge delivering to ``endpoint``, heard over HTTP and gRPC on free ports."""
+    max_in_flight = settings.pop("max_in_flight", 8)
+    options: dict[str, Any] = {
+        "api_key": KEY,
+        "endpoint": endpoint,
+        "timeout": 2.0,
+        "retry": FAST_RETRY,
+    }
+    options.update(settings)
+    bridge = create_bridge(**options)
+    http = BridgeServer(bridge, port=0, max_in_flight=max_in_flight).start()
+    front = GrpcBridgeServer(bridge, port=0, max_in_flight=max_in_flight)
+    try:
+        front.start()
+    except BaseException:
+        http.stop()
+        raise
+    try:
+        yield Fronts(http, front)
+    finally:
+        stop_both(http, front)
+
+
+def grpc_span_exporter(endpoint: str, **kwargs: Any) -> OTLPSpanExporter:
+    return OTLPSpanExporter(endpoint=endpoint, insecure=True, **kwargs)
+
+
+def grpc_log_exporter(endpoint: str, **kwargs: Any) -> OTLPLogExporter:
+    return OTLPLogExporter(endpoint=endpoint, insecure=True, **kwargs)
+
+
+@dataclass
+class Reply:
+    """What a raw gRPC call got back."""
+
+    code: grpc.StatusCode
+    details: str = ""
+    body: bytes = b""
+    trailers: dict[str, Any] = field(default_factory=dict)
+
+
+def call(
+    target: str,
+    method: str,
+    body: bytes,
+    *,
+    metadata: tuple[tuple[str, str], ...] = (),
+    compression: grpc.Compression | None = None,
+    timeout: float = 10.0,
+    channel: grpc.Channel | None = None,
+) -> Reply:
+    """One unary call with ``body`` as the message bytes, as given (valid or not)."""
+    own = channel is None
+    chan = grpc.insecure_channel(target) if channel is None else channel
+    try:
+        stub = chan.unary_unary(method)
+        try:
+            response, rpc = stub.with_call(
+                body, metadata=metadata, timeout=timeout, compression=compression
+            )
+        except grpc.RpcError as error:
+            trailers = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+            return Reply(error.code(), error.details() or "", b"", trailers)  # type: ignore[attr-defined]
+        return Reply(grpc.StatusCode.OK, "", response, dict(rpc.trailing_metadata() or ()))
+    finally:
+        if own:
+            chan.close()
+
+
+__all__ = [
+    "LOGS_METHOD",
+    "TRACES_METHOD",
+    "Fronts",
+    "Reply",
+    "call",
+    "free_port",
+    "grpc_log_exporter",
+    "grpc_span_exporter",
+    "running_fronts",
+]
