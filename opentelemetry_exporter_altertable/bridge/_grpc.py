@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -277,12 +278,29 @@ class GrpcBridgeServer:
             return
         delivery = self.bridge.delivery
         wait = delivery.config.timeout + 1.0 if grace is None else grace
+        # New calls hear UNAVAILABLE with RetryInfo (a sender waits and retries) while those
+        # taken finish; then gRPC stops, cancelling only what is still queued after that.
         self._stopping = True
-        if not server.stop(wait).wait(wait + 1.0):
+        if not self._wait_handled(wait):
             _logger.warning("bridge: gRPC calls still running after %.1fs", wait)
+        server.stop(1.0).wait(2.0)
         self._pool.shutdown(wait=False)
         if shutdown_delivery:
             delivery.shutdown(timeout_millis=1000)
+
+    def _wait_handled(self, timeout: float) -> bool:
+        """Wait until no call is being decoded or delivered (every slot free)."""
+        deadline = time.monotonic() + timeout
+        taken = 0
+        try:
+            for _ in range(self.max_in_flight):
+                if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    return False
+                taken += 1
+            return True
+        finally:
+            for _ in range(taken):
+                self._slots.release()
 
     def __enter__(self) -> GrpcBridgeServer:
         return self.start()
