@@ -109,14 +109,42 @@ def call(
             chan.close()
 
 
+def field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field, by hand (for messages protobuf would not build)."""
+    size, varint = len(payload), bytearray()
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        varint.append(byte | (0x80 if size else 0))
+        if not size:
+            return bytes((number << 3 | 2,)) + bytes(varint) + payload
+
+
+def with_span_attributes(request_bytes: bytes, attributes: bytes) -> bytes:
+    """A one-span ``ExportTraceServiceRequest`` with serialized ``KeyValue`` fields
+    (``Span.attributes``, field 9) appended to its span, built without protobuf's encoder."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    request = ExportTraceServiceRequest.FromString(request_bytes)
+    resource_spans = request.resource_spans[0]
+    scope_spans = resource_spans.scope_spans[0]
+    span = scope_spans.spans[0].SerializeToString() + attributes
+    scope = field(1, scope_spans.scope.SerializeToString()) + field(2, span)
+    resource = field(1, resource_spans.resource.SerializeToString()) + field(2, scope)
+    return field(1, resource)
+
+
 __all__ = [
     "LOGS_METHOD",
     "TRACES_METHOD",
     "Fronts",
     "Reply",
     "call",
+    "field",
     "free_port",
     "grpc_log_exporter",
     "grpc_span_exporter",
     "running_fronts",
+    "with_span_attributes",
 ]

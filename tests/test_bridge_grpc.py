@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+import requests
 from bridge_support import (
     KEY,
     otlp_log_exporter,
@@ -24,9 +25,11 @@ from grpc_support import (
     LOGS_METHOD,
     TRACES_METHOD,
     call,
+    field,
     grpc_log_exporter,
     grpc_span_exporter,
     running_fronts,
+    with_span_attributes,
 )
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -291,3 +294,57 @@ def test_other_services_are_unimplemented_and_an_empty_message_costs_nothing() -
         assert call(fronts.grpc.target, metrics, b"").code is grpc.StatusCode.UNIMPLEMENTED
         assert call(fronts.grpc.target, TRACES_METHOD, b"").code is grpc.StatusCode.OK
         assert api.requests == []
+
+
+#: One empty attribute ``"a"`` as a ``Span.attributes`` field: 5 bytes.
+EMPTY_ATTRIBUTE = field(9, field(1, b"a"))
+
+
+def _elements(request: bytes) -> int:
+    """Resources, scopes, spans, events, links and attributes, counted as the bridge does."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    total = 0
+    for rs in ExportTraceServiceRequest.FromString(request).resource_spans:
+        total += 1 + len(rs.resource.attributes)
+        for ss in rs.scope_spans:
+            total += 1 + len(ss.scope.attributes)
+            for span in ss.spans:
+                total += 1 + len(span.attributes) + len(span.links)
+                total += sum(1 + len(e.attributes) for e in span.events)
+    return total
+
+
+def test_elements_are_bounded_as_well_as_bytes_on_both_fronts() -> None:
+    base = encode_spans(sample_spans(1)[:1]).SerializeToString()
+    limit = _elements(base) + 100
+    at_limit = with_span_attributes(base, EMPTY_ATTRIBUTE * 100)
+    past = with_span_attributes(base, EMPTY_ATTRIBUTE * 101)
+    assert _elements(at_limit) == limit
+    with FaultServer() as api, running_fronts(api.endpoint, max_elements=limit) as fronts:
+        assert call(fronts.grpc.target, TRACES_METHOD, at_limit).code is grpc.StatusCode.OK
+        refused = call(fronts.grpc.target, TRACES_METHOD, past)
+        http = requests.post(
+            f"{fronts.http.endpoint}/v1/traces",
+            data=past,
+            headers={"Content-Type": "application/x-protobuf"},
+            timeout=10,
+        )
+        tracks = api.accepted_items("/track")
+    assert refused.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "send smaller batches" in refused.details
+    assert http.status_code == 413
+    assert sorted(t["event"] for t in tracks) == ["Cart Viewed", "item added"]  # once
+
+
+def test_four_megabytes_of_empty_attributes_are_refused_by_default() -> None:
+    # 800,000 attributes in 4 MB, well under the 16 MiB limit in bytes.
+    flood = with_span_attributes(
+        encode_spans(sample_spans(1)[:1]).SerializeToString(), EMPTY_ATTRIBUTE * 800_000
+    )
+    with FaultServer() as api, running_fronts(api.endpoint) as fronts:
+        reply = call(fronts.grpc.target, TRACES_METHOD, flood)
+        assert api.requests == []
+    assert reply.code is grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -23,9 +23,8 @@ import requests
 from bridge_support import KEY
 from conftest import tagged_spans
 from faultserver import FaultServer
-from grpc_support import TRACES_METHOD, call, free_port
+from grpc_support import TRACES_METHOD, call, field, free_port, with_span_attributes
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_IN_FLIGHT = 4
@@ -279,34 +278,17 @@ def test_a_message_that_inflates_is_refused_before_it_is_inflated() -> None:
     assert after["VmHWM"] - baseline["VmRSS"] < 96 * 1024, (baseline, after)
 
 
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field, by hand (protobuf's encoder refuses deep nesting)."""
-    size, varint = len(payload), bytearray()
-    while True:
-        byte, size = size & 0x7F, size >> 7
-        varint.append(byte | (0x80 if size else 0))
-        if not size:
-            return bytes((number << 3 | 2,)) + bytes(varint) + payload
-
-
 def _nested_attribute(depth: int) -> bytes:
     """A ``KeyValue`` ``deep`` whose value nests ``depth`` key-value lists, then ``"leaf"``."""
-    value = _field(1, b"leaf")  # AnyValue{string_value}
+    value = field(1, b"leaf")  # AnyValue{string_value}
     for _ in range(depth):
-        pair = _field(1, b"k") + _field(2, value)  # KeyValue{key, value}
-        value = _field(6, _field(1, pair))  # AnyValue{kvlist_value: KeyValueList{values}}
-    return _field(1, b"deep") + _field(2, value)
+        pair = field(1, b"k") + field(2, value)  # KeyValue{key, value}
+        value = field(6, field(1, pair))  # AnyValue{kvlist_value: KeyValueList{values}}
+    return field(1, b"deep") + field(2, value)
 
 
 def _request_with(attribute: bytes) -> bytes:
-    """The probe request with one more span attribute (``Span.attributes`` is field 9)."""
-    request = ExportTraceServiceRequest.FromString(_small())
-    resource_spans = request.resource_spans[0]
-    scope_spans = resource_spans.scope_spans[0]
-    span = scope_spans.spans[0].SerializeToString() + _field(9, attribute)
-    scope = _field(1, scope_spans.scope.SerializeToString()) + _field(2, span)
-    resource = _field(1, resource_spans.resource.SerializeToString()) + _field(2, scope)
-    return _field(1, resource)
+    return with_span_attributes(_small(), field(9, attribute))
 
 
 def test_deep_anyvalue_nesting_is_invalid_argument_and_shallow_nesting_arrives() -> None:
