@@ -348,3 +348,23 @@ def test_four_megabytes_of_empty_attributes_are_refused_by_default() -> None:
         reply = call(fronts.grpc.target, TRACES_METHOD, flood)
         assert api.requests == []
     assert reply.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_bug_in_the_bridge_is_internal_with_a_log_line_and_the_port_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    body = encode_spans(sample_spans(1)).SerializeToString()
+    with FaultServer() as api, running_fronts(api.endpoint) as fronts:
+        handle = fronts.bridge.handle
+
+        def broken(*args: Any) -> Any:
+            raise KeyError("a bug")
+
+        fronts.bridge.handle = broken
+        with caplog.at_level("ERROR"):
+            reply = call(fronts.grpc.target, TRACES_METHOD, body)
+        fronts.bridge.handle = handle
+        assert call(fronts.grpc.target, TRACES_METHOD, body).code is grpc.StatusCode.OK
+    assert reply.code is grpc.StatusCode.INTERNAL
+    assert reply.details == "internal error in the bridge"
+    assert "internal error handling /v1/traces over gRPC" in caplog.text
