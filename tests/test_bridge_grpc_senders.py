@@ -497,3 +497,22 @@ def test_opentelemetry_instrument_left_at_the_distros_defaults_reaches_serve(
         while len(events := _events(endpoint)) < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
     assert events == ["Signed Up"] * 3
+
+
+def test_serve_beyond_loopback_keeps_the_standard_ports_closed() -> None:
+    # OTLP senders carry no Altertable key: open beyond loopback, these ports would let anyone
+    # write past serve's --api-key. Nothing is bound to find that out.
+    import argparse
+    from types import SimpleNamespace
+
+    from opentelemetry_exporter_altertable.bridge._cli import open_otlp_ports
+
+    receiver: Any = SimpleNamespace(host="0.0.0.0", endpoint="http://127.0.0.1:15001")
+    flags = argparse.Namespace(no_otlp_ports=False, otlp_grpc_port=4317, otlp_http_port=4318)
+    ports = open_otlp_ports(receiver, "pk_test", flags)
+    ports.stop()
+    assert ports.listening == {}
+    assert ports.lines == [
+        "  OTLP ports:   off beyond loopback (OTLP senders carry no API key); "
+        "use http://127.0.0.1:15001/v1/traces"
+    ]
