@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         db = os.path.join(tmp, "demo.duckdb")
         print(f"$ altertable-otel serve --port {port} --db {db}", flush=True)
         server = subprocess.Popen(
-            [*_cli(), "serve", "--port", str(port), "--db", db, "--api-key", API_KEY]
+            [*_cli(), "serve", "--port", str(port), "--db", db, "--api-key", API_KEY,
+             "--no-otlp-ports"]
         )
         try:
             _wait_healthy(endpoint, server)

@@ -108,6 +108,9 @@ def _add_serve(subparsers: Any) -> None:
         metavar="SECONDS",
         help="a query running longer is interrupted (default: %(default)s)",
     )
+    from .bridge._cli import add_otlp_port_arguments
+
+    add_otlp_port_arguments(parser)
     parser.set_defaults(run=_serve)
 
 
@@ -151,9 +154,11 @@ def _serve(args: argparse.Namespace) -> int:  # noqa: PLR0915  # the serve comma
         ) from None
     except Exception as exc:  # DuckDB refusing the file, typically a lock held elsewhere
         raise CommandError(f"cannot open {db_path}: {_first_line(exc)}") from None
-    from .bridge._cli import add_otlp_routes
+    from .bridge._cli import add_otlp_page_route, add_otlp_routes, open_otlp_ports
 
     stop_otlp = add_otlp_routes(receiver, (args.api_keys or ["local"])[0])
+    otlp_ports = open_otlp_ports(receiver, (args.api_keys or ["local"])[0], args)
+    add_otlp_page_route(receiver, otlp_ports, stop_otlp is not None)
 
     stop = threading.Event()
     previous = _install_stop_handlers(stop)
@@ -177,6 +182,8 @@ def _serve(args: argparse.Namespace) -> int:  # noqa: PLR0915  # the serve comma
             else "install the otlp extra to accept OTLP here too"
         )
         print(f"  OTLP:         {otlp}", flush=True)
+        for line in otlp_ports.lines:
+            print(line, flush=True)
         print(
             f"  export with:  {ev.OTEL_EXPORTER_ALTERTABLE_ENDPOINT}={receiver.endpoint}\n"
             f"  query with:   {_query_hint(receiver.endpoint, receiver.api_keys is not None)}\n"
@@ -186,6 +193,7 @@ def _serve(args: argparse.Namespace) -> int:  # noqa: PLR0915  # the serve comma
         while not stop.wait(0.5):
             pass
     finally:
+        otlp_ports.stop()  # finishes the OTLP calls in hand while the receiver still takes them
         receiver.stop()  # before restoring the handlers: a second Ctrl-C cannot cut it short
         if stop_otlp is not None:
             stop_otlp()

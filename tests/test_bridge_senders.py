@@ -204,6 +204,8 @@ def test_altertable_down_for_a_while_the_senders_retries_deliver_everything() ->
 
 def _start_bridge_process(endpoint: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
     port = _free_port()
+    if "--no-grpc" not in extra and "--grpc-port" not in extra:  # never the default 4317
+        extra = (*extra, "--grpc-port", str(_free_port()))
     env = {
         **os.environ,
         "OTEL_EXPORTER_ALTERTABLE_API_KEY": KEY,
@@ -285,7 +287,7 @@ def test_serve_accepts_otlp_into_its_own_store(tmp_path: Path) -> None:
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "opentelemetry_exporter_altertable", "serve", "--port", str(port),
-         "--db", ":memory:"],
+         "--db", ":memory:", "--no-otlp-ports"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

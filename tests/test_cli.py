@@ -63,7 +63,7 @@ def start_serve(tmp_path: Path, *extra: str) -> Served:
     command = [sys.executable, "-m", "opentelemetry_exporter_altertable.cli", "serve"]
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
-            [*command, "--port", "0", "--db", str(db), *extra],
+            [*command, "--port", "0", "--db", str(db), "--no-otlp-ports", *extra],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,

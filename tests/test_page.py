@@ -7,6 +7,7 @@ artefact in ``artifacts/receiver-page.png``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -186,3 +187,54 @@ def test_page_refuses_to_be_read_from_another_origin(receiver: LocalReceiver) ->
         timeout=10,
     )
     assert response.status_code == 403
+
+
+def test_page_says_which_ports_hear_otlp(receiver: LocalReceiver, browser: Browser) -> None:
+    import argparse
+
+    from grpc_support import free_port
+
+    from opentelemetry_exporter_altertable.bridge._cli import (
+        add_otlp_page_route,
+        open_otlp_ports,
+    )
+
+    with socket_held() as taken:
+        flags = argparse.Namespace(
+            no_otlp_ports=False, otlp_grpc_port=free_port(), otlp_http_port=taken
+        )
+        ports = open_otlp_ports(receiver, "pk_test_page", flags)
+    try:
+        add_otlp_page_route(receiver, ports, own=True)
+        browser.navigate(receiver.page_url)
+        browser.wait_until("!document.getElementById('otlp').hidden")
+        line = browser.evaluate("document.getElementById('otlp').textContent")
+    finally:
+        ports.stop()
+    grpc_address = ports.listening["grpc"]
+    assert grpc_address is not None
+    assert line == (
+        f"Hears OTLP on: OTLP/HTTP {receiver.endpoint} (/v1/traces, /v1/logs) · "
+        f"OTLP/gRPC {grpc_address} · OTLP/HTTP standard port taken: not heard"
+    )
+    assert browser.console_errors() == []
+
+
+def test_a_receiver_started_from_code_shows_no_otlp_line(
+    receiver: LocalReceiver, browser: Browser
+) -> None:
+    browser.navigate(receiver.page_url)
+    browser.wait_until("document.querySelector('#status').textContent.includes('event')")
+    assert browser.evaluate("document.getElementById('otlp').hidden") is True
+    assert browser.console_errors() == []
+
+
+@contextlib.contextmanager
+def socket_held() -> Iterator[int]:
+    """A port some other program listens on, for as long as the block runs."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]

@@ -38,7 +38,7 @@ def peak_rss_bytes(pid: int) -> int:
 def serve(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     stderr = (tmp_path / "serve.stderr").open("w")
     process = subprocess.Popen(
-        [*SERVE, "--port", "0", "--db", ":memory:"],
+        [*SERVE, "--port", "0", "--db", ":memory:", "--no-otlp-ports"],
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,

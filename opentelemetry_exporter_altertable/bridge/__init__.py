@@ -1,10 +1,12 @@
-"""The OTLP/HTTP bridge: services in any language, and Collectors, send analytics through it.
+"""The OTLP bridge: services in any language, and Collectors, send analytics through it.
 
 ``altertable-otel bridge`` (see :mod:`._cli`) serves ``POST /v1/traces`` and ``/v1/logs``
-(protobuf or OTLP JSON, gzip accepted), reads each request into the mapping's neutral records
-(:mod:`._decode`), maps them exactly as the in-process exporters do and delivers the calls
-through the exporters' own transport and spool (:mod:`._delivery`), answering by the OTLP/HTTP
-rules (:mod:`._app`). Needs the ``otlp`` extra (``protobuf``, ``opentelemetry-proto``).
+(protobuf or OTLP JSON, gzip accepted) and, on its gRPC port (:mod:`._grpc`),
+``TraceService/Export`` and ``LogsService/Export``; it reads each request into the mapping's
+neutral records (:mod:`._decode`), maps them exactly as the in-process exporters do and
+delivers the calls through the exporters' own transport and spool (:mod:`._delivery`),
+answering by the OTLP rules (:mod:`._app`). Needs the ``otlp`` extra (``protobuf``,
+``opentelemetry-proto``, ``grpcio``).
 
 In code::
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from ._app import DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_AFTER, Answer, Bridge
     from ._delivery import Delivery, Outcome
     from ._factory import DEFAULT_BRIDGE_TIMEOUT, TOKEN_VARIABLE, create_bridge
+    from ._grpc import DEFAULT_GRPC_PORT, GrpcBridgeServer
     from ._server import DEFAULT_HOST, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PORT, BridgeServer
 
 #: Where each public name lives. Imported on first use, so ``altertable-otel --help`` works
@@ -41,9 +44,12 @@ _HOMES = {
     "DEFAULT_MAX_IN_FLIGHT": "_server",
     "DEFAULT_PORT": "_server",
     "BridgeServer": "_server",
+    "DEFAULT_GRPC_PORT": "_grpc",
+    "GrpcBridgeServer": "_grpc",
 }
 __all__ = [
     "DEFAULT_BRIDGE_TIMEOUT",
+    "DEFAULT_GRPC_PORT",
     "DEFAULT_HOST",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_IN_FLIGHT",
@@ -54,6 +60,7 @@ __all__ = [
     "Bridge",
     "BridgeServer",
     "Delivery",
+    "GrpcBridgeServer",
     "Outcome",
     "create_bridge",
 ]

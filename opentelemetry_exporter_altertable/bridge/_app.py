@@ -8,9 +8,9 @@ The answer rules are OTLP/HTTP's, read for a sender that must not lose data:
 - 503 with ``Retry-After`` when calls could be neither delivered nor spooled (Altertable down
   and no spool, the bridge shutting down, no API key), so the sender retries; the same when
   the bridge already runs as many requests as it may hold in memory.
-- 400 for a body that does not decode, 415 for another content type, 413 past the body limit,
-  401 without the bearer token. Error bodies are a ``google.rpc.Status`` in the request's
-  encoding (JSON when the encoding is unknown).
+- 400 for a body that does not decode, 415 for another content type, 413 past the body limit
+  or the element limit, 401 without the bearer token. Error bodies are a
+  ``google.rpc.Status`` in the request's encoding (JSON when the encoding is unknown).
 """
 
 from __future__ import annotations
@@ -28,7 +28,15 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from .._mapping import MappingOptions, map_records
-from ._decode import LOGS, TRACES, Decoded, UndecodableBody, decode
+from ._decode import (
+    DEFAULT_MAX_ELEMENTS,
+    LOGS,
+    TRACES,
+    Decoded,
+    TooManyElements,
+    UndecodableBody,
+    decode,
+)
 from ._delivery import Delivery, Outcome
 
 _logger = logging.getLogger(__name__)
@@ -49,6 +57,8 @@ class Answer:
     body: bytes = b""
     content_type: str = JSON
     headers: tuple[tuple[str, str], ...] = ()
+    message: str = ""
+    """An error answer's text (also in ``body``), for a front end that words it otherwise."""
 
 
 class BodyTooLarge(Exception):
@@ -78,7 +88,11 @@ def error(status: int, message: str, protobuf: bool = False, retry_after: int = 
     if status == 401:
         headers = (*headers, ("WWW-Authenticate", "Bearer"))
     return Answer(
-        status, _status_body(code, message, protobuf), PROTOBUF if protobuf else JSON, headers
+        status,
+        _status_body(code, message, protobuf),
+        PROTOBUF if protobuf else JSON,
+        headers,
+        message,
     )
 
 
@@ -112,8 +126,10 @@ class Bridge:
         token: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         retry_after: int = DEFAULT_RETRY_AFTER,
+        max_elements: int = DEFAULT_MAX_ELEMENTS,
     ) -> None:
         self.delivery = delivery
+        self.max_elements = max_elements
         self._token = token.encode("utf-8") if token else None
         self.max_body_bytes = max_body_bytes
         self.retry_after = retry_after
@@ -171,9 +187,9 @@ class Bridge:
             return error(415, f"use {PROTOBUF} or {JSON}")
         try:
             body = inflate(raw, headers.get("content-encoding", ""), self.max_body_bytes)
-            decoded = decode(path, body, not protobuf)
-        except BodyTooLarge:
-            return error(413, f"body exceeds {self.max_body_bytes} bytes", protobuf)
+            decoded = decode(path, body, not protobuf, self.max_elements)
+        except (BodyTooLarge, TooManyElements) as exc:  # TooManyElements says its limit
+            return error(413, str(exc) or f"body exceeds {self.max_body_bytes} bytes", protobuf)
         except UndecodableBody as exc:
             return error(400, f"undecodable OTLP body: {str(exc)[:200]}", protobuf)
         outcome = self._deliver(decoded)

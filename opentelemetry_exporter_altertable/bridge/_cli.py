@@ -36,9 +36,10 @@ def add_parser(subparsers: Any, run: Callable[[argparse.Namespace], int]) -> Non
     """Register ``bridge``; ``run`` is the command's body (the CLI wraps it for its errors)."""
     parser = subparsers.add_parser(
         "bridge",
-        help="receive OTLP/HTTP (any language, any Collector) and send the analytics on",
+        help="receive OTLP (any language, any Collector) and send the analytics on",
         description=(
-            "An OTLP/HTTP receiver for POST /v1/traces and /v1/logs (protobuf or JSON, gzip): "
+            "An OTLP receiver for POST /v1/traces and /v1/logs (protobuf or JSON, gzip) and, "
+            "on the gRPC port, TraceService/Export and LogsService/Export: "
             "tagged spans, span events and log records become Altertable calls exactly as "
             "with the in-process exporters, through the same delivery and spool. Every "
             "setting falls back to its OTEL_EXPORTER_ALTERTABLE_* variable. "
@@ -48,6 +49,15 @@ def add_parser(subparsers: Any, run: Callable[[argparse.Namespace], int]) -> Non
     parser.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
     parser.add_argument(
         "--port", type=int, default=4318, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=4317,
+        help="OTLP/gRPC port; 0 picks a free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-grpc", action="store_true", help="do not listen for OTLP/gRPC (HTTP only)"
     )
     parser.add_argument(
         "--token",
@@ -108,6 +118,11 @@ def run_bridge(args: argparse.Namespace, fail: Callable[[str], Exception]) -> in
     except OSError as exc:
         bridge.delivery.shutdown()
         raise fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    try:
+        grpc_server = _start_grpc(bridge, args, fail)
+    except BaseException:
+        server.stop()
+        raise
     stop = threading.Event()
     previous = _on_stop_signals(stop)
     handler = _log_to_stderr()
@@ -119,15 +134,58 @@ def run_bridge(args: argparse.Namespace, fail: Callable[[str], Exception]) -> in
         print(f"  delivering to: {config.endpoint} (spool: {spool})", flush=True)
         print(f"  token:         {token}", flush=True)
         print(f"  senders:       OTEL_EXPORTER_OTLP_ENDPOINT={server.endpoint}", flush=True)
+        if grpc_server is not None:
+            print(f"  OTLP/gRPC:     {grpc_server.endpoint} (TraceService, LogsService)",
+                  flush=True)  # fmt: skip
+            print(f"  gRPC senders:  OTEL_EXPORTER_OTLP_PROTOCOL=grpc "
+                  f"OTEL_EXPORTER_OTLP_ENDPOINT={grpc_server.endpoint}", flush=True)  # fmt: skip
         stop.wait()
         print("Stopping: finishing the requests in hand...", flush=True)
     finally:
-        server.stop()  # delivers or spools what was accepted, answers the rest 503
+        # Both fronts refuse new work at once and finish what they took; then the delivery
+        # they share stops (delivering or spooling what was accepted).
+        stop_both(server, grpc_server)
         for signum, old in previous.items():
             signal.signal(signum, old)
         logging.getLogger("opentelemetry_exporter_altertable").removeHandler(handler)
     print("Bridge stopped.", flush=True)
     return 0
+
+
+def _start_grpc(bridge: Any, args: argparse.Namespace, fail: Callable[[str], Exception]) -> Any:
+    """The gRPC front on ``--grpc-port`` (``None`` with ``--no-grpc``)."""
+    if args.no_grpc:
+        return None
+    from ._grpc import GrpcBridgeServer
+
+    grpc_server = GrpcBridgeServer(
+        bridge, args.host, args.grpc_port, max_in_flight=args.max_in_flight
+    )
+    try:
+        return grpc_server.start()
+    except OSError as exc:
+        raise fail(
+            f"cannot listen for OTLP/gRPC on {args.host}:{args.grpc_port}: {exc.strerror or exc} "
+            "(pick another port with --grpc-port, or --no-grpc)"
+        ) from None
+
+
+def stop_both(http_server: Any, grpc_server: Any) -> None:
+    """Stop an HTTP and a gRPC front sharing one bridge, then its delivery, once.
+
+    The fronts stop together (each refuses new work at once and finishes what it took), so
+    neither waits for the other's senders; the delivery stops only after both.
+    """
+    if grpc_server is None:
+        http_server.stop()
+        return
+    grpc_stopping = threading.Thread(
+        target=grpc_server.stop, kwargs={"shutdown_delivery": False}, daemon=True
+    )
+    grpc_stopping.start()
+    http_server.stop(shutdown_delivery=False)
+    grpc_stopping.join()
+    http_server.bridge.delivery.shutdown(timeout_millis=1000)
 
 
 def _on_stop_signals(stop: threading.Event) -> dict[int, Any]:
@@ -177,3 +235,129 @@ def add_otlp_routes(receiver: LocalReceiver, api_key: str) -> Callable[[], None]
     for path in (TRACES, LOGS):
         receiver.route("POST", path, handle)
     return bridge.delivery.shutdown
+
+
+# --------------------------------------------------------------------------- serve's OTLP ports
+
+#: OTLP's standard ports: where an SDK left at its defaults sends.
+STANDARD_GRPC_PORT = 4317
+STANDARD_HTTP_PORT = 4318
+
+
+def add_otlp_port_arguments(parser: argparse.ArgumentParser) -> None:
+    """``serve``'s flags for the standard OTLP ports."""
+    parser.add_argument(
+        "--otlp-grpc-port",
+        type=int,
+        default=STANDARD_GRPC_PORT,
+        help="also hear OTLP/gRPC here, where SDKs send by default (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--otlp-http-port",
+        type=int,
+        default=STANDARD_HTTP_PORT,
+        help="also hear OTLP/HTTP here, OTLP/HTTP's default port (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-otlp-ports",
+        action="store_true",
+        help="do not listen on the standard OTLP ports (OTLP still works on --port)",
+    )
+
+
+class OtlpPorts:
+    """The standard OTLP ports ``serve`` listens on, into the receiver's own store.
+
+    ``lines`` are the banner's lines; ``listening`` says, per protocol, the address that hears
+    OTLP (``None`` when the port could not be had); ``stop()`` stops both and their delivery.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.listening: dict[str, str | None] = {}
+        self._http: Any = None
+        self._grpc: Any = None
+        self._bridge: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        """What the receiver's page shows: the ports that hear OTLP, by protocol."""
+        return {"ports": self.listening}
+
+    def stop(self) -> None:
+        if self._bridge is None:
+            return
+        if self._http is not None:
+            stop_both(self._http, self._grpc)
+        elif self._grpc is not None:
+            self._grpc.stop()
+        else:
+            self._bridge.delivery.shutdown()
+        self._bridge = None
+
+
+def open_otlp_ports(receiver: LocalReceiver, api_key: str, args: argparse.Namespace) -> OtlpPorts:
+    """Listen on the standard OTLP ports (``--otlp-grpc-port``, ``--otlp-http-port``).
+
+    Never fails: a port already taken (a local Collector, another receiver) is one banner line.
+    Only on loopback: OTLP senders carry no Altertable key, so beyond loopback these ports
+    would let anyone write past ``--api-key``.
+    """
+    ports = OtlpPorts()
+    if args.no_otlp_ports:
+        return ports
+    from ..receiver._local import is_loopback_host
+
+    if not is_loopback_host(receiver.host):
+        ports.lines.append(
+            "  OTLP ports:   off beyond loopback (OTLP senders carry no API key); "
+            f"use {receiver.endpoint}/v1/traces"
+        )
+        return ports
+    try:
+        from ._factory import create_bridge
+        from ._grpc import GrpcBridgeServer
+        from ._server import BridgeServer
+    except ImportError:
+        return ports  # the receiver's banner already says how to install the otlp extra
+    bridge = create_bridge(api_key=api_key, endpoint=receiver.endpoint, token=None)
+    ports._bridge = bridge
+    fronts = (
+        ("gRPC", GrpcBridgeServer, args.otlp_grpc_port, STANDARD_GRPC_PORT),
+        ("HTTP", BridgeServer, args.otlp_http_port, STANDARD_HTTP_PORT),
+    )
+    for name, kind, port, standard in fronts:
+        front = kind(bridge, receiver.host, port)
+        label = f"  OTLP/{name}:".ljust(16)
+        try:
+            front.start()
+        except OSError as exc:
+            ports.listening[name.lower()] = None
+            ports.lines.append(
+                f"{label}port {port} is taken ({exc.strerror or 'in use'}: a local Collector?); "
+                "not listening there"
+            )
+            continue
+        address = front.endpoint
+        ports.listening[name.lower()] = address
+        note = " (an SDK left at its defaults sends here)" if port == standard else ""
+        ports.lines.append(f"{label}{address}{note}")
+        if name == "gRPC":
+            ports._grpc = front
+        else:
+            ports._http = front
+    return ports
+
+
+def add_otlp_page_route(receiver: LocalReceiver, ports: OtlpPorts, own: bool) -> None:
+    """``GET /otlp``: where this receiver hears OTLP, for its page (JSON)."""
+    import json
+
+    from ..receiver._app import Request, Response
+
+    document = {**ports.describe(), "receiver_port": receiver.endpoint if own else None}
+    body = json.dumps(document).encode()
+
+    def handle(request: Request) -> Response:
+        return Response(200, body, headers=(("Cache-Control", "no-store"),))
+
+    receiver.route("GET", "/otlp", handle)

@@ -7,6 +7,7 @@ from typing import Any
 
 from .. import environment_variables as ev
 from ._app import DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_AFTER, Bridge
+from ._decode import DEFAULT_MAX_ELEMENTS
 from ._delivery import Delivery
 
 TOKEN_VARIABLE = "ALTERTABLE_BRIDGE_TOKEN"
@@ -20,6 +21,7 @@ def create_bridge(
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     retry_after: int = DEFAULT_RETRY_AFTER,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
     **settings: Any,
 ) -> Bridge:
     """A :class:`Bridge` delivering with the exporters' settings (arguments, then variables).
@@ -36,5 +38,9 @@ def create_bridge(
     if token is None:
         token = os.environ.get(TOKEN_VARIABLE, "").strip() or None
     return Bridge(
-        Delivery(**settings), token=token, max_body_bytes=max_body_bytes, retry_after=retry_after
+        Delivery(**settings),
+        token=token,
+        max_body_bytes=max_body_bytes,
+        retry_after=retry_after,
+        max_elements=max_elements,
     )

@@ -230,11 +230,12 @@ class BridgeServer:
             self.port = server.server_port
             return self
 
-    def stop(self, grace: float | None = None) -> None:
+    def stop(self, grace: float | None = None, *, shutdown_delivery: bool = True) -> None:
         """Stop accepting, finish the requests being handled, then shut delivery down.
 
         ``grace`` (default: the delivery timeout plus a second) bounds the wait for requests
-        already read; each of them ends delivered, spooled, or answered 503.
+        already read; each of them ends delivered, spooled, or answered 503. A delivery shared
+        with another front (the gRPC one) is left running with ``shutdown_delivery=False``.
         """
         with self._lock:
             server, thread = self._server, self._thread
@@ -250,7 +251,8 @@ class BridgeServer:
         server.end_idle_connections()
         if not server.wait_handled(wait):
             _logger.warning("bridge: requests still running after %.1fs; stopping anyway", wait)
-        delivery.shutdown(timeout_millis=1000)
+        if shutdown_delivery:
+            delivery.shutdown(timeout_millis=1000)
 
     def __enter__(self) -> BridgeServer:
         return self.start()

@@ -1,6 +1,7 @@
-// A non-Python OTLP sender: the OpenTelemetry JS SDK exporting OTLP/JSON over HTTP.
-// Usage: node send.js BASE_URL COUNT  (sends COUNT tagged server spans, each with a tagged
-// event, and COUNT tagged log records; then flushes and prints "sent").
+// A non-Python OTLP sender: the OpenTelemetry JS SDK exporting OTLP/JSON over HTTP, or
+// OTLP/gRPC with PROTOCOL "grpc" (its gRPC exporters, on @grpc/grpc-js).
+// Usage: node send.js BASE_URL COUNT [PROTOCOL]  (sends COUNT tagged server spans, each with a
+// tagged event, and COUNT tagged log records; then flushes and prints "sent").
 "use strict";
 const { SpanKind } = require("@opentelemetry/api");
 const { TracerProvider, SimpleSpanProcessor } = require("@opentelemetry/sdk-trace");
@@ -9,7 +10,7 @@ const { OTLPTraceExporter } = require("@opentelemetry/exporter-trace-otlp-http")
 const { OTLPLogExporter } = require("@opentelemetry/exporter-logs-otlp-http");
 const { resourceFromAttributes } = require("@opentelemetry/resources");
 
-const [base, countArg] = process.argv.slice(2);
+const [base, countArg, protocol] = process.argv.slice(2);
 const count = Number(countArg || "3");
 const resource = resourceFromAttributes({
   "service.name": "node-shop",
@@ -18,14 +19,36 @@ const resource = resourceFromAttributes({
 });
 const headers = process.env.BRIDGE_TOKEN ? { Authorization: `Bearer ${process.env.BRIDGE_TOKEN}` } : {};
 
+function exporters() {
+  if (protocol !== "grpc") {
+    return [
+      new OTLPTraceExporter({ url: `${base}/v1/traces`, headers }),
+      new OTLPLogExporter({ url: `${base}/v1/logs`, headers }),
+    ];
+  }
+  const { Metadata } = require("@grpc/grpc-js");
+  const { OTLPTraceExporter: GrpcTraceExporter } = require("@opentelemetry/exporter-trace-otlp-grpc");
+  const { OTLPLogExporter: GrpcLogExporter } = require("@opentelemetry/exporter-logs-otlp-grpc");
+  const metadata = () => {
+    const m = new Metadata();
+    if (headers.Authorization) m.set("authorization", headers.Authorization);
+    return m;
+  };
+  return [
+    new GrpcTraceExporter({ url: base, metadata: metadata() }),
+    new GrpcLogExporter({ url: base, metadata: metadata() }),
+  ];
+}
+
 async function main() {
+  const [traceExporter, logExporter] = exporters();
   const tracerProvider = new TracerProvider({
     resource,
-    spanProcessors: [new SimpleSpanProcessor({ exporter: new OTLPTraceExporter({ url: `${base}/v1/traces`, headers }) })],
+    spanProcessors: [new SimpleSpanProcessor({ exporter: traceExporter })],
   });
   const loggerProvider = new LoggerProvider({
     resource,
-    processors: [new SimpleLogRecordProcessor({ exporter: new OTLPLogExporter({ url: `${base}/v1/logs`, headers }) })],
+    processors: [new SimpleLogRecordProcessor({ exporter: logExporter })],
   });
   const tracer = tracerProvider.getTracer("node-sender", "1.0.0");
   const logger = loggerProvider.getLogger("node-sender");

@@ -252,6 +252,31 @@ async function runSql() {
   }
 }
 
+// -- where OTLP is heard -----------------------------------------------------------------------
+
+// `altertable-otel serve` says which ports hear OTLP (GET /otlp); a receiver started from code
+// has no such route, and the line stays hidden.
+async function showOtlp() {
+  let info;
+  try {
+    const response = await fetch("/otlp", { cache: "no-store" });
+    if (!response.ok) return;
+    info = await response.json();
+  } catch (e) {
+    return;
+  }
+  const parts = [];
+  if (info.receiver_port) parts.push("OTLP/HTTP " + info.receiver_port + " (/v1/traces, /v1/logs)");
+  const ports = info.ports || {};
+  for (const [name, label] of [["grpc", "OTLP/gRPC"], ["http", "OTLP/HTTP"]]) {
+    if (!(name in ports)) continue;
+    parts.push(ports[name] ? label + " " + ports[name] : label + " standard port taken: not heard");
+  }
+  if (!parts.length) return;
+  $("otlp").textContent = "Hears OTLP on: " + parts.join(" · ");
+  $("otlp").hidden = false;
+}
+
 // -- wiring ----------------------------------------------------------------------------------
 
 function every(ms, task) {
@@ -286,6 +311,7 @@ function start() {
   for (const id of ["filter-event", "filter-distinct"]) {
     $(id).addEventListener("input", () => refreshEvents().catch((e) => setStatus(e.message, true)));
   }
+  showOtlp();
   every(1000, refreshEvents);
   every(3000, refreshIdentities);
   every(5000, refreshChart);
