@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 
 from . import environment_variables as ev
 from ._answers import CONFIG_ERRORS
 from ._config import ExporterConfig
+from ._journal import Journal, Recovered, Scan, recover_directory
+from ._mapping import Calls, Record
 from ._spool import Spool
 from ._stats import DropReporter, Stats
 from ._transport import DeliveryReport, Transport
@@ -23,6 +26,11 @@ _logger = logging.getLogger(__name__)
 
 #: How many spooled files one export may replay before sending its own calls.
 REPLAY_FILES_PER_EXPORT = 8
+#: Recovered calls are spooled in parcels of at most this many calls.
+RECOVERED_PER_PARCEL = 500
+
+#: Maps recovered neutral records into calls as an export would (``before_send`` included).
+ToCalls = Callable[[list[Record]], Calls]
 
 
 def spool_reason(reason: str) -> str:
@@ -159,3 +167,90 @@ class Backlog:
         """A forked child opens its own spool handle (fresh locks, its own claims)."""
         if self._spool is not None:
             self._open()
+
+    # ------------------------------------------------------------------ journals
+
+    def journal(self, *, before_send: bool) -> Journal | None:
+        """A journal for a processor of this exporter, in the spool directory; None without one."""
+        spool = self._spool
+        if spool is None:
+            return None
+        return Journal(
+            spool.directory,
+            max_bytes=self._config.spool_max_bytes,
+            meta={"before_send": before_send},
+            prepare_dir=spool._ensure_dir,
+        )
+
+    def recover(self, to_calls: ToCalls, *, before_send: bool) -> Scan | None:
+        """Spool what the journals of dead processes hold; one log line per process.
+
+        Only an exporter with a ``before_send`` hook recovers journals written by one: the hook
+        may scrub personal data, and a recoverer without it would send them unscrubbed.
+        """
+        spool = self._spool
+        if spool is None:
+            return None
+        try:
+            return recover_directory(
+                spool.directory,
+                lambda rec: self._keep_recovered(spool, rec, to_calls, salvaged=False),
+                may_send_scrubbed=before_send,
+            )
+        except ValueError as exc:  # the spool directory became unsafe to use
+            self._disable(exc)
+            return None
+
+    def salvage(self, journal: Journal, to_calls: ToCalls) -> None:
+        """At shutdown: spool what this process's own journal still holds, then remove it."""
+        spool = self._spool
+        try:
+            for rec in journal.unretired():
+                if spool is None or not self._keep_recovered(spool, rec, to_calls, salvaged=True):
+                    return  # left on disk: the next exporter or `replay` recovers it
+                journal.retire(rec.entries)
+        except ValueError as exc:
+            self._disable(exc)
+        finally:
+            journal.close()
+
+    def _keep_recovered(
+        self, spool: Spool, rec: Recovered, to_calls: ToCalls, *, salvaged: bool
+    ) -> bool:
+        calls = to_calls(rec.records).by_endpoint() if rec.records else {}
+        for endpoint, items in rec.calls.items():
+            calls.setdefault(endpoint, []).extend(items)
+        total = sum(len(items) for items in calls.values())
+        for parcel in _parcels(calls, RECOVERED_PER_PARCEL):
+            if not spool.put(parcel, reason="retryable"):
+                return False  # the journal stays: whoever comes next tries again
+        self._may_have_files = self._may_have_files or total > 0
+        self._stats.add("calls_recovered", total)
+        if salvaged:
+            _logger.warning(
+                "Altertable: %d journaled call(s) were not exported by shutdown; spooled for "
+                "delivery by the next exporter using %s",
+                total,
+                spool.directory,
+            )
+        else:
+            _logger.warning(
+                "Altertable: recovered %d call(s) from the journal of process %d, which ended "
+                "before delivering them; spooled for delivery",
+                total,
+                rec.pid,
+            )
+        return True
+
+
+def _parcels(
+    calls: dict[str, list[dict[str, object]]], size: int
+) -> Iterable[dict[str, list[dict[str, object]]]]:
+    for endpoint in ("identify", "alias", "track"):
+        items = calls.get(endpoint, [])
+        for start in range(0, len(items), size):
+            yield {endpoint: items[start : start + size]}
+    for endpoint, items in calls.items():
+        if endpoint not in ("identify", "alias", "track"):
+            for start in range(0, len(items), size):
+                yield {endpoint: items[start : start + size]}

@@ -33,6 +33,7 @@ COUNTERS = (
     "calls_replayed",
     "calls_dropped",
     "queue_dropped",
+    "calls_recovered",
 )
 
 

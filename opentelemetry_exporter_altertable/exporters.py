@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from . import environment_variables as ev
 from ._backlog import Backlog
 from ._config import BeforeSend, ExporterConfig, resolve_config
-from ._mapping import Calls, MappingOptions, Payload, _freeze
+from ._mapping import Calls, MappingOptions, Payload, Record, _freeze, map_records
 from ._retry import RetryPolicy
 from ._sdk import map_log_records, map_spans
 from ._stats import DropReporter, Stats, self_metrics
@@ -156,6 +156,10 @@ class _AltertableExporter:
             properties_exclude=ExcludeMatcher(self._config.properties_exclude),
         )
         self._backlog = Backlog(self._config, self._stats, self._drops)
+        # Journals of processes that died with records undelivered: spooled now, sent by exports.
+        self._backlog.recover(
+            self._calls_from_records, before_send=self._config.before_send is not None
+        )
         self._shutdown = False
         self._idle = threading.Condition()
         self._active = 0
@@ -219,6 +223,13 @@ class _AltertableExporter:
             with self._idle:
                 self._active -= 1
                 self._idle.notify_all()
+
+    def _calls_from_records(self, records: list[Record]) -> Calls:
+        """Journaled records as the calls an export would build (``before_send`` included)."""
+        calls = map_records(records, self._options)
+        if self._config.before_send is not None:
+            _apply_before_send(self._config.before_send, calls, self._stats, self._warn_once)
+        return calls
 
     def _keep(self, report: DeliveryReport) -> int:
         """Hand what is still owed to the backlog; returns how many calls it spooled."""
@@ -302,6 +313,9 @@ class _AltertableExporter:
         self._identified.reset_after_fork()
         self._warn_once.reset_after_fork()
         self._backlog.after_fork()
+        self._backlog.recover(
+            self._calls_from_records, before_send=self._config.before_send is not None
+        )
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Nothing is buffered here (the processor batches), so there is nothing to wait for."""
