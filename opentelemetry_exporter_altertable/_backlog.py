@@ -26,6 +26,8 @@ _logger = logging.getLogger(__name__)
 
 #: How many spooled files one export may replay before sending its own calls.
 REPLAY_FILES_PER_EXPORT = 8
+#: Seconds between two looks for dead processes' journals by a running exporter's exports.
+RECOVER_INTERVAL = 10.0
 #: Recovered calls are spooled in parcels of at most this many calls.
 RECOVERED_PER_PARCEL = 500
 
@@ -48,6 +50,8 @@ class Backlog:
         self._spool: Spool | None = None
         # Equivalent as True or None: _open sets it whenever a spool exists, else it is unread.
         self._may_have_files = False  # pragma: no mutate
+        self._recovery: tuple[ToCalls, bool] | None = None
+        self._recovered_at = 0.0
         if config.spool_dir:
             self._open()
 
@@ -82,7 +86,17 @@ class Backlog:
         return snapshot
 
     def replay(self, transport: Transport, deadline: float) -> None:
-        """Re-send spooled calls, oldest first, while the API accepts them."""
+        """Re-send spooled calls, oldest first, while the API accepts them.
+
+        Now and then it first looks for journals of processes that died meanwhile (pool
+        children, recycled workers), so a long-running parent delivers what they left.
+        """
+        if (
+            self._recovery is not None
+            and not transport.exiting
+            and time.monotonic() - self._recovered_at >= RECOVER_INTERVAL
+        ):
+            self.recover(*self._recovery)
         if self._spool is None or not self._may_have_files or transport.exiting:
             return  # at exit, the little time left is for this export's own calls
         try:
@@ -182,13 +196,15 @@ class Backlog:
             prepare_dir=spool._ensure_dir,
         )
 
-    def recover(self, to_calls: ToCalls, *, before_send: bool) -> Scan | None:
+    def recover(self, to_calls: ToCalls, before_send: bool) -> Scan | None:
         """Spool what the journals of dead processes hold; one log line per process.
 
         Only an exporter with a ``before_send`` hook recovers journals written by one: the hook
         may scrub personal data, and a recoverer without it would send them unscrubbed.
         """
         spool = self._spool
+        self._recovery = (to_calls, before_send)
+        self._recovered_at = time.monotonic()
         if spool is None:
             return None
         try:
