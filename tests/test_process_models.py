@@ -175,12 +175,12 @@ def _serve_requests(
     sent: set[str] = set()
     try:
         _wait_http(url, proc)
-        with requests.Session() as session:
-            for i in range(n):
-                uid = f"{prefix}{i}"
-                answer = session.get(f"{url}/?{uid}", timeout=10)
-                assert answer.status_code == 200
-                sent.add(uid)
+        for i in range(n):
+            uid = f"{prefix}{i}"
+            # A connection of its own: a recycled worker closes kept-alive ones.
+            answer = requests.get(f"{url}/?{uid}", headers={"Connection": "close"}, timeout=10)
+            assert answer.status_code == 200
+            sent.add(uid)
     finally:
         _stop(proc)
     return sent
