@@ -20,6 +20,7 @@ from ._journal import Journal, Recovered, Scan, recover_directory
 from ._mapping import Calls, Record
 from ._spool import Spool
 from ._stats import DropReporter, Stats
+from ._text import LIMIT, clip
 from ._transport import DeliveryReport, Transport
 
 _logger = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ class Backlog:
         try:
             return recover_directory(
                 spool.directory,
-                lambda rec: self._keep_recovered(spool, rec, to_calls, salvaged=False),
+                lambda recs: self._keep_recovered(spool, recs, to_calls, salvaged=False),
                 may_send_scrubbed=before_send,
             )
         except ValueError as exc:  # the spool directory became unsafe to use
@@ -222,7 +223,7 @@ class Backlog:
         spool = self._spool
         try:
             for rec in journal.unretired():
-                if spool is None or not self._keep_recovered(spool, rec, to_calls, salvaged=True):
+                if spool is None or not self._keep_recovered(spool, [rec], to_calls, salvaged=True):
                     return  # left on disk: the next exporter or `replay` recovers it
                 journal.retire(rec.entries)
         except ValueError as exc:
@@ -231,11 +232,14 @@ class Backlog:
             journal.close()
 
     def _keep_recovered(
-        self, spool: Spool, rec: Recovered, to_calls: ToCalls, *, salvaged: bool
+        self, spool: Spool, recs: list[Recovered], to_calls: ToCalls, *, salvaged: bool
     ) -> bool:
-        calls = to_calls(rec.records).by_endpoint() if rec.records else {}
-        for endpoint, items in rec.calls.items():
-            calls.setdefault(endpoint, []).extend(items)
+        calls: dict[str, list[dict[str, object]]] = {}
+        for rec in recs:
+            mapped = to_calls(rec.records).by_endpoint() if rec.records else {}
+            for source in (mapped, rec.calls):
+                for endpoint, items in source.items():
+                    calls.setdefault(endpoint, []).extend(items)
         total = sum(len(items) for items in calls.values())
         for parcel in _parcels(calls, RECOVERED_PER_PARCEL):
             if not spool.put(parcel, reason="retryable"):
@@ -251,10 +255,11 @@ class Backlog:
             )
         else:
             _logger.warning(
-                "Altertable: recovered %d call(s) from the journal of process %d, which ended "
-                "before delivering them; spooled for delivery",
+                "Altertable: recovered %d call(s) from the journal of process%s %s, which "
+                "ended before delivering them; spooled for delivery",
                 total,
-                rec.pid,
+                "es" if len(recs) > 1 else "",
+                clip(", ".join(str(rec.pid) for rec in recs), LIMIT),
             )
         return True
 

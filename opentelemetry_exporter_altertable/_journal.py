@@ -486,13 +486,18 @@ class Scan:
         return self.alive + self.other_version + self.needs_before_send + self.not_kept
 
 
+#: Dead journals recovered together (one ``keep`` call: few spool parcels, few requests).
+RECOVER_BATCH = 64
+
+
 def recover_directory(
     directory: str | os.PathLike[str],
-    keep: Callable[[Recovered], bool],
+    keep: Callable[[list[Recovered]], bool],
     *,
     may_send_scrubbed: bool,
 ) -> Scan:
-    """Hand each dead process's journal to ``keep``; delete it once ``keep`` returns True.
+    """Hand dead processes' journals to ``keep``, a batch at a time; delete them once ``keep``
+    returns True (a crash in between sends them again: at least once, never lost).
 
     Never raises for disk trouble: a file that cannot be read or locked is left for later.
     """
@@ -512,14 +517,51 @@ def recover_directory(
             continue
         groups.setdefault((int(m.group(1)), m.group(2)), []).append((int(m.group(3)), name))
     me = os.getpid()
-    for (pid, token), files in sorted(groups.items()):
-        if _OWN_TOKENS.get(token) == me:
-            continue
-        names_in_order = [name for _, name in sorted(files)]
-        _recover_one(
-            base, pid, names_in_order, keep, may_send_scrubbed=may_send_scrubbed, scan=scan
-        )
+    batch: list[tuple[Recovered, list[tuple[Path, int]]]] = []
+    try:
+        for (pid, token), files in sorted(groups.items()):
+            if _OWN_TOKENS.get(token) == me:
+                continue
+            names_in_order = [name for _, name in sorted(files)]
+            found = _take_one(base, pid, names_in_order, may_send_scrubbed, scan)
+            if found is not None:
+                batch.append(found)
+            if len(batch) >= RECOVER_BATCH:
+                _finish(batch, keep, scan)
+        _finish(batch, keep, scan)
+    finally:
+        for _rec, held in batch:
+            _release(held)
     return scan
+
+
+def _finish(
+    batch: list[tuple[Recovered, list[tuple[Path, int]]]],
+    keep: Callable[[list[Recovered]], bool],
+    scan: Scan,
+) -> None:
+    """Keep a batch of taken journals, then delete them; release their locks either way."""
+    try:
+        wanted = [rec for rec, _held in batch if rec.entries]
+        if wanted and not keep(wanted):
+            scan.not_kept += len(wanted)
+            return
+        scan.recovered += len(wanted)
+        for _rec, held in batch:
+            for path, _fd in held:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # before the lock goes: a waiting recoverer sees it gone
+    finally:
+        for _rec, held in batch:
+            _release(held)
+        batch.clear()
+
+
+def _release(held: list[tuple[Path, int]]) -> None:
+    for _path, fd in held:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    held.clear()
 
 
 def _lock_all(base: Path, names: list[str], pid: int, held: list[tuple[Path, int]]) -> bool:
@@ -553,49 +595,39 @@ def _lock_all(base: Path, names: list[str], pid: int, held: list[tuple[Path, int
     return True
 
 
-def _recover_one(
+def _take_one(
     base: Path,
     pid: int,
     names: list[str],
-    keep: Callable[[Recovered], bool],
-    *,
     may_send_scrubbed: bool,
     scan: Scan,
-) -> None:
+) -> tuple[Recovered, list[tuple[Path, int]]] | None:
+    """Lock and read one dead journal; None when it is alive, not ours to send, or gone."""
     held: list[tuple[Path, int]] = []
     try:
         if not _lock_all(base, names, pid, held):
             scan.alive += 1
-            return
-        if not held:
-            return
-        entries: dict[int, Any] = {}
-        resources: dict[int, Attrs] = {}
-        retired = 0
-        meta: dict[str, Any] = {}
-        for _path, fd in held:
-            data = _read_fd(fd)
-            meta = meta or _header_meta(data)
-            retired = max(retired, _parse(data, entries, resources))
-        recovered = Recovered(pid, len(held), _meta_scrub(meta))
-        recovered.add(entries, resources, retired)
-        if recovered.entries:
-            if recovered.before_send and not may_send_scrubbed:
+        elif held:
+            entries: dict[int, Any] = {}
+            resources: dict[int, Attrs] = {}
+            retired = 0
+            meta: dict[str, Any] = {}
+            for _path, fd in held:
+                data = _read_fd(fd)
+                meta = meta or _header_meta(data)
+                retired = max(retired, _parse(data, entries, resources))
+            recovered = Recovered(pid, len(held), _meta_scrub(meta))
+            recovered.add(entries, resources, retired)
+            if recovered.entries and recovered.before_send and not may_send_scrubbed:
                 scan.needs_before_send += 1
-                return
-            if not keep(recovered):
-                scan.not_kept += 1
-                return
-            scan.recovered += 1
-        for path, _fd in held:
-            with contextlib.suppress(OSError):
-                os.unlink(path)  # before the lock is released: a waiting recoverer sees it gone
+            else:
+                taken, held = held, []
+                return recovered, taken
     except OSError as exc:
         _log.warning("cannot recover Altertable journal of process %d: %s", pid, str(exc)[:200])
     finally:
-        for _path, fd in held:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        _release(held)
+    return None
 
 
 def _read_fd(fd: int) -> bytes:

@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -166,7 +165,7 @@ def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float
 
 
 def _serve_requests(
-    cmd: list[str], env: dict[str, str], port: int, prefix: str, n: int, cwd: Path
+    cmd: list[str], env: dict[str, str], port: int, prefix: str, *, n: int, cwd: Path
 ) -> set[str]:
     proc = subprocess.Popen(
         cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -215,7 +214,7 @@ def test_gunicorn(name: str, tmp_path: Path, env: dict[str, str], receiver: Loca
         *GUNICORN_ROWS[name], app,
     ]
     prefix = f"gunicorn-{name}-"
-    sent = _serve_requests(cmd, env, port, prefix, 200, tmp_path)
+    sent = _serve_requests(cmd, env, port, prefix, n=200, cwd=tmp_path)
     row = _recover_and_count(receiver, env, sent, prefix)
     print(f"gunicorn {name}: {row}")
     assert row.delivered == row.sent, row
@@ -246,7 +245,7 @@ def test_uwsgi(name: str, tmp_path: Path, env: dict[str, str], receiver: LocalRe
         "--pythonpath", str(tmp_path), *UWSGI_ROWS[name],
     ]
     prefix = f"uwsgi-{name}-"
-    sent = _serve_requests(cmd, env, port, prefix, 200, tmp_path)
+    sent = _serve_requests(cmd, env, port, prefix, n=200, cwd=tmp_path)
     row = _recover_and_count(receiver, env, sent, prefix)
     print(f"uwsgi {name}: {row}")
     assert row.delivered == row.sent, row
@@ -388,7 +387,8 @@ provider.add_span_processor(AltertableSpanProcessor(AltertableSpanExporter()))
 tracer = provider.get_tracer("handler")
 prefix, flush = sys.argv[1], sys.argv[2] == "flush"
 for line in sys.stdin:  # one invocation per line; frozen between them
-    with tracer.start_as_current_span("invoke", attributes={"analytics.event": prefix + line.strip()}):
+    uid = prefix + line.strip()
+    with tracer.start_as_current_span("invoke", attributes={"analytics.event": uid}):
         pass
     if flush:
         started = time.monotonic()
