@@ -270,9 +270,21 @@ app.conf.update(
     task_acks_late=False,
 )
 
-provider = TracerProvider()
-provider.add_span_processor(AltertableSpanProcessor(AltertableSpanExporter()))
-tracer = provider.get_tracer("celery-tasks")
+tracer = None
+
+
+def setup(**_):
+    global tracer
+    provider = TracerProvider()
+    provider.add_span_processor(AltertableSpanProcessor(AltertableSpanExporter()))
+    tracer = provider.get_tracer("celery-tasks")
+
+
+if os.environ.get("SETUP") == "worker_process_init":
+    from celery.signals import worker_process_init
+    worker_process_init.connect(setup)
+else:
+    setup()
 
 
 @app.task
@@ -281,28 +293,39 @@ def work(uid):
         pass
 '''
 
+CELERY_ROWS = {
+    "module-recycling": ("module", ["--max-tasks-per-child", "5"]),
+    "worker-process-init": ("worker_process_init", []),
+}
 
-def test_celery_prefork_recycling_and_warm_shutdown_without_a_spool(
-    tmp_path: Path, env: dict[str, str], receiver: LocalReceiver
+
+@pytest.mark.parametrize(
+    "name", ["module-recycling", pytest.param("worker-process-init", marks=full_only)]
+)
+def test_celery_prefork_warm_shutdown_without_a_spool(
+    name: str, tmp_path: Path, env: dict[str, str], receiver: LocalReceiver
 ) -> None:
     """No spool, no user code: children flush on ``worker_process_shutdown``."""
+    setup, options = CELERY_ROWS[name]
     (tmp_path / "tasks.py").write_text(CELERY_APP)
     broker = tmp_path / "broker"
     broker.mkdir()
     env = {k: v for k, v in env.items() if k != "OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR"}
     env["BROKER_FOLDER"] = str(broker)
+    env["SETUP"] = setup
     env["OTEL_BSP_SCHEDULE_DELAY"] = "60000"  # nothing leaves a child but through the flush
-    prefix = "celery-"
+    prefix = f"celery-{name}-"
     n = 60
     produce = subprocess.run(
         [sys.executable, "-c",
-         f"from tasks import work\nfor i in range({n}): work.delay('{prefix}%d' % i)"],
+         f"from tasks import app\nfor i in range({n}): "
+         f"app.send_task('tasks.work', ('{prefix}%d' % i,))"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
     )
     assert produce.returncode == 0, produce.stderr
     worker = subprocess.Popen(
         [str(BIN / "celery"), "-A", "tasks", "worker", "--pool", "prefork", "-c", "2",
-         "--max-tasks-per-child", "5", "--without-heartbeat", "--without-mingle",
+         *options, "--without-heartbeat", "--without-mingle",
          "--without-gossip", "--loglevel", "WARNING"],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -317,7 +340,7 @@ def test_celery_prefork_recycling_and_warm_shutdown_without_a_spool(
     sent = {f"{prefix}{i}" for i in range(n)}
     counts = _counts(receiver, prefix)
     row = Row(n, len(counts), len(set(counts) & sent), sum(counts.values()) - len(counts))
-    print(f"celery prefork: {row}")
+    print(f"celery prefork {name}: {row}")
     assert row.delivered == n, (row, out[-3000:])
     assert row.duplicated == 0
 
@@ -399,17 +422,26 @@ for line in sys.stdin:  # one invocation per line; frozen between them
 '''
 
 
-@pytest.mark.parametrize("flush", ["no-flush", "flush"])
+@pytest.mark.parametrize("flush", ["no-flush", "flush", "flush-unreachable"])
 def test_serverless_frozen_then_reaped(
     flush: str, tmp_path: Path, env: dict[str, str], receiver: LocalReceiver
 ) -> None:
-    """Invocations, the sandbox frozen (SIGSTOP) between them, reaped frozen (SIGKILL)."""
+    """Invocations, the sandbox frozen (SIGSTOP) between them, reaped frozen (SIGKILL).
+
+    ``flush-unreachable``: the handler ends with ``force_flush(1000)`` while the API is
+    unreachable; the next cold start (here ``replay``) reaches it.
+    """
     (tmp_path / "handler.py").write_text(SERVERLESS)
-    prefix, n = f"serverless-{flush}-", 20
-    env = dict(env, OTEL_BSP_SCHEDULE_DELAY="5000")
+    prefix, n = f"serverless-{flush}-", (5 if flush == "flush-unreachable" else 20)
+    handler_env = dict(env, OTEL_BSP_SCHEDULE_DELAY="5000")
+    if flush == "flush-unreachable":
+        with socket.socket() as s:  # a port nobody listens on: connections refused
+            s.bind(("127.0.0.1", 0))
+            closed = s.getsockname()[1]
+        handler_env["OTEL_EXPORTER_ALTERTABLE_ENDPOINT"] = f"http://127.0.0.1:{closed}"
     proc = subprocess.Popen(
-        [sys.executable, str(tmp_path / "handler.py"), prefix, flush],
-        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [sys.executable, str(tmp_path / "handler.py"), prefix, flush.split("-")[0]],
+        env=handler_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert proc.stdin is not None and proc.stdout is not None
     durations = []
@@ -427,9 +459,9 @@ def test_serverless_frozen_then_reaped(
     proc.wait()
     proc.stdin.close()
     proc.stdout.close()
-    assert all(d < 1.5 for d in durations), durations
+    assert all(d < 1.5 for d in durations), durations  # force_flush(1000) keeps its deadline
     row = _recover_and_count(receiver, env, {f"{prefix}{i}" for i in range(n)}, prefix)
-    print(f"serverless {flush}: {row}")
+    print(f"serverless {flush}: {row} longest-flush={max(durations, default=0):.3f}s")
     assert row.delivered == row.sent, row
 
 
