@@ -440,7 +440,7 @@ def test_serverless_frozen_then_reaped(
             closed = s.getsockname()[1]
         handler_env["OTEL_EXPORTER_ALTERTABLE_ENDPOINT"] = f"http://127.0.0.1:{closed}"
     proc = subprocess.Popen(
-        [sys.executable, str(tmp_path / "handler.py"), prefix, flush.split("-")[0]],
+        [sys.executable, str(tmp_path / "handler.py"), prefix, flush.split("-", maxsplit=1)[0]],
         env=handler_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     assert proc.stdin is not None and proc.stdout is not None
