@@ -503,3 +503,38 @@ def test_a_thousand_forks_each_journal_their_own_and_lose_nothing(
     assert len(counts) == 1001
     assert max(counts.values()) == 1
     assert _journals(spool) == []
+
+
+def test_held_back_drop_counts_are_said_when_the_interval_ends_without_an_exit_hook(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A process SIGKILLed after its interval has still said every drop: no shutdown needed."""
+    from opentelemetry_exporter_altertable._stats import DropReporter
+
+    caplog.set_level(logging.WARNING)
+    drops = DropReporter(interval=0.3)
+    drops.report({"invalid-event": 1})
+    drops.report({"invalid-event": 2})  # within the interval: held back
+    said = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(said) == 1 and "dropped 1 call(s)" in said[0]
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and len(said) < 2:
+        time.sleep(0.05)
+        said = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(said) == 2 and "dropped 2 call(s)" in said[1]
+
+
+def test_drop_counts_held_for_the_exit_summary_stay_held(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from opentelemetry_exporter_altertable._stats import DropReporter
+
+    caplog.set_level(logging.WARNING)
+    drops = DropReporter(interval=0.2)
+    drops.report({"x": 1})
+    drops.report({"x": 1})
+    drops.hold()  # the interpreter is exiting: one warning, at shutdown
+    time.sleep(0.4)
+    assert len([r for r in caplog.records if "dropped" in r.getMessage()]) == 1
+    drops.flush()
+    assert len([r for r in caplog.records if "dropped" in r.getMessage()]) == 2
