@@ -199,11 +199,14 @@ class _Keeper:
             self._after_fork()
         journal = self.journal
         assert journal is not None
+        owner, queue = _find_queue(processor)  # type: ignore[arg-type]
+        if getattr(owner, "_shutdown", False):
+            enqueue()  # the SDK refuses it after shutdown: nothing to journal either
+            return
         with self._lock:
             journal.check_fork()
             with journal.lock:
                 written = append(journal)
-            _owner, queue = _find_queue(processor)  # type: ignore[arg-type]
             # The SDK drops its oldest record to make room: so does the mirror.
             full = queue is not None and len(queue) == queue.maxlen
             if full and self._flags and self._flags.pop():

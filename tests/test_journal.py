@@ -538,3 +538,30 @@ def test_drop_counts_held_for_the_exit_summary_stay_held(
     assert len([r for r in caplog.records if "dropped" in r.getMessage()]) == 1
     drops.flush()
     assert len([r for r in caplog.records if "dropped" in r.getMessage()]) == 2
+
+
+def test_records_the_full_queue_dropped_leave_the_journal_with_the_rest(
+    spool: Path, receiver: LocalReceiver
+) -> None:
+    """The journal mirrors the queue, drops included: a flush leaves nothing outstanding."""
+    exporter = AltertableSpanExporter(api_key=KEY, endpoint=receiver.endpoint, spool_dir=spool)
+    processor = AltertableSpanProcessor(
+        exporter, max_queue_size=4, max_export_batch_size=2, schedule_delay_millis=60_000
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    for i in range(10):
+        with tracer.start_as_current_span("s", attributes={"analytics.event": f"qfull-{i}"}):
+            pass
+    journal = processor._keeper.journal if processor._keeper else None
+    assert journal is not None and journal.outstanding == 4
+    assert exporter.stats()["queue_dropped"] == 6
+    assert provider.force_flush(5000)
+    assert journal.outstanding == 0
+    provider.shutdown()
+    assert _journals(spool) == []
+    assert set(_counts(receiver, "qfull-")) == {f"qfull-{i}" for i in range(6, 10)}
+    with tracer.start_as_current_span("s", attributes={"analytics.event": "after-shutdown"}):
+        pass
+    assert _journals(spool) == []  # refused by the SDK, so not journaled either
