@@ -225,7 +225,7 @@ class Backlog:
             for rec in journal.unretired():
                 if spool is None or not self._keep_recovered(spool, [rec], to_calls, salvaged=True):
                     return  # left on disk: the next exporter or `replay` recovers it
-                journal.retire(rec.entries)
+                journal.retire(rec.seqs)
         except ValueError as exc:
             self._disable(exc)
         finally:

@@ -4,8 +4,8 @@ A process can end past every exit hook (``os._exit`` in Celery and ``multiproces
 children, SIGKILL from an OOM killer or a serverless platform reaping a frozen sandbox), and
 whatever the batch queue held is then gone. With a spool directory, the processors append each
 analytics record they accept to a journal file of their own process (one ``write`` per record,
-no fsync: it survives the process, not the machine) and retire records, oldest first, once the
-exporter has finished with them (accepted, dropped and counted, or spooled). What a dead
+no fsync: it survives the process, not the machine) and retire each record once the
+exporter has finished with it (accepted, dropped and counted, or spooled). What a dead
 process left unretired is recovered by the next exporter that opens the directory, or by
 ``altertable-otel replay``.
 
@@ -16,8 +16,9 @@ recovering exporter's settings. Already-mapped calls can be journaled too
 (:meth:`Journal.append_calls`, for callers that map before they keep, like the bridge).
 
 Files: ``journal-<pid>-<token>-<segment>.v1`` in the spool directory, owner-only. A file
-starts with a header line; each entry is one line ``<kind><seq> <crc32> <json>``; ``A<seq>``
-lines record that every entry up to ``seq`` was retired. A torn or damaged line (a process
+starts with a header line; each entry is one line ``<kind><seq> <crc32> <json>``;
+``D<seq>,<seq>...`` lines record retired entries, and a file whose entries are all retired
+shrinks back to its header. A torn or damaged line (a process
 killed mid-append, a full disk) is skipped, never fatal. A live journal holds a POSIX record
 lock (``lockf``) on each of its files: the kernel drops it when the process dies, so a
 recoverer tells a dead journal from a live one by the lock, not by the pid (pids are reused,
@@ -87,6 +88,7 @@ class _Segment:
     header: int
     first: int = 0
     last: int = 0
+    pending: int = 0
     resources: dict[int, tuple[object, int]] = field(default_factory=dict)
 
 
@@ -97,8 +99,8 @@ class JournalFull(Exception):
 class Journal:
     """One process's journal in ``directory`` (see the module doc).
 
-    ``append_*`` must be called with :attr:`lock` held, so that the order of entries is the
-    order in which the caller queues them; :meth:`retire` then retires the oldest entries.
+    ``append_*`` must be called with :attr:`lock` held; each returns the entry's sequence
+    number (0 when it could not be journaled), which :meth:`retire` takes back.
     """
 
     def __init__(
@@ -123,7 +125,7 @@ class Journal:
         self._segments: list[_Segment] = []
         self._next_segment = 0
         self._seq = 0
-        self._retired = 0
+        self._outstanding: set[int] = set()
         self._bytes = 0
         self._warned_at = -_WARN_INTERVAL
         self._resource_ids = 0
@@ -134,7 +136,7 @@ class Journal:
     @property
     def outstanding(self) -> int:
         """Entries appended and not yet retired (in this process)."""
-        return self._seq - self._retired if self._pid == os.getpid() else 0
+        return len(self._outstanding) if self._pid == os.getpid() else 0
 
     def check_fork(self) -> None:
         """In a forked child, start a journal of the child's own (call before taking the lock)."""
@@ -185,8 +187,8 @@ class Journal:
         self._bytes += len(header)
         return segment
 
-    def _append(self, kind: bytes, body_of: Callable[[_Segment], bytes]) -> bool:
-        """Write one entry; False (counted, warned about) when it could not be journaled."""
+    def _append(self, kind: bytes, body_of: Callable[[_Segment], bytes]) -> int:
+        """Write one entry: its sequence number, 0 (counted, warned about) when not written."""
         try:
             segment = self._segment_for(0)
             body = body_of(segment)
@@ -201,15 +203,17 @@ class Journal:
             self._write(segment, data)
         except JournalFull:
             self._not_journaled("the journal is full (spool_max_bytes)")
-            return False
+            return 0
         except OSError as exc:
             self._not_journaled(f"{type(exc).__name__}: {str(exc)[:200]}")
-            return False
+            return 0
         self._seq = seq
+        self._outstanding.add(seq)
         if not segment.first:
             segment.first = seq
         segment.last = seq
-        return True
+        segment.pending += 1
+        return seq
 
     def _write(self, segment: _Segment, data: bytes) -> None:
         try:
@@ -255,7 +259,7 @@ class Journal:
         kind: str,
         is_record: bool,
         events: Sequence[tuple[str, Attrs, int]],
-    ) -> bool:
+    ) -> int:
         """Journal a span (and its tagged events) as the neutral records recovery maps."""
         ctx = span.context
         entry = [
@@ -272,7 +276,7 @@ class Journal:
 
     def append_log(
         self, record: Any, resource: object, resource_attrs: Attrs, attrs: Attrs
-    ) -> bool:
+    ) -> int:
         """Journal a log record (its attributes, name, times, ids and dict body)."""
         name = getattr(record, "event_name", None) or attrs.get("event.name")
         body = record.body if isinstance(record.body, Mapping) else None
@@ -288,7 +292,7 @@ class Journal:
 
     def _append_with_resource(
         self, kind: bytes, resource: object, resource_attrs: Attrs, entry: list[Any]
-    ) -> bool:
+    ) -> int:
         payload = _dumps(entry)
 
         def body_of(segment: _Segment) -> bytes:
@@ -299,39 +303,63 @@ class Journal:
 
         return self._append(kind, body_of)
 
-    def append_calls(self, calls: Mapping[str, Sequence[Mapping[str, Any]]]) -> bool:
+    def append_calls(self, calls: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
         """Journal already-mapped calls (``{endpoint: [payload, ...]}``) as one entry.
 
-        When this returns True the calls are on disk (they survive this process; not the
-        machine, there is no fsync) and are one entry for :meth:`retire`.
+        When this returns a sequence number (not 0) the calls are on disk (they survive this
+        process; not the machine, there is no fsync); hand it to :meth:`retire` once they are
+        delivered or spooled.
         """
         payload = _dumps({k: list(v) for k, v in calls.items() if v})
         return self._append(b"C", lambda _segment: payload)
 
     # ------------------------------------------------------------------ retiring
 
-    def retire(self, count: int) -> None:
-        """The ``count`` oldest outstanding entries are finished with: forget them on disk."""
+    def retire(self, seqs: Sequence[int]) -> None:
+        """These entries are finished with (delivered, dropped and counted, or spooled)."""
         with self.lock:
-            if self._pid != os.getpid() or count <= 0 or not self._segments:
+            if self._pid != os.getpid() or not self._segments:
                 return
-            self._retired = min(self._seq, self._retired + count)
-            retired = self._retired
-            while len(self._segments) > 1 and self._segments[0].last <= retired:
-                self._drop_segment(self._segments.pop(0))
-            oldest = self._segments[0]
+            done = self._mark_retired(seqs)
+            if not done:
+                return
             try:
-                if retired >= self._seq:
-                    if oldest.size > oldest.header:  # all retired: back to the header alone
-                        os.ftruncate(oldest.fd, oldest.header)
-                        self._bytes -= oldest.size - oldest.header
-                        oldest.size = oldest.header
-                        oldest.first = oldest.last = 0
-                        oldest.resources.clear()
-                elif oldest.first and retired >= oldest.first:
-                    self._write(oldest, b"A%d\n" % retired)
+                for index in sorted(done):
+                    segment = self._segments[index]
+                    if segment.pending <= 0:
+                        if segment is not self._segments[-1]:
+                            continue  # dropped below
+                        if segment.size > segment.header:  # back to the header alone
+                            os.ftruncate(segment.fd, segment.header)
+                            self._bytes -= segment.size - segment.header
+                            segment.size = segment.header
+                            segment.first = segment.last = segment.pending = 0
+                            segment.resources.clear()
+                    else:
+                        line = b"D" + b",".join(b"%d" % seq for seq in done[index]) + b"\n"
+                        self._write(segment, line)
             except OSError as exc:
                 self._not_journaled(f"cannot record a retirement: {str(exc)[:200]}")
+            current = self._segments[-1]
+            for segment in [s for s in self._segments[:-1] if s.pending <= 0]:
+                self._segments.remove(segment)
+                self._drop_segment(segment)
+            assert self._segments[-1] is current
+
+    def _mark_retired(self, seqs: Sequence[int]) -> dict[int, list[int]]:
+        """Forget ``seqs``; the retired ones by the index of the segment holding them."""
+        done: dict[int, list[int]] = {}
+        for seq in seqs:
+            if seq not in self._outstanding:
+                continue
+            self._outstanding.discard(seq)
+            for index in range(len(self._segments) - 1, -1, -1):
+                segment = self._segments[index]
+                if segment.first and segment.first <= seq <= segment.last:
+                    segment.pending -= 1
+                    done.setdefault(index, []).append(seq)
+                    break
+        return done
 
     def _drop_segment(self, segment: _Segment) -> None:
         self._bytes -= segment.size
@@ -345,31 +373,31 @@ class Journal:
         with self.lock:
             if self._pid != os.getpid():
                 return
-            keep = self._seq > self._retired
             for segment in self._segments:
-                if keep and segment.last > self._retired:
+                if segment.pending > 0:
                     with contextlib.suppress(OSError):
                         os.close(segment.fd)
                 else:
                     self._drop_segment(segment)
             _OWN_TOKENS.pop(self._token, None)
             self._segments = []
-            self._seq = self._retired = 0
+            self._outstanding = set()
 
     def unretired(self) -> Iterator[Recovered]:
         """What this process's own journal still holds (a shutdown salvages it)."""
         with self.lock:
-            if self._pid != os.getpid() or self._seq <= self._retired:
+            if self._pid != os.getpid() or not self._outstanding:
                 return iter(())
             paths = [s.path for s in self._segments]
-            retired = self._retired
+            outstanding = set(self._outstanding)
         entries: dict[int, Any] = {}
         resources: dict[int, Attrs] = {}
         for path in paths:
             with contextlib.suppress(OSError):
-                _parse(path.read_bytes(), entries, resources)
+                _parse(path.read_bytes(), entries, resources, set())
         rec = Recovered(self._pid, len(paths), _meta_scrub(self._meta))
-        rec.add(entries, resources, retired)
+        rec.add({seq: e for seq, e in entries.items() if seq in outstanding}, resources, set())
+        rec.seqs = sorted(seq for seq in entries if seq in outstanding)
         return iter((rec,))
 
 
@@ -398,13 +426,17 @@ class Recovered:
     records: list[Record] = field(default_factory=list)
     calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     entries: int = 0
+    seqs: list[int] = field(default_factory=list)
+    """The entries' sequence numbers (for a process salvaging its own journal)."""
 
-    def add(self, entries: Mapping[int, Any], resources: Mapping[int, Attrs], retired: int) -> None:
-        """Turn the entries after ``retired`` into records and calls, in journal order."""
+    def add(
+        self, entries: Mapping[int, Any], resources: Mapping[int, Attrs], retired: set[int]
+    ) -> None:
+        """Turn the entries not ``retired`` into records and calls, in journal order."""
         introduced: set[int] = set()
         for seq in sorted(entries):
             kind, value = entries[seq]
-            if seq <= retired:
+            if seq in retired:
                 continue
             self.entries += 1
             if kind == "C":
@@ -433,22 +465,23 @@ class Recovered:
                 )
 
 
-def _parse(data: bytes, entries: dict[int, Any], resources: dict[int, Attrs]) -> int:
-    """Read one file's entries and resources into the dicts; return its retired mark.
+def _parse(
+    data: bytes, entries: dict[int, Any], resources: dict[int, Attrs], retired: set[int]
+) -> None:
+    """Read one file's entries, resources and retired entries into the collections.
 
     Lines that do not check out (torn by a kill mid-append, damaged) are skipped.
     """
-    retired = 0
     lines = data.split(b"\n")
     if not lines[0].startswith(_HEADER):
-        return 0
+        return
     for line in lines[1:]:
         if not line:
             continue
         kind = line[:1]
         try:
-            if kind == b"A":
-                retired = max(retired, int(line[1:]))
+            if kind == b"D":
+                retired.update(int(seq) for seq in line[1:].split(b","))
                 continue
             head, crc, body = line.split(b" ", 2)
             if int(crc, 16) != zlib.crc32(body):
@@ -463,7 +496,6 @@ def _parse(data: bytes, entries: dict[int, Any], resources: dict[int, Attrs]) ->
                 entries[seq] = ("C", json.loads(body))
         except (ValueError, UnicodeDecodeError):
             continue
-    return retired
 
 
 @dataclass
@@ -610,12 +642,12 @@ def _take_one(
         elif held:
             entries: dict[int, Any] = {}
             resources: dict[int, Attrs] = {}
-            retired = 0
+            retired: set[int] = set()
             meta: dict[str, Any] = {}
             for _path, fd in held:
                 data = _read_fd(fd)
                 meta = meta or _header_meta(data)
-                retired = max(retired, _parse(data, entries, resources))
+                _parse(data, entries, resources, retired)
             recovered = Recovered(pid, len(held), _meta_scrub(meta))
             recovered.add(entries, resources, retired)
             if recovered.entries and recovered.before_send and not may_send_scrubbed:

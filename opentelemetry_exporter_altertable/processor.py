@@ -142,16 +142,16 @@ class _QueueDrops:
 class _Retiring:
     """The exporter as the SDK's batch processor sees it: each finished export retires its
     records from the journal (accepted, dropped and counted, or spooled: the exporter's
-    promise), oldest first, as the batch processor exports them."""
+    promise)."""
 
     def __init__(self, exporter: Any, keeper: _Keeper) -> None:
         self._exporter = exporter
         self._keeper = keeper
 
     def export(self, batch: Sequence[Any]) -> Any:
-        journaled = self._keeper.take(len(batch))
+        seqs = self._keeper.take(len(batch))
         result = self._exporter.export(batch)
-        self._keeper.retire(journaled)
+        self._keeper.retire(seqs)
         return result
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
@@ -164,19 +164,65 @@ class _Retiring:
         return getattr(self._exporter, name)
 
 
-class _Keeper:
-    """The journal side of a processor: which queued records were journaled, in queue order.
+class _MirroredQueue(collections.deque):  # type: ignore[type-arg]
+    """The SDK's bounded queue, with each record's journal sequence number kept beside it.
 
-    The batch processor's queue is first in, first out and drops its oldest record when full;
-    ``_flags`` mirrors it with one boolean per queued record (journaled or not), so a finished
-    export retires exactly the journal entries of the records it carried.
+    The SDK adds with ``appendleft`` (a full deque then discards its oldest record, at the
+    right), takes with ``pop`` and empties with ``clear`` (after a fork). Doing the same to the
+    sequence numbers under one lock tells exactly which records an export carries and which
+    the queue dropped, whatever the worker thread does meanwhile.
     """
+
+    def __init__(self, items: Any, maxlen: int | None, keeper: _Keeper) -> None:
+        super().__init__(items, maxlen)
+        self._keeper = keeper
+        self._seqs: collections.deque[int] = collections.deque(0 for _ in range(len(self)))
+        self._lock = threading.Lock()
+        self.next_seq = 0
+        """The sequence number of the record the next ``appendleft`` adds."""
+
+    def appendleft(self, item: Any) -> None:
+        with self._lock:
+            if self.maxlen is not None and len(self) >= self.maxlen and self._seqs:
+                dropped = self._seqs.pop()
+                if dropped:
+                    self._keeper.retire([dropped])  # dropped and counted: not owed any more
+            super().appendleft(item)
+            self._seqs.appendleft(self.next_seq)
+            self.next_seq = 0
+
+    def pop(self) -> Any:  # type: ignore[override]  # the SDK pops without an index
+        with self._lock:
+            item = super().pop()
+            self._keeper.in_flight.append(self._seqs.pop() if self._seqs else 0)
+            return item
+
+    def clear(self) -> None:
+        with self._lock:
+            super().clear()
+            self._seqs.clear()
+
+
+def _queue_slot(processor: object) -> tuple[Any, str, collections.deque[Any] | None]:
+    """Where the SDK keeps its bounded queue: (owner, attribute name, queue)."""
+    for owner in (getattr(processor, "_batch_processor", None), processor):
+        if owner is None:
+            continue
+        for name in ("_queue", "queue"):
+            queue = getattr(owner, name, None)
+            if isinstance(queue, collections.deque) and queue.maxlen:
+                return owner, name, queue
+    return None, "", None
+
+
+class _Keeper:
+    """The journal side of a processor: journals each record, retires it when exported."""
 
     def __init__(self, exporter: Any) -> None:
         self.exporter = exporter
         self._pid = os.getpid()
-        self._flags: collections.deque[bool] = collections.deque()
         self._lock = threading.Lock()
+        self.in_flight: collections.deque[int] = collections.deque()
         backlog = getattr(exporter, "_backlog", None)
         config = getattr(exporter, "config", None)
         self.journal: Journal | None = None
@@ -186,46 +232,48 @@ class _Keeper:
     def _after_fork(self) -> None:
         # The SDK empties its queue in a forked child; the child's journal is its own.
         self._pid = os.getpid()
-        self._flags = collections.deque()
         self._lock = threading.Lock()
+        self.in_flight = collections.deque()
         if self.journal is not None:
             self.journal.check_fork()
 
     def queue(
-        self, processor: object, append: Callable[[Journal], bool], enqueue: Callable[[], None]
+        self, processor: object, append: Callable[[Journal], int], enqueue: Callable[[], None]
     ) -> None:
         """Journal a record and queue it, as one step with respect to other threads."""
         if self._pid != os.getpid():
             self._after_fork()
         journal = self.journal
         assert journal is not None
-        owner, queue = _find_queue(processor)  # type: ignore[arg-type]
-        if getattr(owner, "_shutdown", False):
-            enqueue()  # the SDK refuses it after shutdown: nothing to journal either
+        owner, name, queue = _queue_slot(processor)
+        if queue is None or getattr(owner, "_shutdown", False):
+            enqueue()  # refused by the SDK after shutdown; or a queue we cannot see
             return
         with self._lock:
+            if not isinstance(queue, _MirroredQueue):
+                queue = _MirroredQueue(queue, queue.maxlen, self)
+                setattr(owner, name, queue)
             journal.check_fork()
             with journal.lock:
-                written = append(journal)
-            # The SDK drops its oldest record to make room: so does the mirror.
-            full = queue is not None and len(queue) == queue.maxlen
-            if full and self._flags and self._flags.pop():
-                journal.retire(1)
-            self._flags.appendleft(written)
+                queue.next_seq = append(journal)
             enqueue()
 
-    def take(self, count: int) -> int:
-        """The flags of the ``count`` oldest queued records (an export starts): how many were
-        journaled."""
-        if self._pid != os.getpid():
-            self._after_fork()
-        with self._lock:
-            flags = self._flags
-            return sum(flags.pop() for _ in range(min(count, len(flags))))
+    def take(self, count: int) -> list[int]:
+        """The sequence numbers of the records an export is about to carry (popped in order)."""
+        in_flight = self.in_flight
+        out = []
+        for _ in range(count):
+            try:
+                seq = in_flight.popleft()
+            except IndexError:
+                break
+            if seq:
+                out.append(seq)
+        return out
 
-    def retire(self, journaled: int) -> None:
-        if self.journal is not None and journaled:
-            self.journal.retire(journaled)
+    def retire(self, seqs: list[int]) -> None:
+        if self.journal is not None and seqs:
+            self.journal.retire(seqs)
 
     def close(self) -> None:
         """Spool what is still journaled (the queue could not export it), remove the journal."""
@@ -413,8 +461,9 @@ class AltertableSpanProcessor(_AltertableProcessing, BatchSpanProcessor):
         self._close()
 
 
-def _journal_span(journal: Journal, span: ReadableSpan, pageviews: bool) -> bool:
-    """Journal what the mapping will read of ``span``; False (never raises) if it could not."""
+def _journal_span(journal: Journal, span: ReadableSpan, pageviews: bool) -> int:
+    """Journal what the mapping will read of ``span``; its sequence number, 0 if it could not
+    (never raises)."""
     try:
         attrs = span_attributes(span)
         kind_member = span.kind
@@ -437,7 +486,7 @@ def _journal_span(journal: Journal, span: ReadableSpan, pageviews: bool) -> bool
         )
     except Exception:
         logger.warning("Could not journal a span; it is still queued", exc_info=True)
-        return False
+        return 0
 
 
 class AltertableLogRecordProcessor(_AltertableProcessing, BatchLogRecordProcessor):
@@ -474,12 +523,12 @@ class AltertableLogRecordProcessor(_AltertableProcessing, BatchLogRecordProcesso
             return
         resource = getattr(log_record, "resource", None)
 
-        def append(journal: Journal) -> bool:
+        def append(journal: Journal) -> int:
             try:
                 return journal.append_log(record, resource, resource_attributes(resource), attrs)
             except Exception:
                 logger.warning("Could not journal a log record; it is still queued", exc_info=True)
-                return False
+                return 0
 
         keeper.queue(self, append, lambda: BatchLogRecordProcessor.on_emit(self, log_record))
 

@@ -262,16 +262,16 @@ def test_log_records_are_journaled_and_recovered(
     monkeypatch.setenv("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "5")
     exporter = AltertableLogExporter(api_key=KEY, endpoint=receiver.endpoint, spool_dir=spool)
     processor = AltertableLogRecordProcessor(exporter, schedule_delay_millis=60_000)
-    queue = processor._batch_processor._queue
-    assert queue.maxlen == 7  # the SDK's OTEL_BLRP_* settings
+    assert processor._batch_processor._queue.maxlen == 7  # the SDK's OTEL_BLRP_* settings
     provider = LoggerProvider()
     provider.add_log_record_processor(processor)
     logger = provider.get_logger("t")
     logger.emit(body="plain", severity_number=SeverityNumber.INFO, attributes={"k": 1})
-    assert len(queue) == 0 and _journals(spool) == []  # untagged: neither queued nor journaled
+    assert len(processor._batch_processor._queue) == 0  # untagged: neither queued
+    assert _journals(spool) == []  # nor journaled
     for i in range(3):
         logger.emit(body={"n": i}, attributes={"analytics.event": f"log-{i}"})
-    assert len(queue) == 3
+    assert len(processor._batch_processor._queue) == 3
     (journal,) = _journals(spool)
     assert journal.read_bytes().count(b"\nL") == 3
     # As if the process had died: recovery by another exporter, once this journal is closed.
@@ -298,9 +298,10 @@ def test_append_calls_is_durable_and_recovered(spool: Path) -> None:
     spool.mkdir(mode=0o700)
     journal = Journal(spool, max_bytes=1 << 20)
     with journal.lock:
-        assert journal.append_calls({"track": [{"event": "c-0"}, {"event": "c-1"}]})
+        first = journal.append_calls({"track": [{"event": "c-0"}, {"event": "c-1"}]})
+        assert first
         assert journal.append_calls({"identify": [{"distinct_id": "u"}]})
-    journal.retire(1)  # the first batch delivered
+    journal.retire([first])  # the first batch delivered
     kept: list[Any] = []
     # Another process would see the journal once this one died; a thread cannot (same
     # process, same lock owner), so forget that it is ours for the test.
@@ -555,13 +556,17 @@ def test_records_the_full_queue_dropped_leave_the_journal_with_the_rest(
         with tracer.start_as_current_span("s", attributes={"analytics.event": f"qfull-{i}"}):
             pass
     journal = processor._keeper.journal if processor._keeper else None
-    assert journal is not None and journal.outstanding == 4
-    assert exporter.stats()["queue_dropped"] == 6
+    assert journal is not None
+    # The worker may export batches meanwhile: how many the queue dropped varies, not the sum.
+    dropped = exporter.stats()["queue_dropped"]
+    assert isinstance(dropped, int) and dropped >= 4
     assert provider.force_flush(5000)
     assert journal.outstanding == 0
     provider.shutdown()
     assert _journals(spool) == []
-    assert set(_counts(receiver, "qfull-")) == {f"qfull-{i}" for i in range(6, 10)}
+    counts = _counts(receiver, "qfull-")
+    assert len(counts) == 10 - dropped
+    assert max(counts.values()) == 1
     with tracer.start_as_current_span("s", attributes={"analytics.event": "after-shutdown"}):
         pass
     assert _journals(spool) == []  # refused by the SDK, so not journaled either
