@@ -76,23 +76,6 @@ _PACKAGE = __name__.rpartition(".")[0]
 WARN_INTERVAL = 60.0
 
 
-def _find_queue(processor: BatchSpanProcessor) -> tuple[Any, collections.deque[Any] | None]:
-    """The SDK's bounded span queue, and the object that owns it (its shutdown flag).
-
-    SDK releases keep it in different places: ``_batch_processor._queue`` in the shared batch
-    processor of newer releases, ``queue`` on the processor itself in older ones. When neither
-    is found, drops are not counted (the SDK still logs them).
-    """
-    for owner in (getattr(processor, "_batch_processor", None), processor):
-        if owner is None:
-            continue
-        for name in ("_queue", "queue"):
-            queue = getattr(owner, name, None)
-            if isinstance(queue, collections.deque) and queue.maxlen:
-                return owner, queue
-    return None, None
-
-
 class _QueueDrops:
     """Counts spans the queue dropped; warns at most once per ``interval`` with the count."""
 
@@ -183,10 +166,9 @@ class _MirroredQueue(collections.deque):  # type: ignore[type-arg]
 
     def appendleft(self, item: Any) -> None:
         with self._lock:
-            if self.maxlen is not None and len(self) >= self.maxlen and self._seqs:
-                dropped = self._seqs.pop()
-                if dropped:
-                    self._keeper.retire([dropped])  # dropped and counted: not owed any more
+            if self.maxlen is not None and len(self) >= self.maxlen:
+                # The deque discards its oldest record to make room: the SDK's queue drop.
+                self._keeper.dropped(self._seqs.pop() if self._seqs else 0)
             super().appendleft(item)
             self._seqs.appendleft(self.next_seq)
             self.next_seq = 0
@@ -194,7 +176,9 @@ class _MirroredQueue(collections.deque):  # type: ignore[type-arg]
     def pop(self) -> Any:  # type: ignore[override]  # the SDK pops without an index
         with self._lock:
             item = super().pop()
-            self._keeper.in_flight.append(self._seqs.pop() if self._seqs else 0)
+            seq = self._seqs.pop() if self._seqs else 0
+            if self._keeper.journal is not None:
+                self._keeper.in_flight.append(seq)
             return item
 
     def clear(self) -> None:
@@ -216,10 +200,12 @@ def _queue_slot(processor: object) -> tuple[Any, str, collections.deque[Any] | N
 
 
 class _Keeper:
-    """The journal side of a processor: journals each record, retires it when exported."""
+    """What a processor adds around the SDK's queue: exact drop counts and, with a spool
+    directory, the journal (each record journaled when queued, retired when exported)."""
 
     def __init__(self, exporter: Any) -> None:
         self.exporter = exporter
+        self.on_drop: Callable[[int], None] | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self.in_flight: collections.deque[int] = collections.deque()
@@ -240,11 +226,11 @@ class _Keeper:
     def queue(
         self, processor: object, append: Callable[[Journal], int], enqueue: Callable[[], None]
     ) -> None:
-        """Journal a record and queue it, as one step with respect to other threads."""
+        """Journal a record (with a journal) and queue it, as one step for other threads."""
         if self._pid != os.getpid():
             self._after_fork()
         journal = self.journal
-        assert journal is not None
+        # Looked up per record: a fork re-initialises the SDK's queue in some releases.
         owner, name, queue = _queue_slot(processor)
         if queue is None or getattr(owner, "_shutdown", False):
             enqueue()  # refused by the SDK after shutdown; or a queue we cannot see
@@ -253,10 +239,18 @@ class _Keeper:
             if not isinstance(queue, _MirroredQueue):
                 queue = _MirroredQueue(queue, queue.maxlen, self)
                 setattr(owner, name, queue)
-            journal.check_fork()
-            with journal.lock:
-                queue.next_seq = append(journal)
+            if journal is not None:
+                journal.check_fork()
+                with journal.lock:
+                    queue.next_seq = append(journal)
             enqueue()
+
+    def dropped(self, seq: int) -> None:
+        """The queue dropped a record (called with the queue's lock held): count, retire."""
+        if self.on_drop is not None:
+            self.on_drop(1)
+        if seq:
+            self.retire([seq])  # dropped and counted: not owed any more
 
     def take(self, count: int) -> list[int]:
         """The sequence numbers of the records an export is about to carry (popped in order)."""
@@ -355,7 +349,7 @@ def _on_celery_process_shutdown(processor: Any) -> Callable[..., None] | None:
 class _AltertableProcessing:
     """What both processors add to the SDK's batch processors."""
 
-    _keeper: _Keeper | None
+    _keeper: _Keeper
     _celery_receiver: Callable[..., None] | None
     _flush_timeout_millis: int
 
@@ -381,12 +375,10 @@ class _AltertableProcessing:
     def _process_ending(self) -> None:
         """Celery's child is about to leave through ``os._exit``: deliver what is queued."""
         self.force_flush(self._flush_timeout_millis)
-        if self._keeper is not None:
-            self._keeper.release_if_idle()
+        self._keeper.release_if_idle()
 
     def _close(self) -> None:
-        if self._keeper is not None:
-            self._keeper.close()
+        self._keeper.close()
         receiver = self._celery_receiver
         if receiver is not None:
             self._celery_receiver = None
@@ -403,11 +395,11 @@ class AltertableSpanProcessor(_AltertableProcessing, BatchSpanProcessor):
     # Same signature as the SDK's (which differs between releases): wraps() exposes it.
     @functools.wraps(BatchSpanProcessor.__init__)  # type: ignore[misc]
     def __init__(self, span_exporter: SpanExporter, *args: Any, **kwargs: Any) -> None:
-        keeper = _Keeper(span_exporter)
-        self._keeper = keeper if keeper.journal is not None else None
-        target: Any = span_exporter if self._keeper is None else _Retiring(span_exporter, keeper)
+        keeper = self._keeper = _Keeper(span_exporter)
+        target: Any = span_exporter if keeper.journal is None else _Retiring(span_exporter, keeper)
         BatchSpanProcessor.__init__(self, target, *args, **kwargs)
         self._queue_drops = _QueueDrops(span_exporter)
+        keeper.on_drop = self._queue_drops.add
         config = getattr(span_exporter, "config", None)
         self._pageviews = bool(getattr(config, "pageviews", False))
         self._setup(span_exporter)
@@ -429,23 +421,9 @@ class AltertableSpanProcessor(_AltertableProcessing, BatchSpanProcessor):
         if not wanted:
             return
         self._check_celery()
-        # Looked up per span: a fork re-initialises the SDK's queue in some releases.
-        owner, queue = _find_queue(self)
-        if (
-            queue is not None
-            and len(queue) == queue.maxlen
-            and span.context is not None
-            and span.context.trace_flags.sampled
-            and not getattr(owner, "_shutdown", False)
-            and not getattr(self, "done", False)
-        ):
-            self._queue_drops.add(1)
-        keeper = self._keeper
-        if keeper is None:
-            BatchSpanProcessor.on_end(self, span)
-            return
         pageviews = self._pageviews
-        keeper.queue(
+        # The queue counts its own drops (exactly, see _MirroredQueue) into the exporter.
+        self._keeper.queue(
             self,
             lambda journal: _journal_span(journal, span, pageviews),
             lambda: BatchSpanProcessor.on_end(self, span),
@@ -498,9 +476,8 @@ class AltertableLogRecordProcessor(_AltertableProcessing, BatchLogRecordProcesso
 
     @functools.wraps(BatchLogRecordProcessor.__init__)  # type: ignore[misc]
     def __init__(self, exporter: LogRecordExporter, *args: Any, **kwargs: Any) -> None:
-        keeper = _Keeper(exporter)
-        self._keeper = keeper if keeper.journal is not None else None
-        target: Any = exporter if self._keeper is None else _Retiring(exporter, keeper)
+        keeper = self._keeper = _Keeper(exporter)
+        target: Any = exporter if keeper.journal is None else _Retiring(exporter, keeper)
         BatchLogRecordProcessor.__init__(self, target, *args, **kwargs)
         self._setup(exporter)
 
@@ -518,7 +495,7 @@ class AltertableLogRecordProcessor(_AltertableProcessing, BatchLogRecordProcesso
             return
         self._check_celery()
         keeper = self._keeper
-        if keeper is None:
+        if keeper.journal is None:
             BatchLogRecordProcessor.on_emit(self, log_record)
             return
         resource = getattr(log_record, "resource", None)
