@@ -571,3 +571,51 @@ def test_records_the_full_queue_dropped_leave_the_journal_with_the_rest(
     with tracer.start_as_current_span("s", attributes={"analytics.event": "after-shutdown"}):
         pass
     assert _journals(spool) == []  # refused by the SDK, so not journaled either
+
+
+def test_segments_rotate_and_retired_entries_leave_disk_and_recovery(
+    spool: Path, tmp_path: Path, receiver: LocalReceiver
+) -> None:
+    """Past a segment's size a new file starts; a fully retired old one is deleted; what a
+    copy of the files (as a dead process would leave them) recovers is exactly the rest."""
+    exporter = AltertableSpanExporter(
+        api_key=KEY, endpoint=receiver.endpoint, spool_dir=spool, spool_max_bytes=64 * 1024
+    )
+    processor = AltertableSpanProcessor(
+        exporter, max_queue_size=4096, max_export_batch_size=4096, schedule_delay_millis=60_000
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+
+    def end(first: int, last: int) -> None:
+        for i in range(first, last):
+            with tracer.start_as_current_span("s", attributes={"analytics.event": f"seg-{i}"}):
+                pass
+
+    end(0, 300)
+    assert len(_journals(spool)) >= 2  # 16 KiB segments: rotated
+    assert provider.force_flush(5000)
+    (only,) = _journals(spool)  # the old segments went; the current one is back to its header
+    assert only.read_bytes().count(b"\n") == 1
+    end(300, 320)
+    journal = processor._keeper.journal
+    assert journal is not None
+    # Retire some of them by hand, as exports finishing out of order would.
+    retired = sorted(journal._outstanding)[:5]
+    journal.retire(retired)
+    copy = tmp_path / "copy"
+    copy.mkdir(mode=0o700)
+    for path in _journals(spool):
+        parts = path.name.split("-")
+        parts[2] = "f" * 12  # another token: not this process's journal
+        (copy / "-".join(parts)).write_bytes(path.read_bytes())
+    kept: list[Any] = []
+    scan = recover_directory(copy, lambda recs: kept.extend(recs) or True, may_send_scrubbed=False)
+    assert scan.recovered == 1
+    names = sorted(r.attrs["analytics.event"] for r in kept[0].records if r.name)
+    assert names == sorted(f"seg-{i}" for i in range(305, 320))
+    provider.shutdown()
+    assert _journals(spool) == []
+    counts = _counts(receiver, "seg-")
+    assert len(counts) == 320 and max(counts.values()) == 1
