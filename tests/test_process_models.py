@@ -187,6 +187,14 @@ def _serve_requests(
 
 # ------------------------------------------------------------------------------ web servers
 
+def _gunicorn_own_flags() -> list[str]:
+    """Newer gunicorn opens a control socket in the home directory: not for a test run."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    names = {setting.name for setting in KNOWN_SETTINGS}
+    return ["--no-control-socket"] if "control_socket" in names else []
+
+
 GUNICORN_ROWS = {
     "sync": [],
     "sync-preload": ["--preload"],
@@ -211,7 +219,7 @@ def test_gunicorn(name: str, tmp_path: Path, env: dict[str, str], receiver: Loca
     app = "app:asgi" if "uvicorn" in name else "app:wsgi"
     cmd = [
         str(BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "10",
-        *GUNICORN_ROWS[name], app,
+        *_gunicorn_own_flags(), *GUNICORN_ROWS[name], app,
     ]
     prefix = f"gunicorn-{name}-"
     sent = _serve_requests(cmd, env, port, prefix, n=200, cwd=tmp_path)
