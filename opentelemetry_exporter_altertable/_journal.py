@@ -317,8 +317,10 @@ class Journal:
 
     def retire(self, seqs: Sequence[int]) -> None:
         """These entries are finished with (delivered, dropped and counted, or spooled)."""
+        if self._pid != os.getpid():  # before the lock: a parent's thread may have held it
+            return
         with self.lock:
-            if self._pid != os.getpid() or not self._segments:
+            if not self._segments:
                 return
             done = self._mark_retired(seqs)
             if not done:
@@ -370,9 +372,9 @@ class Journal:
 
     def close(self) -> None:
         """Remove the files when nothing is outstanding, else leave them for recovery."""
+        if self._pid != os.getpid():
+            return
         with self.lock:
-            if self._pid != os.getpid():
-                return
             for segment in self._segments:
                 if segment.pending > 0:
                     with contextlib.suppress(OSError):
@@ -385,8 +387,10 @@ class Journal:
 
     def unretired(self) -> Iterator[Recovered]:
         """What this process's own journal still holds (a shutdown salvages it)."""
+        if self._pid != os.getpid():
+            return iter(())
         with self.lock:
-            if self._pid != os.getpid() or not self._outstanding:
+            if not self._outstanding:
                 return iter(())
             paths = [s.path for s in self._segments]
             outstanding = set(self._outstanding)

@@ -159,30 +159,45 @@ class _MirroredQueue(collections.deque):  # type: ignore[type-arg]
     def __init__(self, items: Any, maxlen: int | None, keeper: _Keeper) -> None:
         super().__init__(items, maxlen)
         self._keeper = keeper
-        self._seqs: collections.deque[int] = collections.deque(0 for _ in range(len(self)))
+        # (sequence number, record) pairs: the record itself checks that both stay in step.
+        self._seqs: collections.deque[tuple[int, Any]] = collections.deque(
+            (0, item) for item in self
+        )
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         self.next_seq = 0
         """The sequence number of the record the next ``appendleft`` adds."""
 
+    def _locked(self) -> threading.Lock:
+        if self._pid != os.getpid():  # a forked child: the parent's threads held this lock
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+        return self._lock
+
     def appendleft(self, item: Any) -> None:
-        with self._lock:
+        with self._locked():
             if self.maxlen is not None and len(self) >= self.maxlen:
                 # The deque discards its oldest record to make room: the SDK's queue drop.
-                self._keeper.dropped(self._seqs.pop() if self._seqs else 0)
+                self._keeper.dropped(self._seqs.pop()[0] if self._seqs else 0)
             super().appendleft(item)
-            self._seqs.appendleft(self.next_seq)
+            self._seqs.appendleft((self.next_seq, item))
             self.next_seq = 0
 
     def pop(self) -> Any:  # type: ignore[override]  # the SDK pops without an index
-        with self._lock:
+        with self._locked():
             item = super().pop()
-            seq = self._seqs.pop() if self._seqs else 0
+            seq, expected = self._seqs.pop() if self._seqs else (0, None)
+            if expected is not item:
+                # Not the order this mirror assumes (an SDK that queues differently): keep
+                # such records journaled (sent again at worst), never retire the wrong one.
+                seq = 0
+                self._keeper.out_of_step()
             if self._keeper.journal is not None:
                 self._keeper.in_flight.append(seq)
             return item
 
     def clear(self) -> None:
-        with self._lock:
+        with self._locked():
             super().clear()
             self._seqs.clear()
 
@@ -206,6 +221,7 @@ class _Keeper:
     def __init__(self, exporter: Any) -> None:
         self.exporter = exporter
         self.on_drop: Callable[[int], None] | None = None
+        self._warned_out_of_step = False
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self.in_flight: collections.deque[int] = collections.deque()
@@ -244,6 +260,14 @@ class _Keeper:
                 with journal.lock:
                     queue.next_seq = append(journal)
             enqueue()
+
+    def out_of_step(self) -> None:
+        if not self._warned_out_of_step:
+            self._warned_out_of_step = True
+            logger.warning(
+                "The SDK's batch queue does not behave as expected; journaled records are kept "
+                "until shutdown (some may be sent twice)"
+            )
 
     def dropped(self, seq: int) -> None:
         """The queue dropped a record (called with the queue's lock held): count, retire."""
