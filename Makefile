@@ -41,6 +41,8 @@ pytest: $(STAMP) browser node-otel
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest
+# Every row of the process-model table (tests/test_process_models.py) in the main run only.
+test: export ALTERTABLE_FULL_PROCESS_MODELS = 1
 
 # The oldest and newest supported Pythons (pyenv's builds on these machines, else PATH).
 PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10)

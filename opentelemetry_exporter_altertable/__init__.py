@@ -8,12 +8,13 @@ the whole attribute mapping.
 from ._retry import RetryPolicy
 from .exporters import AltertableLogExporter, AltertableSpanExporter
 from .helpers import alias, identify, track
-from .processor import AltertableSpanProcessor
+from .processor import AltertableLogRecordProcessor, AltertableSpanProcessor
 from .sampling import AltertableSampler
 from .version import __version__
 
 __all__ = [
     "AltertableLogExporter",
+    "AltertableLogRecordProcessor",
     "AltertableSampler",
     "AltertableSpanExporter",
     "AltertableSpanProcessor",

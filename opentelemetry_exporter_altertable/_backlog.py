@@ -11,18 +11,29 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 
 from . import environment_variables as ev
 from ._answers import CONFIG_ERRORS
 from ._config import ExporterConfig
+from ._journal import Journal, Recovered, Scan, recover_directory
+from ._mapping import Calls, Record
 from ._spool import Spool
 from ._stats import DropReporter, Stats
+from ._text import LIMIT, clip
 from ._transport import DeliveryReport, Transport
 
 _logger = logging.getLogger(__name__)
 
 #: How many spooled files one export may replay before sending its own calls.
 REPLAY_FILES_PER_EXPORT = 8
+#: Seconds between two looks for dead processes' journals by a running exporter's exports.
+RECOVER_INTERVAL = 10.0
+#: Recovered calls are spooled in parcels of at most this many calls.
+RECOVERED_PER_PARCEL = 500
+
+#: Maps recovered neutral records into calls as an export would (``before_send`` included).
+ToCalls = Callable[[list[Record]], Calls]
 
 
 def spool_reason(reason: str) -> str:
@@ -40,6 +51,8 @@ class Backlog:
         self._spool: Spool | None = None
         # _open sets it whenever a spool exists, else it is unread.
         self._may_have_files = False  # pragma: no mutate
+        self._recovery: tuple[ToCalls, bool] | None = None
+        self._recovered_at = 0.0
         if config.spool_dir:
             self._open()
 
@@ -74,7 +87,17 @@ class Backlog:
         return snapshot
 
     def replay(self, transport: Transport, deadline: float) -> None:
-        """Re-send spooled calls, oldest first, while the API accepts them."""
+        """Re-send spooled calls, oldest first, while the API accepts them.
+
+        Now and then it first looks for journals of processes that died meanwhile (pool
+        children, recycled workers), so a long-running parent delivers what they left.
+        """
+        if (
+            self._recovery is not None
+            and not transport.exiting
+            and time.monotonic() - self._recovered_at >= RECOVER_INTERVAL
+        ):
+            self.recover(*self._recovery)
         if self._spool is None or not self._may_have_files or transport.exiting:
             return  # at exit, the little time left is for this export's own calls
         try:
@@ -159,3 +182,96 @@ class Backlog:
         """A forked child opens its own spool handle (fresh locks, its own claims)."""
         if self._spool is not None:
             self._open()
+
+    # ------------------------------------------------------------------ journals
+
+    def journal(self, *, before_send: bool) -> Journal | None:
+        """A journal for a processor of this exporter, in the spool directory; None without one."""
+        spool = self._spool
+        if spool is None:
+            return None
+        return Journal(
+            spool.directory,
+            max_bytes=self._config.spool_max_bytes,
+            meta={"before_send": before_send},
+            prepare_dir=spool._ensure_dir,
+        )
+
+    def recover(self, to_calls: ToCalls, before_send: bool) -> Scan | None:
+        """Spool what the journals of dead processes hold; one log line per process.
+
+        Only an exporter with a ``before_send`` hook recovers journals written by one: the hook
+        may scrub personal data, and a recoverer without it would send them unscrubbed.
+        """
+        spool = self._spool
+        self._recovery = (to_calls, before_send)
+        self._recovered_at = time.monotonic()
+        if spool is None:
+            return None
+        try:
+            return recover_directory(
+                spool.directory,
+                lambda recs: self._keep_recovered(spool, recs, to_calls, salvaged=False),
+                may_send_scrubbed=before_send,
+            )
+        except ValueError as exc:  # the spool directory became unsafe to use
+            self._disable(exc)
+            return None
+
+    def salvage(self, journal: Journal, to_calls: ToCalls) -> None:
+        """At shutdown: spool what this process's own journal still holds, then remove it."""
+        spool = self._spool
+        try:
+            for rec in journal.unretired():
+                if spool is None or not self._keep_recovered(spool, [rec], to_calls, salvaged=True):
+                    return  # left on disk: the next exporter or `replay` recovers it
+                journal.retire(rec.seqs)
+        except ValueError as exc:
+            self._disable(exc)
+        finally:
+            journal.close()
+
+    def _keep_recovered(
+        self, spool: Spool, recs: list[Recovered], to_calls: ToCalls, *, salvaged: bool
+    ) -> bool:
+        calls: dict[str, list[dict[str, object]]] = {}
+        for rec in recs:
+            mapped = to_calls(rec.records).by_endpoint() if rec.records else {}
+            for source in (mapped, rec.calls):
+                for endpoint, items in source.items():
+                    calls.setdefault(endpoint, []).extend(items)
+        total = sum(len(items) for items in calls.values())
+        for parcel in _parcels(calls, RECOVERED_PER_PARCEL):
+            if not spool.put(parcel, reason="retryable"):
+                return False  # the journal stays: whoever comes next tries again
+        self._may_have_files = self._may_have_files or total > 0
+        self._stats.add("calls_recovered", total)
+        if salvaged:
+            _logger.warning(
+                "Altertable: %d journaled call(s) were not exported by shutdown; spooled for "
+                "delivery by the next exporter using %s",
+                total,
+                spool.directory,
+            )
+        else:
+            _logger.warning(
+                "Altertable: recovered %d call(s) from the journal of process%s %s, which "
+                "ended before delivering them; spooled for delivery",
+                total,
+                "es" if len(recs) > 1 else "",
+                clip(", ".join(str(rec.pid) for rec in recs), LIMIT),
+            )
+        return True
+
+
+def _parcels(
+    calls: dict[str, list[dict[str, object]]], size: int
+) -> Iterable[dict[str, list[dict[str, object]]]]:
+    for endpoint in ("identify", "alias", "track"):
+        items = calls.get(endpoint, [])
+        for start in range(0, len(items), size):
+            yield {endpoint: items[start : start + size]}
+    for endpoint, items in calls.items():
+        if endpoint not in ("identify", "alias", "track"):
+            for start in range(0, len(items), size):
+                yield {endpoint: items[start : start + size]}

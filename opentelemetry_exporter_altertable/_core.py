@@ -28,7 +28,7 @@ from ._before_send import apply_before_send
 from ._config import ExporterConfig, resolve_config
 from ._exit_watch import watch_interpreter_exit
 from ._identify_cache import IdentifyCache
-from ._mapping import Calls, MappingOptions
+from ._mapping import Calls, MappingOptions, Record, map_records
 from ._stats import DropReporter, Stats, self_metrics
 from ._transport import DeliveryReport, Transport
 from ._warn_once import WarnOnce
@@ -90,6 +90,8 @@ class ExporterCore:
             properties_exclude=ExcludeMatcher(self._config.properties_exclude),
         )
         self._backlog = Backlog(self._config, self._stats, self._drops)
+        # Journals of processes that died with records undelivered: spooled now, sent by runs.
+        self._recover_journals()
         self._shutdown = False
         self._idle = threading.Condition()
         self._active = 0
@@ -116,6 +118,25 @@ class ExporterCore:
     def on_warning(self) -> Callable[[str, str], None]:
         """The once-per-key warning hook, for a mapping built with options of its own."""
         return self._warn_once.on_warning
+
+    @property
+    def backlog(self) -> Backlog:
+        """What is owed: the spool and the processors' journals."""
+        return self._backlog
+
+    def calls_from_records(self, records: list[Record]) -> Calls:
+        """Journaled records as the calls a run would build (``before_send`` included)."""
+        calls = map_records(records, self._options)
+        if self._config.before_send is not None:
+            apply_before_send(
+                self._config.before_send, calls, self._stats, self._warn_once.on_warning
+            )
+        return calls
+
+    def _recover_journals(self) -> None:
+        self._backlog.recover(
+            self.calls_from_records, before_send=self._config.before_send is not None
+        )
 
     def record_queue_drops(self, count: int) -> None:
         self._stats.add("queue_dropped", count)
@@ -252,6 +273,7 @@ class ExporterCore:
         self._identified.reset_after_fork()
         self._warn_once.reset_after_fork()
         self._backlog.after_fork()
+        self._recover_journals()
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
         """Stop: interrupt backoff waits at once, let the runs under way spool what they owe."""

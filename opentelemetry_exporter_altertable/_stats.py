@@ -33,6 +33,7 @@ COUNTERS = (
     "calls_replayed",
     "calls_dropped",
     "queue_dropped",
+    "calls_recovered",
 )
 
 
@@ -76,7 +77,8 @@ class DropReporter:
     """Logs dropped calls at most once per ``interval`` seconds, with counts by reason.
 
     Called once per export with that export's drops; counts held back by the interval are
-    carried into the next warning, or logged by :meth:`flush` at shutdown.
+    logged when it ends (a daemon timer, so no exit hook is needed: a process SIGKILLed later
+    has still said them), or by :meth:`flush` at shutdown, whichever comes first.
     """
 
     def __init__(self, interval: float = 60.0) -> None:
@@ -85,6 +87,7 @@ class DropReporter:
         self._pending: Counter[str] = Counter()
         self._detail = ""
         self._last = -interval
+        self._timer: threading.Timer | None = None
 
     def report(self, counts: Mapping[str, int], detail: str = "") -> None:
         if not any(counts.values()):
@@ -95,8 +98,26 @@ class DropReporter:
             if detail:
                 self._detail = detail
             if now - self._last < self._interval:
+                self._schedule(self._last + self._interval - now)
                 return
             self._last = now
+        self.flush()
+
+    def _schedule(self, delay: float) -> None:
+        """Say the held-back counts when the interval ends (called with the lock held)."""
+        if self._timer is not None or delay == float("inf"):
+            return
+        timer = threading.Timer(delay, self._due)
+        timer.daemon = True
+        self._timer = timer
+        timer.start()
+
+    def _due(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._interval == float("inf"):
+                return  # held for the shutdown's single warning
+            self._last = time.monotonic()
         self.flush()
 
     def hold(self) -> None:
@@ -123,6 +144,7 @@ class DropReporter:
 
     def reset_after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._timer = None  # the parent's timer thread does not exist here
 
 
 class SelfMetrics:

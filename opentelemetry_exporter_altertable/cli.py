@@ -558,6 +558,31 @@ def _add_bridge(subparsers: Any) -> None:
     add_parser(subparsers, lambda args: run_bridge(args, CommandError))
 
 
+# -- replay --------------------------------------------------------------------------------
+
+
+def _add_replay(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="deliver what ended processes left in a spool directory (journals and spool)",
+        description=(
+            "Recovers the journals of processes that are gone, re-sends the spool with the "
+            f"exporters' settings ({ev.OTEL_EXPORTER_ALTERTABLE_API_KEY}, _ENDPOINT, ...), "
+            "prints what it delivered and what remains; exits 1 when anything remains."
+        ),
+    )
+    parser.add_argument(
+        "--spool-dir", help=f"directory (default: {ev.OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR})"
+    )
+    parser.set_defaults(run=lambda args: _replay(args.spool_dir))
+
+
+def _replay(spool_dir: str | None) -> int:
+    from ._replay import run_replay
+
+    return run_replay(spool_dir, sys.stdout, sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -565,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_serve, _add_query, _add_check, _add_bridge):
+    for add in (_add_serve, _add_query, _add_check, _add_bridge, _add_replay):
         add(subparsers)
     return parser
 

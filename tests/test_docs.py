@@ -77,6 +77,7 @@ OTHER_VARIABLES = {
     "NO_PROXY",
     "MUTMUT_ARGS",
     "DEMO_ARGS",
+    "ALTERTABLE_FULL_PROCESS_MODELS",
 }
 #: Commands a bash block may run besides those checked in detail below.
 PLAIN_COMMANDS = {"curl", "cd", "git", "export", "opentelemetry-instrument", "gunicorn", "uvicorn"}
