@@ -26,7 +26,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from .._http_server import ListenerBounds
 from .._mapping import EMPTY, Attrs, Record, has_interest
+from ._elements import TooManyElements, check_json, check_json_records, check_protobuf
 
 TRACES = "/v1/traces"
 LOGS = "/v1/logs"
@@ -39,6 +41,9 @@ _SCALARS = frozenset({"string_value", "int_value", "bool_value", "double_value",
 _ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
 #: Scope names of this package: its own log lines are never exported (as in-process).
 _OWN_SCOPE = __name__.split(".", 1)[0]
+
+
+__all__ = ["LOGS", "TRACES", "Decoded", "TooManyElements", "UndecodableBody", "decode", "parse"]
 
 
 class UndecodableBody(ValueError):
@@ -216,28 +221,34 @@ def _hex_ids_to_base64(node: Any, depth: int = 0) -> None:
                 _hex_ids_to_base64(item, depth + 1)
 
 
-def parse(path: str, body: bytes, is_json: bool) -> Message:
-    """Parse one request body into its protobuf message; :class:`UndecodableBody` if it is not."""
-    message: Message = ExportTraceServiceRequest() if path == TRACES else ExportLogsServiceRequest()
+def parse(path: str, body: bytes, is_json: bool, bounds: ListenerBounds | None = None) -> Message:
+    """Parse one request body into its protobuf message; :class:`UndecodableBody` if it is not,
+    :class:`TooManyElements` if it holds more than ``bounds`` allow (checked first)."""
+    traces = path == TRACES
+    message: Message = ExportTraceServiceRequest() if traces else ExportLogsServiceRequest()
+    bounds = bounds or ListenerBounds()
     try:
         if is_json:
+            check_json(body, bounds)
             doc = json.loads(body)
             if not isinstance(doc, dict):
                 raise UndecodableBody("OTLP JSON must be an object")
+            check_json_records(doc, traces, bounds)
             _hex_ids_to_base64(doc)
             json_format.ParseDict(doc, message, ignore_unknown_fields=True)
         else:
+            check_protobuf(body, traces, bounds)
             message.ParseFromString(body)
-    except UndecodableBody:
+    except (UndecodableBody, TooManyElements):
         raise
     except (ValueError, DecodeError, json_format.ParseError, RecursionError, TypeError) as exc:
         raise UndecodableBody(str(exc)[:200]) from None
     return message
 
 
-def decode(path: str, body: bytes, is_json: bool) -> Decoded:
-    """Parse and read a ``/v1/traces`` or ``/v1/logs`` body."""
-    message = parse(path, body, is_json)
+def decode(path: str, body: bytes, is_json: bool, bounds: ListenerBounds | None = None) -> Decoded:
+    """Parse and read a ``/v1/traces`` or ``/v1/logs`` body within ``bounds``."""
+    message = parse(path, body, is_json, bounds)
     if isinstance(message, ExportTraceServiceRequest):
         return read_traces(message)
     assert isinstance(message, ExportLogsServiceRequest)

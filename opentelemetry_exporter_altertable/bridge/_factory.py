@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from .. import environment_variables as ev
+from .._http_server import ListenerBounds
 from ._app import DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_AFTER, Bridge
 from ._delivery import Delivery
 
@@ -20,13 +21,15 @@ def create_bridge(
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     retry_after: int = DEFAULT_RETRY_AFTER,
+    bounds: ListenerBounds | None = None,
     **settings: Any,
 ) -> Bridge:
     """A :class:`Bridge` delivering with the exporters' settings (arguments, then variables).
 
     ``settings`` are the exporters' keyword arguments (``api_key``, ``endpoint``,
     ``environment``, ``timeout``, ``spool_dir``, ...); ``token`` falls back to
-    ``ALTERTABLE_BRIDGE_TOKEN``.
+    ``ALTERTABLE_BRIDGE_TOKEN``. ``bounds`` limits what one request may hold (its
+    ``max_body_bytes`` is replaced by the argument of that name).
     """
     if (
         settings.get("timeout") is None
@@ -36,5 +39,9 @@ def create_bridge(
     if token is None:
         token = os.environ.get(TOKEN_VARIABLE, "").strip() or None
     return Bridge(
-        Delivery(**settings), token=token, max_body_bytes=max_body_bytes, retry_after=retry_after
+        Delivery(**settings),
+        token=token,
+        max_body_bytes=max_body_bytes,
+        retry_after=retry_after,
+        bounds=bounds,
     )
