@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from . import environment_variables as ev
+from ._secrets import secret_argument
 from .version import __version__
 
 __all__ = ["build_parser", "main"]
@@ -36,6 +37,8 @@ LOCAL_QUERY_PASSWORD = "local"
 _USER_VARIABLES = ("ALTERTABLE_LAKEHOUSE_USERNAME", "ALTERTABLE_USERNAME")
 _PASSWORD_VARIABLES = ("ALTERTABLE_LAKEHOUSE_PASSWORD", "ALTERTABLE_PASSWORD")
 _TABLE_SAMPLE_ROWS = 1000
+#: ``serve``'s keys when no ``--api-key`` is given (comma-separated), kept out of ``ps``.
+KEYS_VARIABLE = "ALTERTABLE_RECEIVER_API_KEYS"
 
 
 class CommandError(Exception):
@@ -81,7 +84,9 @@ def _add_serve(subparsers: Any) -> None:
         action="append",
         dest="api_keys",
         metavar="KEY",
-        help="accept only this key (repeatable; default: any non-empty key)",
+        type=secret_argument,
+        help="accept only this key, or @FILE holding it: a flag is visible to every user in "
+        f"ps (repeatable; default: ${KEYS_VARIABLE}, comma-separated, else any non-empty key)",
     )
     parser.add_argument(
         "--environment",
@@ -99,7 +104,9 @@ def _add_serve(subparsers: Any) -> None:
     parser.add_argument(
         "--query-password",
         default=None,
-        help=f"POST /query's Basic auth password (default: ${_PASSWORD_VARIABLES[0]})",
+        type=secret_argument,
+        help=f"POST /query's Basic auth password, or @FILE holding it "
+        f"(default: ${_PASSWORD_VARIABLES[0]})",
     )
     parser.add_argument(
         "--query-timeout",
@@ -112,8 +119,12 @@ def _add_serve(subparsers: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:  # noqa: PLR0915  # the serve command's steps in order
+    from ._http_server import is_loopback_host
     from .receiver import DEFAULT_ENVIRONMENTS, LocalReceiver
-    from .receiver._local import is_loopback_host
+
+    if not args.api_keys:
+        from_environment = os.environ.get(KEYS_VARIABLE, "")
+        args.api_keys = [key.strip() for key in from_environment.split(",") if key.strip()] or None
 
     if not args.api_keys and not is_loopback_host(args.host):
         raise CommandError(
@@ -266,7 +277,8 @@ def _add_query(subparsers: Any) -> None:
     parser.add_argument(
         "--password",
         default=None,
-        help=f"query password (default: ${_PASSWORD_VARIABLES[0]}, then "
+        type=secret_argument,
+        help=f"query password, or @FILE holding it (default: ${_PASSWORD_VARIABLES[0]}, then "
         f"${_PASSWORD_VARIABLES[1]}, then a placeholder)",
     )
     parser.add_argument(
