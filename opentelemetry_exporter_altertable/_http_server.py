@@ -69,7 +69,7 @@ class ListenerBounds:
     """Every message inside a request: records, events, links, attributes, values."""
     max_connections: int = 256
     """Open connections (each has a thread); clamped below the process's file limit."""
-    request_deadline: float = 30.0
+    request_deadline: float = 10.0
     """Seconds from a request's first byte to its last (headers and body)."""
     idle_timeout: float = 60.0
     """Seconds a keep-alive connection may wait for its next request."""
