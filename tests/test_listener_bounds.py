@@ -301,3 +301,29 @@ def test_every_gzip_member_is_delivered_and_trailing_garbage_refused(sink: Local
     users = {row[0] for row in sink.query("SELECT distinct_id FROM altertable.analytics.events")}
     assert {"user-0", "user-1"} <= users
     assert "user-2" not in users
+
+
+def test_values_nested_in_arrays_and_kvlists_are_counted() -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from opentelemetry_exporter_altertable.bridge._decode import TooManyElements, decode
+
+    def request(count: int) -> bytes:
+        message = ExportTraceServiceRequest()
+        span = message.resource_spans.add().scope_spans.add().spans.add()
+        listed = span.attributes.add()
+        listed.key = "list"
+        for _ in range(count):
+            listed.value.array_value.values.add()
+        mapped = span.attributes.add()
+        mapped.key = "map"
+        for _ in range(count):
+            mapped.value.kvlist_value.values.add()
+        return bytes(message.SerializeToString())
+
+    bounds = ListenerBounds(max_elements=1000)
+    assert decode("/v1/traces", request(400), False, bounds).items == 1
+    with pytest.raises(TooManyElements):
+        decode("/v1/traces", request(600), False, bounds)

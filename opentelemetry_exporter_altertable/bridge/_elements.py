@@ -45,6 +45,9 @@ _SCHEMA: dict[str, dict[int, str]] = {
     "KeyValueList": {1: "KeyValue"},
 }
 _RECORDS = frozenset({"Span", "LogRecord"})
+_KEY_VALUE = "KeyValue"
+#: The first byte of an ``AnyValue`` holding an array (field 5) or a kvlist (field 6).
+_NESTED_TAGS = frozenset({0x2A, 0x32})
 
 
 def _refuse(what: str, limit: int) -> TooManyElements:
@@ -99,7 +102,14 @@ def _walk(body: bytes, root: str, bounds: ListenerBounds) -> None:  # noqa: PLR0
                             break
                         shift += 7
                 child = fields.get(key >> 3)
-                if child is not None:
+                if child == _KEY_VALUE:  # the common element: its value looked at, not walked
+                    elements += 1
+                    if elements > max_elements:
+                        raise _refuse("elements", max_elements)
+                    nested = _nested_value(body, pos, min(pos + length, end))
+                    if nested is not None:
+                        stack.append((*nested, _SCHEMA["AnyValue"]))
+                elif child is not None:
                     elements += 1
                     if elements > max_elements:
                         raise _refuse("elements", max_elements)
@@ -121,6 +131,39 @@ def _walk(body: bytes, root: str, bounds: ListenerBounds) -> None:  # noqa: PLR0
                 pos += 4
             else:
                 return  # groups or garbage: the decoder refuses it
+
+
+def _varint(body: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = body[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _nested_value(body: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """Where a ``KeyValue``'s value lies when it is an array or a kvlist (whose elements are
+    then counted too); ``None`` for a scalar, which holds no further element."""
+    while pos < end:
+        key, pos = _varint(body, pos)
+        wire = key & 7
+        if wire == 2:
+            length, pos = _varint(body, pos)
+            if key >> 3 == 2 and length and body[pos] in _NESTED_TAGS:
+                return pos, min(pos + length, end)
+            pos += length
+        elif wire == 0:
+            pos = _varint(body, pos)[1]
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            return None
+    return None
 
 
 def check_json(body: bytes, bounds: ListenerBounds) -> None:
