@@ -191,13 +191,12 @@ def test_headers_dripped_slower_than_the_deadline_are_cut_off(sink: LocalReceive
 def test_connections_beyond_the_cap_are_refused_at_once_and_the_bridge_stays_usable(
     sink: LocalReceiver,
 ) -> None:
-    bounds = ListenerBounds(max_connections=20)
-    bridge = create_bridge(api_key=KEY, endpoint=sink.endpoint)
-    with BridgeServer(bridge, port=0, bounds=bounds) as server:
-        port = port_of(server.endpoint)
-        idle = [connect(port) for _ in range(20)]
+    cap = ListenerBounds().max_connections  # the default: what a bridge started plainly has
+    with running_bridge(sink.endpoint) as bridge:
+        port = port_of(bridge.endpoint)
+        idle = [connect(port) for _ in range(cap)]
         try:
-            time.sleep(0.2)
+            time.sleep(0.3)
             with connect(port) as extra:
                 assert status_of(read_answer(extra, 2.0)) == 503
         finally:

@@ -190,7 +190,8 @@ class Application:
 
         Every ingestion route is keyed: ``/track``, ``/identify``, ``/alias`` always (any
         non-empty key when the receiver has none), the OTLP routes whenever the receiver
-        has keys. Called by the server before it reads a body, and again by :meth:`handle`.
+        has keys. Called by the server before it reads a body (unless faults are injected:
+        they come first, as a front end's outage would), and again by :meth:`handle`.
         """
         if method != "POST":
             return None
@@ -206,18 +207,19 @@ class Application:
             return path
         return OTHER_ROUTE
 
-    def handle(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Response:  # noqa: PLR0911  # one return per check, in the API's order
         """The answer to ``request``; an unexpected error is a ``500``, never an exception."""
-        screened = self.screen(request.headers) or self.refuse_unkeyed(
-            request.method, request.path, request.headers, request.query
-        )
+        screened = self.screen(request.headers)
         if screened is not None:
             return screened
         faults = self.faults
         if faults is not None and request.method == "POST" and request.path in INGEST_PATHS:
-            fault = faults.decide(request.path)
+            fault = faults.decide(request.path)  # a front-end outage precedes the API's checks
             if fault is not None:
                 return Response(0, drop=True) if fault.drop else _fault_response(fault)
+        unkeyed = self.refuse_unkeyed(request.method, request.path, request.headers, request.query)
+        if unkeyed is not None:
+            return unkeyed
         handler = self._routes.get((request.method, request.path))
         if handler is None:
             return self._unrouted(request)

@@ -104,7 +104,9 @@ class _Handler(KeepAliveHandler):
         headers = {name.lower(): value for name, value in self.headers.items()}
         query = parse_qs(url.query)
         # Screened and keys checked before a body is read: a refused request costs nothing.
-        refusal = app.screen(headers) or app.refuse_unkeyed(method, path, headers, query)
+        refusal = app.screen(headers)
+        if refusal is None and app.faults is None:
+            refusal = app.refuse_unkeyed(method, path, headers, query)
         if refusal is not None:
             self.discard_body(app.max_body_bytes)
             self._finish(path, refusal, started)
