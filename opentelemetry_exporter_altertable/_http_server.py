@@ -71,11 +71,20 @@ class ListenerBounds:
     """Open connections (each has a thread); clamped below the process's file limit."""
     request_deadline: float = 10.0
     """Seconds from a request's first byte to its last (headers and body)."""
+    max_buffered_bytes: int = 128 * 1024 * 1024
+    """Body bytes held at once by all requests together, being read or in work (where a
+    front end reads bodies before taking a place in work, as the bridge does)."""
     idle_timeout: float = 60.0
     """Seconds a keep-alive connection may wait for its next request."""
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_records", "max_elements", "max_connections"):
+        for name in (
+            "max_body_bytes",
+            "max_records",
+            "max_elements",
+            "max_connections",
+            "max_buffered_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if not (self.request_deadline > 0 and self.idle_timeout > 0):
@@ -211,6 +220,25 @@ def parse_chunk_size(line: bytes) -> int:
     return int(digits, 16)
 
 
+class ByteBudget:
+    """A number of bytes that requests take from and give back (thread-safe, never waits)."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._lock = threading.Lock()
+
+    def take(self, count: int) -> bool:
+        with self._lock:
+            if count > self._free:
+                return False
+            self._free -= count
+            return True
+
+    def give(self, count: int) -> None:
+        with self._lock:
+            self._free += count
+
+
 class KeepAliveHandler(BaseHTTPRequestHandler):
     """HTTP/1.1 keep-alive within the listener's bounds, and no Nagle delay.
 
@@ -236,7 +264,27 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         self._reader.deadline = None  # idle until the next request's first byte
-        super().handle_one_request()
+        try:
+            super().handle_one_request()
+        finally:
+            self._give_back()
+
+    _held = 0
+
+    def _take(self, count: int) -> None:
+        budget = cast(TrackingHTTPServer, self.server).budget
+        if budget is None:
+            return
+        if not budget.take(count):
+            self.close_connection = True
+            raise BodyError(503, "the server holds as many bodies as it may; retry shortly")
+        self._held += count
+
+    def _give_back(self) -> None:
+        budget = cast(TrackingHTTPServer, self.server).budget
+        if self._held and budget is not None:
+            budget.give(self._held)
+        self._held = 0
 
     def log_message(self, format: str, *args: Any) -> None:
         # http.server's own complaints (bad request lines, timeouts): cut, secrets masked.
@@ -253,8 +301,10 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
         """The body (``Content-Length`` or chunked), never more than ``limit`` bytes.
 
         Raises :class:`BodyError` (400 bad framing or short body, 413 too large; the
-        connection is then closed unless a small excess was drained) and
-        :class:`RequestTimeout`.
+        connection is then closed unless a small excess was drained; 503 when the handler's
+        server's ``budget`` of buffered bytes is spent) and :class:`RequestTimeout`. With a
+        budget, bytes are counted as they are read, 64 KiB at a time, and given back when
+        the request is answered: a slow sender holds what it sent, not what it announced.
         """
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             return self._read_chunked(limit)
@@ -274,11 +324,23 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
             else:
                 self.close_connection = True
             raise BodyError(413, f"body exceeds {limit} bytes")
-        data = self.rfile.read(length)
-        if len(data) < length:
+        try:
+            return bytes(self._read_counted(length))
+        except BodyError:
             self.close_connection = True
-            raise BodyError(400, "body shorter than Content-Length")
-        return data
+            raise
+
+    def _read_counted(self, length: int) -> bytearray:
+        """``length`` bytes, each 64 KiB taken from the budget before it is read."""
+        body = bytearray()
+        while len(body) < length:
+            step = min(length - len(body), 1 << 16)
+            self._take(step)
+            data = self.rfile.read(step)
+            body += data
+            if len(data) < step:
+                raise BodyError(400, "body shorter than announced")
+        return body
 
     def discard_body(self, limit: int) -> None:
         """Skip a body we will not use, without keeping it; close when that costs too much."""
@@ -317,10 +379,7 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
                     return bytes(body)
                 if len(body) + size > limit:
                     raise BodyError(413, f"body exceeds {limit} bytes")
-                data = self.rfile.read(size)
-                if len(data) < size:
-                    raise BodyError(400, "chunked body ended early")
-                body += data
+                body += self._read_counted(size)
                 if self.rfile.readline(8).strip():
                     raise BodyError(400, "invalid chunked body")
         except BodyError:
@@ -346,6 +405,9 @@ class TrackingHTTPServer(ThreadingHTTPServer):
         self.max_connections = connection_cap(self.bounds.max_connections)
         self.refused_connections = 0
         """Connections answered ``503`` at once because the cap was reached."""
+        self.budget: ByteBudget | None = None
+        """Set by a front end that reads bodies before taking a place in work: what the
+        bodies held at once may add up to (``None``: not counted)."""
         self._connections: set[socket.socket] = set()
         self._idle = threading.Condition()
         self._last_fd_warning = 0.0

@@ -159,6 +159,33 @@ def test_a_body_dripped_slower_than_the_deadline_is_cut_off(
     assert elapsed < 2.5
 
 
+def test_slow_senders_hold_no_place_in_work(sink: LocalReceiver) -> None:
+    with running_bridge(sink.endpoint, max_in_flight=2) as bridge:
+        port = port_of(bridge.endpoint)
+        slow = [connect(port) for _ in range(4)]  # twice as many as there are places
+        try:
+            for sock in slow:
+                sock.sendall(post_head("/v1/traces", {**PROTOBUF, "Content-Length": "100"}))
+                sock.sendall(b"x")
+            time.sleep(0.3)
+            body = tagged_spans_request(0, 1)
+            assert [post(port, "/v1/traces", body, PROTOBUF, wait=5.0) for _ in range(3)] == [
+                200
+            ] * 3
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+def test_bodies_held_at_once_are_bounded_in_bytes(sink: LocalReceiver) -> None:
+    bounds = ListenerBounds(max_buffered_bytes=100_000)
+    bridge = create_bridge(api_key=KEY, endpoint=sink.endpoint)
+    with BridgeServer(bridge, port=0, bounds=bounds) as server:
+        port = port_of(server.endpoint)
+        assert post(port, "/v1/traces", b"\x0a\x00" * 100_000, PROTOBUF) == 503
+        assert post(port, "/v1/traces", b"\x0a\x00" * 20_000, PROTOBUF) == 200
+
+
 def test_headers_dripped_slower_than_the_deadline_are_cut_off(sink: LocalReceiver) -> None:
     bounds = ListenerBounds(request_deadline=1.0, idle_timeout=5.0)
     bridge = create_bridge(api_key=KEY, endpoint=sink.endpoint)

@@ -4,10 +4,12 @@ Standard library only (``http.server``), in the local receiver's style: each ans
 one write (status line, headers and body together, ``Content-Length`` always set), so keep-alive
 senders never wait on Nagle's algorithm.
 
-Memory and work are bounded: connections, the time to send a request and body sizes by the
-listener's :class:`~.._http_server.ListenerBounds`; a body is read only while fewer than
-``max_in_flight`` requests are being handled, and never past ``max_body_bytes``; a request
-beyond the bound is answered 503 with ``Retry-After`` at once, never queued.
+Memory and work are bounded: connections, the time to send a request, body sizes and the
+bytes of all bodies held at once by the listener's :class:`~.._http_server.ListenerBounds`.
+A body is read first (never past ``max_body_bytes``), then a place in work is taken: at most
+``max_in_flight`` requests are decoded and delivered at once, so slow senders hold bytes,
+never places. A request beyond either bound is answered 503 with ``Retry-After`` at once,
+never queued.
 
 Browsers and DNS rebinding are screened before a body is read: a request carrying an
 ``Origin`` not listed in ``allow_origins`` gets 403, and so does, when bound to loopback, a
@@ -30,6 +32,7 @@ from urllib.parse import urlsplit
 
 from .._http_server import (
     BodyError,
+    ByteBudget,
     KeepAliveHandler,
     ListenerBounds,
     RequestTimeout,
@@ -88,21 +91,18 @@ class _Handler(KeepAliveHandler):
             self.close_connection = True  # the body is not worth reading
             self._send(error(401, "missing or wrong bearer token", protobuf))
             return
+        if server.stopping or not server.has_place():
+            self._busy(protobuf)
+            return
+        # The body is read before a place in work is taken: a slow sender holds the bytes it
+        # sent (from the listener's budget), never one of the places.
+        raw = self._read(protobuf)
+        if raw is None:
+            return
         if server.stopping or not server.slots.acquire(blocking=False):
-            self.close_connection = True
-            why = "the bridge is stopping" if server.stopping else "the bridge is at capacity"
-            self._send(error(503, f"{why}; retry later", protobuf, bridge.retry_after))
+            self._busy(protobuf)
             return
         try:
-            try:
-                raw = self.read_body(bridge.max_body_bytes)
-            except BodyError as exc:
-                self._send(error(exc.status, str(exc), protobuf))
-                return
-            except RequestTimeout:
-                self.close_connection = True
-                self._send(error(408, "the request was not sent in time", protobuf))
-                return
             try:
                 answer = bridge.handle(path, headers, raw)
             except Exception:  # a bug must not kill the connection's thread silently
@@ -111,6 +111,25 @@ class _Handler(KeepAliveHandler):
             self._send(answer, counted=True)
         finally:
             server.slots.release()
+
+    def _read(self, protobuf: bool) -> bytes | None:
+        """The body, or ``None`` once the answer saying why not is sent."""
+        bridge = self._server.bridge
+        try:
+            return self.read_body(bridge.max_body_bytes)
+        except BodyError as exc:
+            retry = bridge.retry_after if exc.status == 503 else 0
+            self._send(error(exc.status, str(exc), protobuf, retry))
+        except RequestTimeout:
+            self.close_connection = True
+            self._send(error(408, "the request was not sent in time", protobuf))
+        return None
+
+    def _busy(self, protobuf: bool) -> None:
+        server = self._server
+        self.close_connection = True
+        why = "the bridge is stopping" if server.stopping else "the bridge is at capacity"
+        self._send(error(503, f"{why}; retry later", protobuf, server.bridge.retry_after))
 
     def _send(self, answer: Answer, allow: str | None = None, counted: bool = False) -> None:
         if not counted and self.command == "POST":
@@ -152,6 +171,15 @@ class _Server(TrackingHTTPServer):
         self.screen_host = is_loopback_host(address[0])
         self.stopping = False
         super().__init__(address, _Handler, bounds)
+        self.budget = ByteBudget(bounds.max_buffered_bytes)
+
+    def has_place(self) -> bool:
+        """Whether a place in work is free now (checked before a body is read, so a bridge
+        at capacity answers 503 at once; taken only once the body is read)."""
+        if not self.slots.acquire(blocking=False):
+            return False
+        self.slots.release()
+        return True
 
     def screen(self, headers: dict[str, str], protobuf: bool = False) -> Answer | None:
         """403 for a browser's request from an origin not listed, or (bound to loopback) a
