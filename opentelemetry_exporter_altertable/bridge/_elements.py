@@ -37,7 +37,7 @@ _SCHEMA: dict[str, dict[int, str]] = {
     "Scope": {3: "KeyValue"},
     "Span": {9: "KeyValue", 11: "Event", 13: "Link"},
     "Event": {3: "KeyValue"},
-    "Link": {5: "KeyValue"},
+    "Link": {4: "KeyValue"},
     "LogRecord": {5: "AnyValue", 6: "KeyValue"},
     "KeyValue": {2: "AnyValue"},
     "AnyValue": {5: "ArrayValue", 6: "KeyValueList"},
@@ -48,6 +48,7 @@ _RECORDS = frozenset({"Span", "LogRecord"})
 _KEY_VALUE = "KeyValue"
 #: The first byte of an ``AnyValue`` holding an array (field 5) or a kvlist (field 6).
 _NESTED_TAGS = frozenset({0x2A, 0x32})
+_ANY_VALUE = _SCHEMA["AnyValue"]
 
 
 def _refuse(what: str, limit: int) -> TooManyElements:
@@ -106,9 +107,23 @@ def _walk(body: bytes, root: str, bounds: ListenerBounds) -> None:  # noqa: PLR0
                     elements += 1
                     if elements > max_elements:
                         raise _refuse("elements", max_elements)
-                    nested = _nested_value(body, pos, min(pos + length, end))
-                    if nested is not None:
-                        stack.append((*nested, _SCHEMA["AnyValue"]))
+                    # The usual layout, a short key then a short value, read inline: the
+                    # value's first byte says whether it nests; any other goes the long way.
+                    stop = min(pos + length, end)
+                    at = pos + 2 + body[pos + 1] if length > 1 else stop
+                    if (
+                        at + 2 < stop
+                        and body[pos] == 0x0A
+                        and body[pos + 1] < 0x80
+                        and body[at] == 0x12
+                        and body[at + 1] < 0x80
+                    ):
+                        if body[at + 2] in _NESTED_TAGS:
+                            stack.append((at + 2, stop, _ANY_VALUE))
+                    elif length:
+                        nested = _nested_value(body, pos, stop)
+                        if nested is not None:
+                            stack.append((*nested, _ANY_VALUE))
                 elif child is not None:
                     elements += 1
                     if elements > max_elements:
