@@ -12,6 +12,9 @@ and keep track of the open connections so a server can stop promptly.
   keep-alive connection may wait :attr:`ListenerBounds.idle_timeout` for its next request.
 - **Bodies**: ``Content-Length`` or chunked, never past the limit; a chunk size that is not a
   plain hexadecimal number (``-1`` included) is refused, so nothing is read "to the end".
+  A front end that reads bodies before taking a place in work gives the server a
+  :class:`ByteBudget`: bytes are taken from it 64 KiB at a time as they are read, and given
+  back once the request is answered.
 - **Logs and counters**: a logged request target is cut to 200 characters with its key or
   token masked however the query spells the name; answers are counted by route, and any path
   that is not a route is counted as :data:`OTHER_ROUTE`.
@@ -22,7 +25,8 @@ read and handled) are bounded separately by each front end.
 
 It also binds without ``HTTPServer``'s reverse DNS lookup (``getfqdn``), which is slow and
 tells us nothing. Shared pieces of the two front ends live here too: the base URL a client
-uses to reach a bound address (:func:`endpoint_url`) and the ``Host``/``Origin`` rules.
+uses to reach a bound address (:func:`endpoint_url`), reading a ``Host`` header
+(:func:`host_name`) and telling loopback names (:func:`is_loopback_host`).
 """
 
 from __future__ import annotations
