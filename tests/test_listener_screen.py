@@ -162,3 +162,13 @@ def test_serve_given_its_key_in_a_file_keeps_it_out_of_ps(tmp_path: Path) -> Non
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(15)
+
+
+def test_a_keyed_serve_refuses_a_request_without_its_key_before_reading_the_body() -> None:
+    with (
+        LocalReceiver(api_keys=["pk_only"]) as receiver,
+        connect(port_of(receiver.endpoint)) as sock,
+    ):
+        length = 100 * 1024 * 1024  # announced, never sent
+        sock.sendall(post_head("/track", {"X-API-Key": "wrong", "Content-Length": str(length)}))
+        assert status_of(read_answer(sock, 3.0)) == 401
