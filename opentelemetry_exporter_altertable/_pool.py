@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -95,12 +96,53 @@ def ca_bundle() -> str | None:
 # ---------------------------------------------------------------------------- tracked sockets
 
 
+def _shut(sock: socket.socket) -> None:
+    """Shut ``sock`` down both ways: a read under way on it ends with an error at once."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def answer_within_deadline(base: type[Any]) -> type[Any]:
+    """``base`` (a urllib3 connection class) whose answer head arrives within the request's
+    timeout as a whole, not per read.
+
+    The status line and each header line are separate reads, each with the socket's timeout:
+    a server sending one header line every half second would hold an export for as long as
+    it likes. Here a timer shuts the socket down once the timeout (what is left of the
+    export's deadline, as the transport passes it) has run out while the head is read; the
+    read then fails as a dropped connection would. The body's reads are bounded by
+    :func:`._answers.read_stream`.
+    """
+
+    class DeadlineConnection(base):  # type: ignore[misc]
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            budget = self.timeout  # the read timeout urllib3 set for this request
+            sock = self.sock
+            if not isinstance(budget, (int, float)) or sock is None:
+                budget = sock.gettimeout() if sock is not None else None
+            if budget is None or sock is None:
+                return super().getresponse(*args, **kwargs)
+            timer = threading.Timer(float(budget), _shut, (sock,))
+            timer.daemon = True
+            timer.start()
+            try:
+                return super().getresponse(*args, **kwargs)
+            finally:
+                timer.cancel()
+
+    return DeadlineConnection
+
+
 def tracked(
     base: type[HTTPConnectionPool], registry: weakref.WeakSet[Any]
 ) -> type[HTTPConnectionPool]:
-    """``base`` recording each connection it opens in ``registry``."""
+    """``base`` recording each connection it opens in ``registry`` (what an abort shuts down).
+    Its connections read an answer's head within the request's timeout
+    (:func:`answer_within_deadline`)."""
 
     class Tracked(base):  # type: ignore[valid-type,misc]
+        ConnectionCls = answer_within_deadline(base.ConnectionCls)
+
         def _new_conn(self) -> Any:
             conn = super()._new_conn()
             registry.add(conn)
@@ -130,8 +172,7 @@ class Connections(weakref.WeakSet[Any]):
             # Equivalent if mutated: urllib3's connections always have .sock (None once closed).
             sock = getattr(conn, "sock", None)  # pragma: no mutate
             if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                _shut(sock)
 
 
 # ---------------------------------------------------------------------------- the own pool

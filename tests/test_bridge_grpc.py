@@ -39,6 +39,7 @@ from support import (
 )
 
 from opentelemetry_exporter_altertable import AltertableLogExporter, AltertableSpanExporter
+from opentelemetry_exporter_altertable._http_server import ListenerBounds
 from opentelemetry_exporter_altertable.bridge._grpc import retry_info, status_details
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
@@ -301,20 +302,17 @@ EMPTY_ATTRIBUTE = field(9, field(1, b"a"))
 
 
 def _elements(request: bytes) -> int:
-    """Resources, scopes, spans, events, links and attributes, counted as the bridge does."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-    )
+    """The smallest element bound the bridge accepts ``request`` under, by its own count."""
+    from opentelemetry_exporter_altertable.bridge import _elements as counting
 
-    total = 0
-    for rs in ExportTraceServiceRequest.FromString(request).resource_spans:
-        total += 1 + len(rs.resource.attributes)
-        for ss in rs.scope_spans:
-            total += 1 + len(ss.scope.attributes)
-            for span in ss.spans:
-                total += 1 + len(span.attributes) + len(span.links)
-                total += sum(1 + len(e.attributes) for e in span.events)
-    return total
+    limit = 1
+    while True:
+        try:
+            counting._walk(request, "ExportTraceServiceRequest", ListenerBounds(max_elements=limit))
+        except counting.TooManyElements:
+            limit += 1
+        else:
+            return limit
 
 
 def test_elements_are_bounded_as_well_as_bytes_on_both_fronts() -> None:
@@ -323,7 +321,9 @@ def test_elements_are_bounded_as_well_as_bytes_on_both_fronts() -> None:
     at_limit = with_span_attributes(base, EMPTY_ATTRIBUTE * 100)
     past = with_span_attributes(base, EMPTY_ATTRIBUTE * 101)
     assert _elements(at_limit) == limit
-    with FaultServer() as api, running_fronts(api.endpoint, max_elements=limit) as fronts:
+    assert _elements(past) > limit
+    bounds = ListenerBounds(max_elements=limit)
+    with FaultServer() as api, running_fronts(api.endpoint, bounds=bounds) as fronts:
         assert call(fronts.grpc.target, TRACES_METHOD, at_limit).code is grpc.StatusCode.OK
         refused = call(fronts.grpc.target, TRACES_METHOD, past)
         http = requests.post(
@@ -339,10 +339,10 @@ def test_elements_are_bounded_as_well_as_bytes_on_both_fronts() -> None:
     assert sorted(t["event"] for t in tracks) == ["Cart Viewed", "item added"]  # once
 
 
-def test_four_megabytes_of_empty_attributes_are_refused_by_default() -> None:
-    # 800,000 attributes in 4 MB, well under the 16 MiB limit in bytes.
+def test_six_megabytes_of_empty_attributes_are_refused_by_default() -> None:
+    # 1,200,000 attributes in 6 MB, well under the 16 MiB limit in bytes.
     flood = with_span_attributes(
-        encode_spans(sample_spans(1)[:1]).SerializeToString(), EMPTY_ATTRIBUTE * 800_000
+        encode_spans(sample_spans(1)[:1]).SerializeToString(), EMPTY_ATTRIBUTE * 1_200_000
     )
     with FaultServer() as api, running_fronts(api.endpoint) as fronts:
         reply = call(fronts.grpc.target, TRACES_METHOD, flood)

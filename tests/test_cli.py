@@ -18,12 +18,11 @@ import requests
 from guide import GUIDE_EVENTS_BY_CURRENCY
 from support import closed_port
 
-from opentelemetry_exporter_altertable.cli import (
+from opentelemetry_exporter_altertable.cli import PROG, main
+from opentelemetry_exporter_altertable.receiver._cli import (
     DEFAULT_ENDPOINT,
-    PROG,
     _print_table,
     _query_hint,
-    main,
 )
 
 

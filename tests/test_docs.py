@@ -40,6 +40,7 @@ import os
 import re
 import shlex
 import subprocess
+import tempfile
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ OTHER_VARIABLES = {
     "MUTMUT_ARGS",
     "DEMO_ARGS",
     "ALTERTABLE_FULL_PROCESS_MODELS",
+    "ALTERTABLE_RECEIVER_API_KEYS",
 }
 #: Commands a bash block may run besides those checked in detail below.
 PLAIN_COMMANDS = {"curl", "cd", "git", "export", "opentelemetry-instrument", "gunicorn", "uvicorn"}
@@ -277,6 +279,14 @@ def check_variable(name: str, where: str) -> None:
 
 def check_altertable_otel(arguments: list[str], where: str) -> None:
     parser = build_parser()
+    # A secret given as @FILE names a file on the reader's machine: parse it against a stand-in.
+    if any(a.startswith("@") and not a.startswith("@@") for a in arguments):
+        stand_in = Path(tempfile.mkdtemp()) / "secret"
+        stand_in.write_text("a-secret\n", encoding="utf-8")
+        arguments = [
+            f"@{stand_in}" if a.startswith("@") and not a.startswith("@@") else a
+            for a in arguments
+        ]
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
         try:

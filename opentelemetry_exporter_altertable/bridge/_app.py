@@ -8,9 +8,10 @@ The answer rules are OTLP/HTTP's, read for a sender that must not lose data:
 - 503 with ``Retry-After`` when calls could be neither delivered nor spooled (Altertable down
   and no spool, the bridge shutting down, no API key), so the sender retries; the same when
   the bridge already runs as many requests as it may hold in memory.
-- 400 for a body that does not decode, 415 for another content type, 413 past the body limit
-  or the element limit, 401 without the bearer token. Error bodies are a
-  ``google.rpc.Status`` in the request's encoding (JSON when the encoding is unknown).
+- 400 for a body that does not decode, 415 for another content type, 413 past the body limit,
+  401 without the bearer token; 413 as well for a request holding more records or elements
+  than :class:`~.._http_server.ListenerBounds` allows (counted before it is decoded). Error
+  bodies are a ``google.rpc.Status`` in the request's encoding (JSON when it is unknown).
 """
 
 from __future__ import annotations
@@ -22,21 +23,14 @@ import threading
 import zlib
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
+from .._http_server import OTHER_ROUTE, ListenerBounds
 from .._mapping import MappingOptions, map_records
-from ._decode import (
-    DEFAULT_MAX_ELEMENTS,
-    LOGS,
-    TRACES,
-    Decoded,
-    TooManyElements,
-    UndecodableBody,
-    decode,
-)
+from ._decode import LOGS, TRACES, Decoded, TooManyElements, UndecodableBody, decode
 from ._delivery import Delivery, Outcome
 
 _logger = logging.getLogger(__name__)
@@ -97,23 +91,35 @@ def error(status: int, message: str, protobuf: bool = False, retry_after: int = 
 
 
 def inflate(body: bytes, encoding: str, limit: int) -> bytes:
-    """Undo ``Content-Encoding`` (gzip, deflate or none) without inflating past ``limit``."""
+    """Undo ``Content-Encoding`` (gzip, deflate or none) without inflating past ``limit``.
+
+    Every gzip member is read (``gzip(A) + gzip(B)`` is ``A + B``, as RFC 1952 says);
+    anything after the last member but zero padding, or after a deflate stream, is refused.
+    """
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise UndecodableBody(f"unsupported Content-Encoding {encoding[:50]!r}")
-    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise UndecodableBody(f"invalid {encoding} body: {exc}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise BodyTooLarge
-    if not inflater.eof:
-        raise UndecodableBody(f"truncated {encoding} body")
-    return out
+    gzipped = encoding != "deflate"
+    wbits = 16 + zlib.MAX_WBITS if gzipped else zlib.MAX_WBITS
+    out = bytearray()
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise UndecodableBody(f"invalid {encoding} body: {str(exc)[:100]}") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise BodyTooLarge
+        if not inflater.eof:
+            raise UndecodableBody(f"truncated {encoding} body")
+        rest = inflater.unused_data
+        if not rest.strip(b"\0"):
+            return bytes(out)
+        if not gzipped:
+            raise UndecodableBody("data after the end of the deflate stream")
 
 
 class Bridge:
@@ -124,14 +130,18 @@ class Bridge:
         delivery: Delivery,
         *,
         token: str | None = None,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_body_bytes: int | None = None,
         retry_after: int = DEFAULT_RETRY_AFTER,
-        max_elements: int = DEFAULT_MAX_ELEMENTS,
+        bounds: ListenerBounds | None = None,
     ) -> None:
         self.delivery = delivery
-        self.max_elements = max_elements
         self._token = token.encode("utf-8") if token else None
-        self.max_body_bytes = max_body_bytes
+        bounds = bounds or ListenerBounds()
+        if max_body_bytes is not None:
+            bounds = replace(bounds, max_body_bytes=max_body_bytes)
+        self.bounds = bounds
+        """What a request may hold (bytes, records, elements); the front ends read it too."""
+        self.max_body_bytes = bounds.max_body_bytes
         self.retry_after = retry_after
         self._options = MappingOptions(
             environment=delivery.config.environment, on_warning=delivery.on_warning
@@ -145,10 +155,12 @@ class Bridge:
             return Counter(self._answers)
 
     def count(self, path: str, headers: Mapping[str, str], status: int) -> None:
+        """Count one answer, by route: a path that is not one counts as ``(other)``."""
         protobuf = self.encoding(headers)
         encoding = "-" if protobuf is None else "protobuf" if protobuf else "json"
+        route = path if path in PATHS else OTHER_ROUTE
         with self._answers_lock:
-            self._answers[(path, encoding, status)] += 1
+            self._answers[(route, encoding, status)] += 1
 
     @property
     def token_required(self) -> bool:
@@ -179,7 +191,7 @@ class Bridge:
         self.count(path, headers, answer.status)
         return answer
 
-    def _handle(self, path: str, headers: Mapping[str, str], raw: bytes) -> Answer:
+    def _handle(self, path: str, headers: Mapping[str, str], raw: bytes) -> Answer:  # noqa: PLR0911  # one return per answer of the rules above
         protobuf = self.encoding(headers)
         if not self.authorized(headers):
             return error(401, "missing or wrong bearer token", bool(protobuf))
@@ -187,9 +199,11 @@ class Bridge:
             return error(415, f"use {PROTOBUF} or {JSON}")
         try:
             body = inflate(raw, headers.get("content-encoding", ""), self.max_body_bytes)
-            decoded = decode(path, body, not protobuf, self.max_elements)
-        except (BodyTooLarge, TooManyElements) as exc:  # TooManyElements says its limit
-            return error(413, str(exc) or f"body exceeds {self.max_body_bytes} bytes", protobuf)
+            decoded = decode(path, body, not protobuf, self.bounds)
+        except BodyTooLarge:
+            return error(413, f"body exceeds {self.max_body_bytes} bytes", protobuf)
+        except TooManyElements as exc:
+            return error(413, str(exc), protobuf)
         except UndecodableBody as exc:
             return error(400, f"undecodable OTLP body: {str(exc)[:200]}", protobuf)
         outcome = self._deliver(decoded)

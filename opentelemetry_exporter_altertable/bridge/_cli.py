@@ -15,13 +15,16 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from .._http_server import ListenerBounds
+from .._secrets import secret_argument
+
 if TYPE_CHECKING:
     from ..receiver import LocalReceiver
 
 _INSTALL_HINT = "pip install 'opentelemetry-exporter-altertable[otlp]'"
 #: Exporter settings as flags: (flag, keyword, type, the variable it overrides).
 _SETTINGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
-    ("--api-key", "api_key", str, "OTEL_EXPORTER_ALTERTABLE_API_KEY"),
+    ("--api-key", "api_key", secret_argument, "OTEL_EXPORTER_ALTERTABLE_API_KEY"),
     ("--endpoint", "endpoint", str, "OTEL_EXPORTER_ALTERTABLE_ENDPOINT"),
     ("--environment", "environment", str, "OTEL_EXPORTER_ALTERTABLE_ENVIRONMENT"),
     ("--timeout", "timeout", float, "OTEL_EXPORTER_ALTERTABLE_TIMEOUT"),
@@ -62,10 +65,24 @@ def add_parser(subparsers: Any, run: Callable[[argparse.Namespace], int]) -> Non
     parser.add_argument(
         "--token",
         default=None,
-        help="require Authorization: Bearer TOKEN (default: $ALTERTABLE_BRIDGE_TOKEN, else none)",
+        type=secret_argument,
+        help="require Authorization: Bearer TOKEN; @FILE reads it from a file (a flag is "
+        "visible to every user in ps; default: $ALTERTABLE_BRIDGE_TOKEN, else none)",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        dest="allow_origins",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (e.g. https://app.example.com) whose browser OTLP exporters may "
+        "send here (repeatable); requests from any other origin get 403",
     )
     for flag, dest, kind, variable in _SETTINGS:
-        parser.add_argument(flag, dest=dest, type=kind, default=None, help=f"default: ${variable}")
+        secret = " (or @FILE)" if kind is secret_argument else ""
+        parser.add_argument(
+            flag, dest=dest, type=kind, default=None, help=f"default: ${variable}{secret}"
+        )
     parser.add_argument(
         "--sync", action="store_true", default=None, help="default: $OTEL_EXPORTER_ALTERTABLE_SYNC"
     )
@@ -80,6 +97,20 @@ def add_parser(subparsers: Any, run: Callable[[argparse.Namespace], int]) -> Non
         type=int,
         default=8,
         help="requests handled at once; more get 503 + Retry-After (default: %(default)s)",
+    )
+    bounds = ListenerBounds()
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=bounds.max_connections,
+        help="open connections; more are answered 503 at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--request-deadline",
+        type=float,
+        default=bounds.request_deadline,
+        metavar="SECONDS",
+        help="time to send one whole request, headers and body (default: %(default)s)",
     )
     parser.set_defaults(run=run)
 
@@ -101,20 +132,37 @@ def run_bridge(args: argparse.Namespace, fail: Callable[[str], Exception]) -> in
         raise fail(
             f"the bridge needs the otlp extra ({missing} is missing): {_INSTALL_HINT}"
         ) from None
-    if args.max_body_bytes < 1 or args.max_in_flight < 1:
-        raise fail("--max-body-bytes and --max-in-flight must be positive")
     try:
+        bounds = ListenerBounds(
+            max_body_bytes=args.max_body_bytes,
+            max_connections=args.max_connections,
+            request_deadline=args.request_deadline,
+        )
+        if args.max_in_flight < 1:
+            raise ValueError("--max-in-flight must be positive")
         bridge = create_bridge(
-            token=args.token, max_body_bytes=args.max_body_bytes, **settings_from(args)
+            token=args.token,
+            max_body_bytes=args.max_body_bytes,
+            bounds=bounds,
+            **settings_from(args),
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
     if not bridge.delivery.config.api_key:
         bridge.delivery.shutdown()
         raise fail("no Altertable API key: pass --api-key or set OTEL_EXPORTER_ALTERTABLE_API_KEY")
-    server = BridgeServer(bridge, args.host, args.port, max_in_flight=args.max_in_flight)
+    server = BridgeServer(
+        bridge,
+        args.host,
+        args.port,
+        max_in_flight=args.max_in_flight,
+        allow_origins=args.allow_origins,
+    )
     try:
         server.start()
+    except ValueError as exc:  # beyond loopback without a token
+        bridge.delivery.shutdown()
+        raise fail(str(exc)) from None
     except OSError as exc:
         bridge.delivery.shutdown()
         raise fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
@@ -127,18 +175,7 @@ def run_bridge(args: argparse.Namespace, fail: Callable[[str], Exception]) -> in
     previous = _on_stop_signals(stop)
     handler = _log_to_stderr()
     try:
-        config = bridge.delivery.config
-        print(f"Altertable OTLP bridge listening on {server.endpoint}", flush=True)
-        spool = config.spool_dir or "off"
-        token = "required" if bridge.token_required else "none"
-        print(f"  delivering to: {config.endpoint} (spool: {spool})", flush=True)
-        print(f"  token:         {token}", flush=True)
-        print(f"  senders:       OTEL_EXPORTER_OTLP_ENDPOINT={server.endpoint}", flush=True)
-        if grpc_server is not None:
-            print(f"  OTLP/gRPC:     {grpc_server.endpoint} (TraceService, LogsService)",
-                  flush=True)  # fmt: skip
-            print(f"  gRPC senders:  OTEL_EXPORTER_OTLP_PROTOCOL=grpc "
-                  f"OTEL_EXPORTER_OTLP_ENDPOINT={grpc_server.endpoint}", flush=True)  # fmt: skip
+        _print_banner(bridge, server, grpc_server)
         stop.wait()
         print("Stopping: finishing the requests in hand...", flush=True)
     finally:
@@ -150,6 +187,23 @@ def run_bridge(args: argparse.Namespace, fail: Callable[[str], Exception]) -> in
         logging.getLogger("opentelemetry_exporter_altertable").removeHandler(handler)
     print("Bridge stopped.", flush=True)
     return 0
+
+
+def _print_banner(bridge: Any, server: Any, grpc_server: Any) -> None:
+    config = bridge.delivery.config
+    print(f"Altertable OTLP bridge listening on {server.endpoint}", flush=True)
+    spool = config.spool_dir or "off"
+    token = "required" if bridge.token_required else "none"
+    print(f"  delivering to: {config.endpoint} (spool: {spool})", flush=True)
+    print(f"  token:         {token}", flush=True)
+    print(f"  senders:       OTEL_EXPORTER_OTLP_ENDPOINT={server.endpoint}", flush=True)
+    if grpc_server is not None:
+        print(f"  OTLP/gRPC:     {grpc_server.endpoint} (TraceService, LogsService)", flush=True)
+        print(
+            f"  gRPC senders:  OTEL_EXPORTER_OTLP_PROTOCOL=grpc "
+            f"OTEL_EXPORTER_OTLP_ENDPOINT={grpc_server.endpoint}",
+            flush=True,
+        )
 
 
 def _start_grpc(bridge: Any, args: argparse.Namespace, fail: Callable[[str], Exception]) -> Any:

@@ -26,7 +26,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from .._http_server import ListenerBounds
 from .._mapping import EMPTY, Attrs, Record, has_interest
+from ._elements import TooManyElements, check_json, check_json_records, check_protobuf
 
 TRACES = "/v1/traces"
 LOGS = "/v1/logs"
@@ -41,19 +43,11 @@ _ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_
 _OWN_SCOPE = __name__.split(".", 1)[0]
 
 
-#: Records, events, links and attributes one request may carry, whatever its size in bytes:
-#: what reading it into Python objects costs is bounded by this, not by the bytes (a 16 MiB
-#: message can hold four million empty attributes).
-DEFAULT_MAX_ELEMENTS = 500_000
+__all__ = ["LOGS", "TRACES", "Decoded", "TooManyElements", "UndecodableBody", "decode", "parse"]
 
 
 class UndecodableBody(ValueError):
     """The body is not a valid OTLP request in the encoding it claims (answered with 400)."""
-
-
-class TooManyElements(ValueError):
-    """The request carries more elements than the bridge reads in one request (413, or
-    RESOURCE_EXHAUSTED over gRPC): the sender should send smaller batches."""
 
 
 @dataclass
@@ -205,43 +199,6 @@ def read_logs(request: ExportLogsServiceRequest) -> Decoded:
     return Decoded(records, 0, items, analytics)
 
 
-# --------------------------------------------------------------------------- bounds
-
-
-def check_elements(message: Message, limit: int) -> None:
-    """Raise :class:`TooManyElements` when ``message`` has more than ``limit`` resources,
-    scopes, spans, events, links, log records and (top-level) attributes in all.
-
-    Both fronts' one check, made after parsing and before reading: it only counts repeated
-    fields (no value is converted), so it costs little next to the reading it guards.
-    """
-    count = 0
-    if isinstance(message, ExportTraceServiceRequest):
-        for resource_spans in message.resource_spans:
-            count += 1 + len(resource_spans.resource.attributes)
-            for scope_spans in resource_spans.scope_spans:
-                count += 1 + len(scope_spans.scope.attributes)
-                for span in scope_spans.spans:
-                    count += 1 + len(span.attributes) + len(span.links)
-                    for event in span.events:
-                        count += 1 + len(event.attributes)
-                if count > limit:
-                    break
-    elif isinstance(message, ExportLogsServiceRequest):
-        for resource_logs in message.resource_logs:
-            count += 1 + len(resource_logs.resource.attributes)
-            for scope_logs in resource_logs.scope_logs:
-                count += 1 + len(scope_logs.scope.attributes)
-                for log in scope_logs.log_records:
-                    count += 1 + len(log.attributes)
-                if count > limit:
-                    break
-    if count > limit:
-        raise TooManyElements(
-            f"more than {limit} spans, events, log records and attributes; send smaller batches"
-        )
-
-
 # --------------------------------------------------------------------------- bodies
 
 
@@ -264,31 +221,34 @@ def _hex_ids_to_base64(node: Any, depth: int = 0) -> None:
                 _hex_ids_to_base64(item, depth + 1)
 
 
-def parse(path: str, body: bytes, is_json: bool) -> Message:
-    """Parse one request body into its protobuf message; :class:`UndecodableBody` if it is not."""
-    message: Message = ExportTraceServiceRequest() if path == TRACES else ExportLogsServiceRequest()
+def parse(path: str, body: bytes, is_json: bool, bounds: ListenerBounds | None = None) -> Message:
+    """Parse one request body into its protobuf message; :class:`UndecodableBody` if it is not,
+    :class:`TooManyElements` if it holds more than ``bounds`` allow (checked first)."""
+    traces = path == TRACES
+    message: Message = ExportTraceServiceRequest() if traces else ExportLogsServiceRequest()
+    bounds = bounds or ListenerBounds()
     try:
         if is_json:
+            check_json(body, bounds)
             doc = json.loads(body)
             if not isinstance(doc, dict):
                 raise UndecodableBody("OTLP JSON must be an object")
+            check_json_records(doc, traces, bounds)
             _hex_ids_to_base64(doc)
             json_format.ParseDict(doc, message, ignore_unknown_fields=True)
         else:
+            check_protobuf(body, traces, bounds)
             message.ParseFromString(body)
-    except UndecodableBody:
+    except (UndecodableBody, TooManyElements):
         raise
     except (ValueError, DecodeError, json_format.ParseError, RecursionError, TypeError) as exc:
         raise UndecodableBody(str(exc)[:200]) from None
     return message
 
 
-def decode(
-    path: str, body: bytes, is_json: bool, max_elements: int = DEFAULT_MAX_ELEMENTS
-) -> Decoded:
-    """Parse, bound (:func:`check_elements`) and read a ``/v1/traces`` or ``/v1/logs`` body."""
-    message = parse(path, body, is_json)
-    check_elements(message, max_elements)
+def decode(path: str, body: bytes, is_json: bool, bounds: ListenerBounds | None = None) -> Decoded:
+    """Parse and read a ``/v1/traces`` or ``/v1/logs`` body within ``bounds``."""
+    message = parse(path, body, is_json, bounds)
     if isinstance(message, ExportTraceServiceRequest):
         return read_traces(message)
     assert isinstance(message, ExportLogsServiceRequest)

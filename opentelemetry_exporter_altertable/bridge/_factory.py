@@ -6,8 +6,8 @@ import os
 from typing import Any
 
 from .. import environment_variables as ev
+from .._http_server import ListenerBounds
 from ._app import DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_AFTER, Bridge
-from ._decode import DEFAULT_MAX_ELEMENTS
 from ._delivery import Delivery
 
 TOKEN_VARIABLE = "ALTERTABLE_BRIDGE_TOKEN"
@@ -21,14 +21,15 @@ def create_bridge(
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     retry_after: int = DEFAULT_RETRY_AFTER,
-    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    bounds: ListenerBounds | None = None,
     **settings: Any,
 ) -> Bridge:
     """A :class:`Bridge` delivering with the exporters' settings (arguments, then variables).
 
     ``settings`` are the exporters' keyword arguments (``api_key``, ``endpoint``,
     ``environment``, ``timeout``, ``spool_dir``, ...); ``token`` falls back to
-    ``ALTERTABLE_BRIDGE_TOKEN``.
+    ``ALTERTABLE_BRIDGE_TOKEN``. ``bounds`` limits what one request may hold (its
+    ``max_body_bytes`` is replaced by the argument of that name).
     """
     if (
         settings.get("timeout") is None
@@ -42,5 +43,5 @@ def create_bridge(
         token=token,
         max_body_bytes=max_body_bytes,
         retry_after=retry_after,
-        max_elements=max_elements,
+        bounds=bounds,
     )

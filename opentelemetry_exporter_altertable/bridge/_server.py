@@ -4,11 +4,19 @@ Standard library only (``http.server``), in the local receiver's style: each ans
 one write (status line, headers and body together, ``Content-Length`` always set), so keep-alive
 senders never wait on Nagle's algorithm.
 
-Memory and work are bounded: a body is read only while fewer than ``max_in_flight`` requests
-are being handled, and never past ``max_body_bytes``; a request beyond the bound is answered
-503 with ``Retry-After`` at once, never queued. ``stop()`` stops accepting, lets the requests
-already read finish (their calls delivered or spooled, within the delivery timeout), then
-shuts the delivery down.
+Memory and work are bounded: connections, the time to send a request, body sizes and the
+bytes of all bodies held at once by the listener's :class:`~.._http_server.ListenerBounds`.
+A body is read first (never past ``max_body_bytes``), then a place in work is taken: at most
+``max_in_flight`` requests are decoded and delivered at once, so slow senders hold bytes,
+never places. A request beyond either bound is answered 503 with ``Retry-After`` at once,
+never queued.
+
+Browsers and DNS rebinding are screened before a body is read: a request carrying an
+``Origin`` not listed in ``allow_origins`` gets 403, and so does, when bound to loopback, a
+``Host`` that is not a loopback name. Bound beyond loopback it does not start without a token.
+
+``stop()`` stops accepting, lets the requests already read finish (their calls delivered or
+spooled, within the delivery timeout), then shuts the delivery down.
 """
 
 from __future__ import annotations
@@ -16,11 +24,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Iterable
+from dataclasses import replace
 from http import HTTPStatus
-from typing import Any, cast
+from typing import cast
 from urllib.parse import urlsplit
 
-from .._http_server import KeepAliveHandler, TrackingHTTPServer
+from .._http_server import (
+    BodyError,
+    ByteBudget,
+    KeepAliveHandler,
+    ListenerBounds,
+    RequestTimeout,
+    TrackingHTTPServer,
+    cut,
+    endpoint_url,
+    host_name,
+    is_loopback_host,
+    loggable_target,
+)
 from ..version import __version__
 from ._app import PATHS, Answer, Bridge, error
 
@@ -29,34 +51,26 @@ _logger = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4318
 DEFAULT_MAX_IN_FLIGHT = 8
-#: A body this many times the limit is still drained so the sender reads our 413.
-_DRAIN_FACTOR = 4
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _BadBody(Exception):
-    pass
 
 
 class _Handler(KeepAliveHandler):
     server_version = f"altertable-otel-bridge/{__version__}"
+    logger = _logger
 
     @property
     def _server(self) -> _Server:
         return cast(_Server, self.server)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        _logger.debug("%s %s", self.address_string(), format % args)
-
     def do_GET(self) -> None:
         path = urlsplit(self.path).path.rstrip("/")
-        if path in PATHS:
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        refusal = self._server.screen(headers)
+        if refusal is not None:
+            self._send(refusal)
+        elif path in PATHS:
             self._send(error(405, f"{path} only accepts POST"), allow="POST")
         else:
-            self._send(error(404, f"no such endpoint: {path[:200]}"))
+            self._send(error(404, f"no such endpoint: {cut(path)}"))
 
     def do_POST(self) -> None:
         server = self._server
@@ -64,29 +78,31 @@ class _Handler(KeepAliveHandler):
         path = urlsplit(self.path).path.rstrip("/")
         headers = {name.lower(): value for name, value in self.headers.items()}
         protobuf = bool(bridge.encoding(headers))
+        refusal = server.screen(headers, protobuf)
+        if refusal is not None:
+            self.discard_body(bridge.max_body_bytes)
+            self._send(refusal)
+            return
         if path not in PATHS:
             self.close_connection = True
-            self._send(error(404, f"no such endpoint: {path[:200]}", protobuf))
+            self._send(error(404, f"no such endpoint: {cut(path)}", protobuf))
             return
         if not bridge.authorized(headers):
             self.close_connection = True  # the body is not worth reading
             self._send(error(401, "missing or wrong bearer token", protobuf))
             return
+        if server.stopping or not server.has_place():
+            self._busy(protobuf)
+            return
+        # The body is read before a place in work is taken: a slow sender holds the bytes it
+        # sent (from the listener's budget), never one of the places.
+        raw = self._read(protobuf)
+        if raw is None:
+            return
         if server.stopping or not server.slots.acquire(blocking=False):
-            self.close_connection = True
-            why = "the bridge is stopping" if server.stopping else "the bridge is at capacity"
-            self._send(error(503, f"{why}; retry later", protobuf, bridge.retry_after))
+            self._busy(protobuf)
             return
         try:
-            try:
-                raw = self._read_body(bridge.max_body_bytes)
-            except _TooLarge:
-                self._send(error(413, f"body exceeds {bridge.max_body_bytes} bytes", protobuf))
-                return
-            except _BadBody as exc:
-                self.close_connection = True
-                self._send(error(400, str(exc), protobuf))
-                return
             try:
                 answer = bridge.handle(path, headers, raw)
             except Exception:  # a bug must not kill the connection's thread silently
@@ -96,53 +112,30 @@ class _Handler(KeepAliveHandler):
         finally:
             server.slots.release()
 
-    def _read_body(self, limit: int) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked(limit)
+    def _read(self, protobuf: bool) -> bytes | None:
+        """The body, or ``None`` once the answer saying why not is sent."""
+        bridge = self._server.bridge
         try:
-            length = int(self.headers.get("Content-Length", "0"))
-            if length < 0:
-                raise ValueError(length)
-        except ValueError:
-            raise _BadBody("invalid Content-Length") from None
-        if length > limit:
-            if length <= limit * _DRAIN_FACTOR:
-                remaining = length
-                while remaining > 0:
-                    chunk = self.rfile.read(min(remaining, 1 << 16))
-                    if not chunk:
-                        break
-                    remaining -= len(chunk)
-            else:
-                self.close_connection = True
-            raise _TooLarge
-        data = self.rfile.read(length)
-        if len(data) < length:
-            raise _BadBody("body shorter than Content-Length")
-        return data
+            return self.read_body(bridge.max_body_bytes)
+        except BodyError as exc:
+            retry = bridge.retry_after if exc.status == 503 else 0
+            self._send(error(exc.status, str(exc), protobuf, retry))
+        except RequestTimeout:
+            self.close_connection = True
+            self._send(error(408, "the request was not sent in time", protobuf))
+        return None
 
-    def _read_chunked(self, limit: int) -> bytes:
-        body = bytearray()
-        try:
-            while True:
-                size = int(self.rfile.readline(1024).split(b";", 1)[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline(1024).strip():
-                        pass  # trailers
-                    return bytes(body)
-                if len(body) + size > limit:
-                    self.close_connection = True
-                    raise _TooLarge
-                body += self.rfile.read(size)
-                self.rfile.readline(8)
-        except ValueError:
-            raise _BadBody("invalid chunked body") from None
+    def _busy(self, protobuf: bool) -> None:
+        server = self._server
+        self.close_connection = True
+        why = "the bridge is stopping" if server.stopping else "the bridge is at capacity"
+        self._send(error(503, f"{why}; retry later", protobuf, server.bridge.retry_after))
 
     def _send(self, answer: Answer, allow: str | None = None, counted: bool = False) -> None:
         if not counted and self.command == "POST":
             path = urlsplit(self.path).path.rstrip("/")
             headers = {name.lower(): value for name, value in self.headers.items()}
-            self._server.bridge.count(path[:200], headers, answer.status)
+            self._server.bridge.count(path, headers, answer.status)
         lines = [
             f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}",
             f"Server: {self.server_version}",
@@ -156,21 +149,48 @@ class _Handler(KeepAliveHandler):
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        _logger.debug("%s %s -> %d", self.command, self.path[:200], answer.status)
+        _logger.debug("%s %s -> %d", self.command, loggable_target(self.path), answer.status)
+        self.prepare_write()
         with contextlib.suppress(OSError):  # the sender went away; nothing to tell it
             self.wfile.write(head + answer.body)
 
 
 class _Server(TrackingHTTPServer):
     def __init__(
-        self, address: tuple[str, int], bridge: Bridge, max_in_flight: int, idle_timeout: float
+        self,
+        address: tuple[str, int],
+        bridge: Bridge,
+        max_in_flight: int,
+        bounds: ListenerBounds,
+        allow_origins: frozenset[str],
     ) -> None:
         self.bridge = bridge
         self.slots = threading.BoundedSemaphore(max_in_flight)
         self.max_in_flight = max_in_flight
-        self.idle_timeout = idle_timeout
+        self.allow_origins = allow_origins
+        self.screen_host = is_loopback_host(address[0])
         self.stopping = False
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, bounds)
+        self.budget = ByteBudget(bounds.max_buffered_bytes)
+
+    def has_place(self) -> bool:
+        """Whether a place in work is free now (checked before a body is read, so a bridge
+        at capacity answers 503 at once; taken only once the body is read)."""
+        if not self.slots.acquire(blocking=False):
+            return False
+        self.slots.release()
+        return True
+
+    def screen(self, headers: dict[str, str], protobuf: bool = False) -> Answer | None:
+        """403 for a browser's request from an origin not listed, or (bound to loopback) a
+        ``Host`` that is not a loopback name: a rebinding page cannot use the bridge's key."""
+        origin = headers.get("origin")
+        if origin is not None and origin.strip().rstrip("/").lower() not in self.allow_origins:
+            return error(403, "requests from web origins not allowed are refused", protobuf)
+        host = headers.get("host")
+        if self.screen_host and host is not None and not is_loopback_host(host_name(host)):
+            return error(403, "Host is not a loopback name", protobuf)
+        return None
 
     def wait_handled(self, timeout: float) -> bool:
         """Wait until no request is being handled (every slot free)."""
@@ -200,7 +220,9 @@ class BridgeServer:
         port: int = DEFAULT_PORT,
         *,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
-        idle_timeout: float = 60.0,
+        idle_timeout: float | None = None,
+        bounds: ListenerBounds | None = None,
+        allow_origins: Iterable[str] = (),
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -208,7 +230,11 @@ class BridgeServer:
         self.host = host
         self.port = port
         self.max_in_flight = max_in_flight
-        self.idle_timeout = idle_timeout
+        bounds = bounds or bridge.bounds
+        if idle_timeout is not None:
+            bounds = replace(bounds, idle_timeout=idle_timeout)
+        self.bounds = bounds
+        self.allow_origins = frozenset(o.strip().rstrip("/").lower() for o in allow_origins)
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -217,8 +243,18 @@ class BridgeServer:
         with self._lock:
             if self._server is not None:
                 raise RuntimeError("the bridge is already running")
-            server = _Server((self.host, self.port), self.bridge, self.max_in_flight,
-                             self.idle_timeout)  # fmt: skip
+            if not self.bridge.token_required and not is_loopback_host(self.host):
+                raise ValueError(
+                    f"host {self.host!r} is reachable from other machines: give a token "
+                    "(--token, or $ALTERTABLE_BRIDGE_TOKEN) or listen on 127.0.0.1"
+                )
+            server = _Server(
+                (self.host, self.port),
+                self.bridge,
+                self.max_in_flight,
+                self.bounds,
+                self.allow_origins,
+            )
             thread = threading.Thread(
                 target=server.serve_forever,
                 kwargs={"poll_interval": 0.05},
@@ -265,7 +301,4 @@ class BridgeServer:
         """Base URL, e.g. ``http://127.0.0.1:4318`` (append ``/v1/traces`` or ``/v1/logs``)."""
         if self._server is None:
             raise RuntimeError("the bridge is not running; call start() first")
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return endpoint_url(self.host, self.port)

@@ -12,7 +12,8 @@ sent: an ``Origin`` other than the receiver's own (cross-site requests, includin
 loopback name nor the receiver's own host (DNS rebinding: a page whose name resolves to
 127.0.0.1 still sends its own name as ``Host``). Tools that send no ``Origin`` are unaffected.
 
-Order of checks on ingestion, as the API does it: API key (``401``, empty body), then the body
+Order of checks on ingestion, as the API does it: API key (``401``, empty body; checked before
+the body is read, and on the OTLP routes too when the receiver has keys), then the body
 as a whole (``400`` malformed JSON, ``422`` schema, ``400 unknown-built-in-property``: nothing
 stored), then item by item, in order, the environment (``400 environment-not-found``). Items
 before the first unknown environment are stored before the error is answered, like the official
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
 
+from .._http_server import OTHER_ROUTE, host_name
 from ._faults import Fault, FaultInjector
 from ._store import Store, StoreError, new_uuid7, to_jsonable
 from ._validation import (
@@ -48,6 +50,7 @@ __all__ = [
     "DEFAULT_ENVIRONMENTS",
     "DEFAULT_MAX_BODY_BYTES",
     "INGEST_PATHS",
+    "OTLP_PATHS",
     "Application",
     "Method",
     "Request",
@@ -62,6 +65,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENVIRONMENTS = ("production", "staging", "development")
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 INGEST_PATHS = ("/track", "/identify", "/alias")
+#: OTLP ingestion (served when the ``otlp`` extra is installed): keyed like the rest when the
+#: receiver has keys; open otherwise, so an SDK left at its defaults can send here.
+OTLP_PATHS = ("/v1/traces", "/v1/logs")
 _FAILED_CODES = {
     "/track": "insert-failed",
     "/identify": "identify-failed",
@@ -119,15 +125,6 @@ def _fault_response(fault: Fault) -> Response:
     return Response(fault.status, error_response(error).body, headers=fault.headers)
 
 
-def _host_name(host: str) -> str:
-    """``Host`` without its port, lower case: ``[::1]:80`` -> ``::1``, ``a:80`` -> ``a``."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    name, colon, _ = host.rpartition(":")
-    return name if colon and ":" not in name else host
-
-
 class Application:
     """Routes a :class:`Request` to its handler and answers as the Altertable API does."""
 
@@ -162,7 +159,7 @@ class Application:
         ``headers`` is keyed in lower case. Called by the server before it reads a body.
         """
         host = headers.get("host")
-        if host is not None and not self._own_host(_host_name(host)):
+        if host is not None and not self._own_host(host_name(host)):
             error = ApiError(403, "forbidden-host", "Host is not this receiver's address")
             return error_response(error)
         origin = headers.get("origin")
@@ -182,16 +179,47 @@ class Application:
         # resolves here (the rebinding attack) is still refused.
         return address.is_loopback or self.host in _WILDCARD_HOSTS
 
-    def handle(self, request: Request) -> Response:
+    def refuse_unkeyed(
+        self,
+        method: Method,
+        path: str,
+        headers: Mapping[str, str],
+        query: Mapping[str, list[str]],
+    ) -> Response | None:
+        """``401`` for an ingestion POST without an accepted key (``None``: go on).
+
+        Every ingestion route is keyed: ``/track``, ``/identify``, ``/alias`` always (any
+        non-empty key when the receiver has none), the OTLP routes whenever the receiver
+        has keys. Called by the server before it reads a body (unless faults are injected:
+        they come first, as a front end's outage would), and again by :meth:`handle`.
+        """
+        if method != "POST":
+            return None
+        keyed = path in INGEST_PATHS or (path in OTLP_PATHS and self._api_keys is not None)
+        if keyed and not self.authorized(headers, query):
+            return Response(401)
+        return None
+
+    def route_of(self, path: str) -> str:
+        """``path`` when some method serves it, else ``(other)``: what answers are counted by,
+        so a client sending endless distinct paths cannot grow the counters."""
+        if any(route_path == path for _, route_path in self._routes):
+            return path
+        return OTHER_ROUTE
+
+    def handle(self, request: Request) -> Response:  # noqa: PLR0911  # one return per check, in the API's order
         """The answer to ``request``; an unexpected error is a ``500``, never an exception."""
         screened = self.screen(request.headers)
         if screened is not None:
             return screened
         faults = self.faults
         if faults is not None and request.method == "POST" and request.path in INGEST_PATHS:
-            fault = faults.decide(request.path)
+            fault = faults.decide(request.path)  # a front-end outage precedes the API's checks
             if fault is not None:
                 return Response(0, drop=True) if fault.drop else _fault_response(fault)
+        unkeyed = self.refuse_unkeyed(request.method, request.path, request.headers, request.query)
+        if unkeyed is not None:
+            return unkeyed
         handler = self._routes.get((request.method, request.path))
         if handler is None:
             return self._unrouted(request)

@@ -7,14 +7,15 @@ background thread; ``stop()`` ends connections and closes the database. No HTTP 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import threading
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
+from .._http_server import ListenerBounds, endpoint_url, is_loopback_host
 from ._app import DEFAULT_ENVIRONMENTS, DEFAULT_MAX_BODY_BYTES, Application, Method, Route
 from ._faults import FaultInjector, FaultPlan
 from ._page import add_page_routes
@@ -46,7 +47,9 @@ class LocalReceiver:
     else any non-empty pair; read-only; ``query_timeout`` seconds at most) and ``GET /`` is a
     page over it (``r.page_url``). ``r.query(sql)`` is the trusted path: any SQL, in process.
 
-    A ``host`` other than loopback needs ``api_keys`` (``ValueError`` otherwise): anyone who
+    ``bounds`` caps connections, the time to send one request and the idle time between
+    requests (see :class:`~.._http_server.ListenerBounds`). A ``host`` other than loopback
+    needs ``api_keys`` (``ValueError`` otherwise): anyone who
     can reach the port could write otherwise. At most ``max_in_work`` requests of a kind are
     read and handled at once; the next waits up to ``queue_wait`` seconds, then gets ``503``.
     """
@@ -61,7 +64,8 @@ class LocalReceiver:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         request_log_level: int = logging.DEBUG,
-        idle_timeout: float = 60.0,
+        idle_timeout: float | None = None,
+        bounds: ListenerBounds | None = None,
         faults: FaultPlan | FaultInjector | None = None,
         max_in_work: int = DEFAULT_MAX_IN_WORK,
         queue_wait: float = DEFAULT_QUEUE_WAIT,
@@ -79,7 +83,11 @@ class LocalReceiver:
         self.port = port
         self.max_body_bytes = max_body_bytes
         self.request_log_level = request_log_level
-        self.idle_timeout = idle_timeout
+        bounds = bounds or ListenerBounds(max_body_bytes=max_body_bytes)
+        if idle_timeout is not None:
+            bounds = replace(bounds, idle_timeout=idle_timeout)
+        self.bounds = bounds
+        """Connections, request deadline and idle time of the listener."""
         self.max_in_work = max_in_work
         self.queue_wait = queue_wait
         self.faults = FaultInjector(faults) if isinstance(faults, FaultPlan) else faults
@@ -137,7 +145,7 @@ class LocalReceiver:
                     (self.host, self.port),
                     app,
                     self.request_log_level,
-                    self.idle_timeout,
+                    self.bounds,
                     max_in_work=self.max_in_work,
                     queue_wait=self.queue_wait,
                 )
@@ -190,10 +198,7 @@ class LocalReceiver:
         """Base URL, e.g. ``http://127.0.0.1:15001`` (a wildcard host is reached via loopback)."""
         if self._server is None:
             raise RuntimeError("the receiver is not running; call start() first")
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return endpoint_url(self.host, self.port)
 
     @property
     def bound_address(self) -> str:
@@ -238,17 +243,6 @@ def _as_tuple(values: Iterable[str] | None, name: str) -> tuple[str, ...] | None
     if not all(isinstance(v, str) and v for v in result):
         raise ValueError(f"{name} must be non-empty strings")
     return result
-
-
-def is_loopback_host(host: str) -> bool:
-    """``localhost`` or a loopback address (``127.x.x.x``, ``::1``): reachable from here only."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def require_key_beyond_loopback(host: str, api_keys: tuple[str, ...] | None) -> None:

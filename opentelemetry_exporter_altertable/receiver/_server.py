@@ -1,11 +1,11 @@
 """The receiver's HTTP server: sockets in, :class:`~._app.Request` out, answers written back.
 
 Its one job is the wire: screening requests before reading them (a foreign ``Origin`` or
-``Host`` is refused, its body discarded unkept), bounding the requests in work, reading request
-bodies within their limit (``Content-Length`` or chunked), handing a :class:`~._app.Request` to
-the application, writing the answer, counting answers, logging request lines with the key
-masked, and tracking open connections so a stop is instant. Standard library only
-(``http.server``).
+``Host`` is refused, and so is an ingestion request without an accepted key, its body
+discarded unkept), bounding the requests in work, handing a :class:`~._app.Request` to the
+application, writing the answer, counting answers by route, logging request lines. Reading
+bodies, the request deadline, the connection cap and masking keys in logs are the shared
+listener's (:mod:`.._http_server`). Standard library only (``http.server``).
 
 At most ``max_in_work`` POSTs per kind (ingestion; every other path, such as ``/query``: apart,
 so neither starves the other) read and handle their bodies at once; the next waits up
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import select
 import selectors
 import socket
@@ -31,10 +30,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
-from typing import Any, cast
+from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
-from .._http_server import KeepAliveHandler, TrackingHTTPServer
+from .._http_server import (
+    BodyError,
+    KeepAliveHandler,
+    ListenerBounds,
+    RequestTimeout,
+    TrackingHTTPServer,
+    loggable_target,
+)
 from ..version import __version__
 from ._app import INGEST_PATHS, Application, Method, Request, Response, error_response
 from ._validation import ApiError
@@ -43,17 +49,9 @@ __all__ = ["DEFAULT_MAX_IN_WORK", "DEFAULT_QUEUE_WAIT", "Server"]
 
 logger = logging.getLogger(__name__)
 
-_API_KEY_IN_URL = re.compile(r"(?i)(apikey=)[^&]*")
-_DRAIN_LIMIT_FACTOR = 16
 DEFAULT_MAX_IN_WORK = 4
 DEFAULT_QUEUE_WAIT = 2.0
 _RETRY_AFTER_SECONDS = 1
-
-
-class _BodyError(Exception):
-    def __init__(self, status: int, error_code: str, message: str) -> None:
-        super().__init__(message)
-        self.error = ApiError(status, error_code, message)
 
 
 class _Places:
@@ -86,14 +84,11 @@ class _Places:
 
 class _Handler(KeepAliveHandler):
     server_version = f"altertable-otel-receiver/{__version__}"
+    logger = logger
 
     @property
     def _server(self) -> Server:
         return cast(Server, self.server)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # http.server's own complaints (bad request lines, timeouts); request lines are ours.
-        logger.debug("%s %s", self.address_string(), format % args)
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -107,30 +102,38 @@ class _Handler(KeepAliveHandler):
         path = _route(url.path)
         app = self._server.app
         headers = {name.lower(): value for name, value in self.headers.items()}
+        query = parse_qs(url.query)
+        # Screened and keys checked before a body is read: a refused request costs nothing.
         refusal = app.screen(headers)
+        if refusal is None and app.faults is None:
+            refusal = app.refuse_unkeyed(method, path, headers, query)
         if refusal is not None:
-            self._discard_body(app.max_body_bytes)
+            self.discard_body(app.max_body_bytes)
             self._finish(path, refusal, started)
             return
         if method == "GET":
-            query = parse_qs(url.query)
             request = Request(method, path, headers, query, b"", self._watch_disconnect)
             self._answer(request, started)
             return
         slots = self._server.slots(path)
         if not slots.acquire(timeout=self._server.queue_wait):
-            self._discard_body(app.max_body_bytes)
+            self.discard_body(app.max_body_bytes)
             self._finish(path, _busy(), started)
             return
         try:
             try:
-                body = self._read_body(app.max_body_bytes)
-            except _BodyError as exc:
-                self._finish(path, error_response(exc.error, close=True), started)
+                body = self.read_body(app.max_body_bytes)
+            except BodyError as exc:
+                self._finish(path, _body_refusal(exc), started)
                 return
-            self._answer(Request(
-                    method, path, headers, parse_qs(url.query), body, self._watch_disconnect
-                ), started)
+            except RequestTimeout:
+                self.close_connection = True
+                timeout = ApiError(408, "request-timeout", "the request was not sent in time")
+                self._finish(path, error_response(timeout, close=True), started)
+                return
+            self._answer(
+                Request(method, path, headers, query, body, self._watch_disconnect), started
+            )
         finally:
             slots.release()
 
@@ -140,71 +143,6 @@ class _Handler(KeepAliveHandler):
             self.close_connection = True  # no answer at all: the client sees the socket close
             return
         self._finish(request.path, response, started)
-
-    def _discard_body(self, limit: int) -> None:
-        """Read a body we will not use, without keeping it; close when that costs too much."""
-        length_header = self.headers.get("Content-Length")
-        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
-        try:
-            length = int(length_header) if length_header is not None else 0
-        except ValueError:
-            length = -1
-        if chunked or not 0 <= length <= limit * _DRAIN_LIMIT_FACTOR:
-            self.close_connection = True
-        elif length:
-            self._drain(length)
-
-    def _read_body(self, limit: int) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked(limit)
-        length_header = self.headers.get("Content-Length")
-        if length_header is None:
-            return b""
-        try:
-            length = int(length_header)
-            if length < 0:
-                raise ValueError(length)
-        except ValueError:
-            self.close_connection = True
-            raise _BodyError(400, "invalid-headers", "invalid Content-Length") from None
-        if length > limit:
-            if length <= limit * _DRAIN_LIMIT_FACTOR:
-                self._drain(length)  # so the client reads our 413 instead of a reset
-            else:
-                self.close_connection = True
-            raise _BodyError(413, "payload-too-large", f"body exceeds {limit} bytes")
-        data = self.rfile.read(length)
-        if len(data) < length:
-            self.close_connection = True
-            raise _BodyError(400, "invalid-json", "body shorter than Content-Length")
-        return data
-
-    def _drain(self, length: int) -> None:
-        remaining = length
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 1 << 16))
-            if not chunk:
-                self.close_connection = True
-                return
-            remaining -= len(chunk)
-
-    def _read_chunked(self, limit: int) -> bytes:
-        body = bytearray()
-        try:
-            while True:
-                size = int(self.rfile.readline(1024).split(b";", 1)[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline(1024).strip():
-                        pass  # trailers
-                    return bytes(body)
-                if len(body) + size > limit:
-                    self.close_connection = True
-                    raise _BodyError(413, "payload-too-large", f"body exceeds {limit} bytes")
-                body += self.rfile.read(size)
-                self.rfile.readline(8)
-        except ValueError:
-            self.close_connection = True
-            raise _BodyError(400, "invalid-headers", "invalid chunked body") from None
 
     def _finish(self, path: str, response: Response, started: float) -> None:
         if response.close:
@@ -225,19 +163,20 @@ class _Handler(KeepAliveHandler):
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         # Counted and logged before the write, so a client that has its answer sees them.
-        self._server.record(path, response.status)
+        self._server.record(self._server.app.route_of(path), response.status)
         if logger.isEnabledFor(self._server.request_log_level):
             logger.log(
                 self._server.request_log_level,
                 '%s "%s %s" %d %dB%s %.1fms',
                 self.client_address[0] if self.client_address else "-",
                 self.command,
-                _API_KEY_IN_URL.sub(r"\1***", self.path),
+                loggable_target(self.path),
                 response.status,
                 len(response.body),
                 "" if response.items is None else f" items={response.items}",
                 (time.perf_counter() - started) * 1000,
             )
+        self.prepare_write()
         if response.stream is None:
             self.wfile.write(head + response.body)
         else:
@@ -292,6 +231,11 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+def _body_refusal(exc: BodyError) -> Response:
+    code = "payload-too-large" if exc.status == 413 else "invalid-body"
+    return error_response(ApiError(exc.status, code, str(exc)), close=True)
+
+
 def _busy() -> Response:
     error = ApiError(503, "busy", "too many requests in progress; retry shortly")
     response = error_response(error)
@@ -311,7 +255,7 @@ class Server(TrackingHTTPServer):
         address: tuple[str, int],
         app: Application,
         request_log_level: int,
-        idle_timeout: float,
+        bounds: ListenerBounds,
         *,
         max_in_work: int = DEFAULT_MAX_IN_WORK,
         queue_wait: float = DEFAULT_QUEUE_WAIT,
@@ -322,13 +266,12 @@ class Server(TrackingHTTPServer):
         self._ingest_slots = _Places(max_in_work)
         self._other_slots = _Places(max_in_work)
         self.request_log_level = request_log_level
-        self.idle_timeout = idle_timeout
         self._counts: Counter[tuple[str, int]] = Counter()
         self._counts_lock = threading.Lock()
         self._stopping = False
         self._wake_reader, self._wake_writer = socket.socketpair()
         try:
-            super().__init__(address, _Handler)
+            super().__init__(address, _Handler, bounds)
         except BaseException:
             self._wake_reader.close()
             self._wake_writer.close()

@@ -1,0 +1,77 @@
+"""The export's deadline covers the whole answer: a server dripping its status line and header
+lines, each well within any per-read timeout, cannot hold ``export()`` past its timeout."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from support import sample_spans
+
+from opentelemetry_exporter_altertable import AltertableSpanExporter, RetryPolicy
+
+
+@contextmanager
+def header_dripper(gap: float, lines: int = 100) -> Iterator[str]:
+    """A loopback server that reads each request, then sends its answer's head one line per
+    ``gap`` seconds (``lines`` of them at most), never finishing it while the client waits."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            received = b""
+            while b"\r\n\r\n" not in received:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                received += data
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                for number in range(lines):
+                    if stop.wait(gap):
+                        return
+                    conn.sendall(f"X-Drip-{number}: 1\r\n".encode())
+            except OSError:
+                return  # the client gave up: what the test wants
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_header_lines_dripped_do_not_hold_export_past_its_timeout() -> None:
+    with header_dripper(gap=0.5) as endpoint:
+        exporter = AltertableSpanExporter(
+            api_key="pk_test_deadline",
+            endpoint=endpoint,
+            timeout=2.0,
+            retry=RetryPolicy(total=0),
+        )
+        try:
+            started = time.monotonic()
+            exporter.export(sample_spans(1))
+            took = time.monotonic() - started
+        finally:
+            exporter.shutdown()
+    assert took < 2.0 + 1.5  # the timeout, plus a margin for a busy machine
