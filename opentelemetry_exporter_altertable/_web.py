@@ -137,9 +137,14 @@ def _split_host(host: str) -> tuple[str, str | None]:
     return host, None
 
 
+#: Characters that end a URL's authority: a host holding one is not a host, and would put a
+#: path, query or fragment into ``$url``, which never carries a query.
+_NOT_IN_HOST = frozenset("/?#@\\ ")
+
+
 def _authority(scheme: str, host: str, port: Any) -> str | None:
     name, embedded = _split_host(host)
-    if not name:
+    if not name or not name.isprintable() or not _NOT_IN_HOST.isdisjoint(name):
         return None
     number = _port(port) if port is not None else None
     if number is None and embedded is not None:

@@ -7,7 +7,7 @@ import string
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from opentelemetry_exporter_altertable._web import (
@@ -249,6 +249,8 @@ _KEYS = ["url.full", "url.scheme", "server.address", "server.port", "url.path", 
          "http.client_ip", "net.peer.ip", "http.request.header.referer"]  # fmt: skip
 
 
+@example({"url.scheme": 0, "server.address": "?"}, False)
+@example({"http.scheme": "http", "http.host": "a#b", "http.target": "/"}, True)
 @given(st.dictionaries(st.sampled_from(_KEYS), _ODD, max_size=8), st.booleans())
 def test_web_context_never_raises_and_gives_strings(attrs: dict[str, Any], server: bool) -> None:
     context = web_context([attrs], server)
