@@ -40,8 +40,8 @@ import os
 import re
 import shlex
 import subprocess
-import tempfile
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import metadata

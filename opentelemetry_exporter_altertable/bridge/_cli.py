@@ -177,6 +177,8 @@ def run_bridge(args: argparse.Namespace, fail: Callable[[str], Exception]) -> in
     try:
         _print_banner(bridge, server, grpc_server)
         stop.wait()
+        if grpc_server is not None:
+            grpc_server.refuse_new_calls()
         print("Stopping: finishing the requests in hand...", flush=True)
     finally:
         # Both fronts refuse new work at once and finish what they took; then the delivery

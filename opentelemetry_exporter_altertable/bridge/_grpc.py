@@ -268,6 +268,11 @@ class GrpcBridgeServer:
             self._stopping = False
             return self
 
+    def refuse_new_calls(self) -> None:
+        """From now on a new call hears UNAVAILABLE with RetryInfo (what :meth:`stop` does
+        first); called the moment a stop is decided, before anything says it is stopping."""
+        self._stopping = True
+
     def stop(self, grace: float | None = None, *, shutdown_delivery: bool = True) -> None:
         """Refuse new calls, let those already taken finish (within ``grace``, by default the
         delivery timeout plus a second), then shut the delivery down if asked."""
@@ -279,7 +284,7 @@ class GrpcBridgeServer:
         wait = delivery.config.timeout + 1.0 if grace is None else grace
         # New calls hear UNAVAILABLE with RetryInfo (a sender waits and retries) while those
         # taken finish; then gRPC stops, cancelling only what is still queued after that.
-        self._stopping = True
+        self.refuse_new_calls()
         if not self._wait_handled(wait):
             _logger.warning("bridge: gRPC calls still running after %.1fs", wait)
         server.stop(1.0).wait(2.0)
