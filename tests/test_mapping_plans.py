@@ -17,12 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from opentelemetry_exporter_altertable._mapping import (
-    _INTEREST_PREFIXES,
     Calls,
     MappingOptions,
     Record,
     _Builder,
-    has_interest,
     map_records,
 )
 from opentelemetry_exporter_altertable._values import _value, json_safe
@@ -160,32 +158,6 @@ def test_a_plain_tagged_record_is_planned() -> None:
     builder.add(record, builder.resource(record.resource, record.time_ns))
     assert [plan is not None for plan in builder._plans[True].values()] == [True]
     assert builder.calls.tracks[0]["properties"]["$url"] == "https://shop.example.com/p/1"
-
-
-PREFIXES = ("analytics.", "user.email", "user.full_name", "user.name", "user.roles")
-KEY_TEXT = st.one_of(
-    st.sampled_from((*PREFIXES, "analytics.event", "user.id", "http.route", "xanalytics.", "")),
-    st.text(alphabet="anlytics.uerm\n_", max_size=14),
-)
-
-
-@settings(max_examples=500, deadline=None)
-@given(keys=st.lists(st.one_of(KEY_TEXT, st.integers(), st.none()), max_size=8))
-def test_has_interest_is_the_prefix_rule(keys: list[Any]) -> None:
-    """The joined-keys search answers as a startswith loop over every key would; a key that
-    holds a newline may only turn a no into a (harmless) yes."""
-    attrs = dict.fromkeys(keys, 1)
-    rule = any(type(key) is str and key.startswith(PREFIXES) for key in attrs)
-    if any(type(key) is str and "\n" in key for key in attrs):
-        assert has_interest(attrs) >= rule
-    else:
-        assert has_interest(attrs) == rule
-
-
-def test_the_interest_prefixes_are_analytics_and_user_keys() -> None:
-    """``has_interest`` searches for ``\\nanalytics.`` and ``\\nuser.`` only."""
-    assert all(prefix.startswith(("analytics.", "user.")) for prefix in _INTEREST_PREFIXES)
-    assert set(_INTEREST_PREFIXES) == set(PREFIXES)
 
 
 @settings(max_examples=300, deadline=None)
