@@ -252,21 +252,45 @@ def has_interest(attrs: Attrs | None) -> bool:
     A call needs an ``analytics.*`` key (an event, an alias, ``analytics.traits.*``) or one of
     the trait keys (``user.email``, ...): identity keys alone (``user.id``, ``session.id``,
     which the identity recipes put on every server span) yield nothing, since an identify
-    needs a trait. So the keys are joined once and searched for ``analytics.`` in C, and the
-    trait keys are one set test; no Python loop runs over the keys. A key holding a newline
-    can only make the answer a false yes, which costs a closer look, never a lost record.
+    needs a trait (:func:`_keys_interest` decides). The spans of one instrumentation share
+    their keys, in order, so the answer is remembered by key tuple: most records cost one
+    ``tuple`` and one dict lookup, both in C.
     """
     if not attrs:
         return False
     if EVENT_KEY in attrs:  # the common interesting case, in one lookup
         return True
+    keys = tuple(attrs)
+    answer = _ANSWERS.get(keys)
+    if answer is None:
+        answer = _keys_interest(keys)
+        if len(_ANSWERS) >= _ANSWERS_MAX:  # key sets made up per record: start over
+            _ANSWERS.clear()
+        _ANSWERS[keys] = answer
+    return answer
+
+
+#: :func:`has_interest`'s answers by key tuple. A memo of a pure function (the answer depends
+#: on the keys alone), so exporters may share it; bounded by clearing it when full. Dict reads
+#: and writes are atomic, so threads need no lock.
+_ANSWERS: dict[tuple[Any, ...], bool] = {}
+_ANSWERS_MAX = 1024
+
+
+def _keys_interest(keys: tuple[Any, ...]) -> bool:
+    """The rule behind :func:`has_interest`: an ``analytics.`` key or a trait key.
+
+    The keys are joined once and searched for ``analytics.`` in C; the trait keys are one set
+    test: no Python loop runs over the keys. A key holding a newline can only make the answer
+    a false yes, which costs a closer look, never a lost record.
+    """
     try:
-        if "\nanalytics." in "\n" + "\n".join(attrs):
+        if "\nanalytics." in "\n" + "\n".join(keys):
             return True
     except TypeError:  # a key that is not a string
-        if any(type(key) is str and key.startswith(_INTEREST_PREFIX) for key in attrs):
+        if any(type(key) is str and key.startswith(_INTEREST_PREFIX) for key in keys):
             return True
-    return not _TRAIT_KEY_SET.isdisjoint(attrs)
+    return not _TRAIT_KEY_SET.isdisjoint(keys)
 
 
 def carries_identity(attrs: Attrs) -> bool:

@@ -16,9 +16,12 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk.trace import ReadableSpan
 from otel_builders import EventSpec, finished_span
 
 from opentelemetry_exporter_altertable._mapping import (
+    _ANSWERS,
+    _ANSWERS_MAX,
     _ID_KEYS,
     _TRAIT_KEYS,
     ALIAS_KEY,
@@ -28,7 +31,11 @@ from opentelemetry_exporter_altertable._mapping import (
     _Builder,
     has_interest,
 )
-from opentelemetry_exporter_altertable._sdk import records_from_spans, span_has_analytics_data
+from opentelemetry_exporter_altertable._sdk import (
+    map_spans,
+    records_from_spans,
+    span_has_analytics_data,
+)
 from opentelemetry_exporter_altertable._web import OLD_KEYS, STABLE_KEYS
 
 #: Every key a rule of the mapping reads, from its own tables, and the prefixed families.
@@ -116,7 +123,8 @@ def test_identity_keys_alone_are_skipped(identity: list[str], others: list[str])
 
 def test_identity_keys_cost_no_python_loop() -> None:
     """The most common span of a traced service (a request naming its user) is answered in C:
-    no generator or other Python frame runs per key (a loop over 9 keys here)."""
+    no generator or other Python frame runs per key (9 keys here), whether its key set is new
+    or was seen before (then the answer is remembered)."""
     attrs = {
         "http.request.method": "GET", "http.route": "/p/{sku}", "url.full": "https://x.test/p",
         "http.response.status_code": 200, "user_agent.original": "Mozilla/5.0",
@@ -129,13 +137,24 @@ def test_identity_keys_cost_no_python_loop() -> None:
         if event == "call":
             frames.append(frame.f_code.co_name)
 
-    sys.setprofile(profile)
-    try:
-        answer = has_interest(attrs)
-    finally:
-        sys.setprofile(None)
-    assert answer is False
-    assert frames == ["has_interest"]
+    _ANSWERS.clear()
+    for expected in (["has_interest", "_keys_interest"], ["has_interest"]):
+        frames.clear()
+        sys.setprofile(profile)
+        try:
+            answer = has_interest(attrs)
+        finally:
+            sys.setprofile(None)
+        assert answer is False
+        assert frames == expected
+
+
+def test_remembered_answers_are_bounded() -> None:
+    _ANSWERS.clear()
+    for i in range(_ANSWERS_MAX + 5):
+        assert not has_interest({f"key.{i}": 1, "user.id": "u-1"})
+    assert 0 < len(_ANSWERS) <= _ANSWERS_MAX
+    assert has_interest({"key.1": 1, "user.id": "u-1", "user.email": "a@example.com"})
 
 
 def test_sdk_spans_with_identity_but_no_analytics_data_are_skipped() -> None:
@@ -150,3 +169,34 @@ def test_sdk_spans_with_identity_but_no_analytics_data_are_skipped() -> None:
     )
     assert span_has_analytics_data(tagged_event)
     assert records_from_spans([tagged_event])[1] == 0
+
+
+def test_spans_without_the_sdk_internals_map_the_same() -> None:
+    """The reader goes to the SDK's internals for speed; a span built through the public
+    ``ReadableSpan`` constructor (plain attributes, a tuple of events) lacks them and is read
+    through the public properties, to the same calls and the same skip count."""
+    identity = {"user.id": "u-1", "session.id": "s-1", "http.route": "/p"}
+    tagged = {**identity, EVENT_KEY: "Product Viewed", "analytics.properties.sku": "S-1"}
+    event = EventSpec("signup", {EVENT_KEY: "Signed Up"})
+    built = [
+        finished_span("GET /p", identity, resource={"service.name": "shop"}),
+        finished_span("GET /p", tagged, resource={"service.name": "shop"}),
+        finished_span("GET /p", identity, resource={"service.name": "shop"}, events=[event]),
+    ]
+    public = [
+        ReadableSpan(
+            span.name,
+            span.context,
+            attributes=dict(span.attributes or {}),
+            events=tuple(span.events),
+            resource=span.resource,
+            kind=span.kind,
+            start_time=span.start_time,
+            end_time=span.end_time,
+        )
+        for span in built
+    ]
+    assert not hasattr(public[0]._attributes, "_dict")
+    options = MappingOptions()
+    assert map_spans(public, options).by_endpoint() == map_spans(built, options).by_endpoint()
+    assert map_spans(public, options).skipped == map_spans(built, options).skipped == 1
