@@ -19,13 +19,10 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan
 from otel_builders import EventSpec, finished_span
 
+from opentelemetry_exporter_altertable._keys import ALIAS_KEY, EVENT_KEY, ID_KEYS, TRAIT_KEYS
 from opentelemetry_exporter_altertable._mapping import (
     _ANSWERS,
     _ANSWERS_MAX,
-    _ID_KEYS,
-    _TRAIT_KEYS,
-    ALIAS_KEY,
-    EVENT_KEY,
     MappingOptions,
     Record,
     _Builder,
@@ -40,7 +37,7 @@ from opentelemetry_exporter_altertable._web import OLD_KEYS, STABLE_KEYS
 
 #: Every key a rule of the mapping reads, from its own tables, and the prefixed families.
 RULE_KEYS = sorted(
-    {*_ID_KEYS, *_TRAIT_KEYS, *STABLE_KEYS, *OLD_KEYS, EVENT_KEY, ALIAS_KEY}
+    {*ID_KEYS, *TRAIT_KEYS, *STABLE_KEYS, *OLD_KEYS, EVENT_KEY, ALIAS_KEY}
     | {"analytics.properties.sku", "analytics.traits.plan", "analytics.properties.$url"}
 )
 #: Near misses of those keys, and ordinary attributes.
@@ -67,7 +64,7 @@ RESOURCES = st.sampled_from(
 def rule(attrs: dict[Any, Any]) -> bool:
     """The documented answer: an ``analytics.*`` key or a trait key."""
     return any(
-        type(key) is str and (key.startswith("analytics.") or key in _TRAIT_KEYS) for key in attrs
+        type(key) is str and (key.startswith("analytics.") or key in TRAIT_KEYS) for key in attrs
     )
 
 
@@ -105,7 +102,7 @@ def test_a_record_the_rules_map_is_never_skipped(
 @settings(max_examples=200, deadline=None)
 @given(
     identity=st.lists(
-        st.sampled_from(sorted(key for key in _ID_KEYS if not key.startswith("analytics."))),
+        st.sampled_from(sorted(key for key in ID_KEYS if not key.startswith("analytics."))),
         min_size=1,
         unique=True,
     ),
@@ -117,7 +114,7 @@ def test_identity_keys_alone_are_skipped(identity: list[str], others: list[str])
     them apart)."""
     attrs = dict.fromkeys((*others, *identity), "u-1")
     assert not has_interest(attrs)
-    for trait in _TRAIT_KEYS:
+    for trait in TRAIT_KEYS:
         assert has_interest({**attrs, trait: "x"})
 
 
