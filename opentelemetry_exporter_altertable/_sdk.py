@@ -138,9 +138,10 @@ def records_from_spans(
             attrs = bounded._dict
             dropped = bounded.dropped
             events = internals._events._dq
+            read = type(attrs) is dict and type(dropped) is int
         except AttributeError:
-            resource, attrs, dropped, events = _span_parts(span)
-        if type(attrs) is not dict or type(dropped) is not int:
+            read = False
+        if not read:
             resource, attrs, dropped, events = _span_parts(span)
         if resource is not last_resource:
             last_resource = resource
