@@ -110,6 +110,8 @@ FAST_TARGET = 100_000.0
 APP_OVERHEAD_MAX = 0.05
 #: ... and the journal at most this much more than ours without it.
 JOURNAL_EXTRA_MAX = 0.05
+#: Memory is flat when RSS at the end is at most this above RSS after the first 100,000.
+MEMORY_GROWTH_MAX_MIB = 2.0
 
 
 @dataclass
@@ -893,6 +895,10 @@ def _print_memory(title: str, mem: dict[str, Any]) -> None:
         f"(includes this process's {mem['parent_peak_rss_at_spawn_kb'] / 1024:.1f} MiB "
         "at spawn)"
     )
+    print(
+        f"  target: flat, at most {MEMORY_GROWTH_MAX_MIB:g} MiB more at the end than after the "
+        f"first {mem['checkpoint_events']:,}: {_verdict(growth, None, MEMORY_GROWTH_MAX_MIB)}"
+    )
 
 
 def _verdict(value: float | None, low: float | None, high: float | None) -> str:
@@ -1055,11 +1061,16 @@ def print_report(report: dict[str, Any]) -> None:  # noqa: PLR0912, PLR0915  # o
             print(f"  sink latency {run['sink_latency_ms']:g} ms")
             for label in ("BatchSpanProcessor", "AltertableSpanProcessor"):
                 b = run[label]
+                target = (
+                    f"  target: none lost: {'met' if b['tagged_lost'] == 0 else 'NOT met'}"
+                    if label == "AltertableSpanProcessor"
+                    else "  (a reference)"
+                )
                 print(
                     f"    {label:<24} delivered {b['tagged_delivered']:>6,}  lost "
                     f"{b['tagged_lost']:>6,}  (burst {b['burst_seconds']} s at "
                     f"{b['spans_per_second_produced']:,} spans/s, all flushed after "
-                    f"{b['seconds_until_flushed']} s)"
+                    f"{b['seconds_until_flushed']} s){target}"
                 )
     print(f"\ntotal run time {meta.get('seconds', 0):.0f} s")
 
