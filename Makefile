@@ -97,7 +97,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_export.py
 
 # The same ratios in instructions counted by callgrind, which load on the machine cannot move
-# (Debian's valgrind, installed when missing, as for the browser). About 10 minutes.
+# (Debian's valgrind, installed when missing, as for the browser). About 2-3 minutes.
 bench-instructions: $(STAMP)
 	@command -v valgrind >/dev/null 2>&1 || { \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }

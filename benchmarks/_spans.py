@@ -57,6 +57,16 @@ def untagged_attributes(i: int) -> dict[str, Any]:
     return {k: v for k, v in tagged_attributes(i).items() if not k.startswith(_UNTAGGED_PREFIXES)}
 
 
+def identity_attributes(i: int) -> dict[str, Any]:
+    """An untagged request of a signed-in user: the identity keys the identity recipes put on
+    every server span (``user.id``, ``enduser.id``, ``session.id``), no analytics data."""
+    tagged = tagged_attributes(i)
+    attrs = untagged_attributes(i)
+    attrs["user.id"] = tagged["user.id"]
+    attrs["enduser.id"] = tagged["user.id"]
+    return attrs
+
+
 def make_provider(*processors: Any) -> TracerProvider:
     """A provider with the benchmark resource and the given span processors."""
     provider = TracerProvider(resource=Resource.create(RESOURCE_ATTRIBUTES))
@@ -65,12 +75,16 @@ def make_provider(*processors: Any) -> TracerProvider:
     return provider
 
 
-def build_spans(count: int, *, tagged: bool) -> list[ReadableSpan]:
-    """``count`` finished spans produced by the real SDK (start, attributes, end)."""
+def build_spans(count: int, *, tagged: bool, identity: bool = False) -> list[ReadableSpan]:
+    """``count`` finished spans produced by the real SDK (start, attributes, end): tagged,
+    untagged, or untagged with the user's identity keys (``identity``)."""
     exporter = InMemorySpanExporter()
     provider = make_provider(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("shop.checkout", "2.14.1")
-    attrs = tagged_attributes if tagged else untagged_attributes
+    if tagged:
+        attrs = tagged_attributes
+    else:
+        attrs = identity_attributes if identity else untagged_attributes
     for i in range(count):
         span = tracer.start_span("GET /products/{sku}", kind=SpanKind.SERVER, attributes=attrs(i))
         span.end()

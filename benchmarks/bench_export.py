@@ -1,15 +1,18 @@
-"""Export throughput, memory and burst behaviour, measured in one run on the same spans.
+"""Export throughput, app overhead, memory and burst behaviour, measured in one run.
 
     python benchmarks/bench_export.py            # full run (``make bench``)
     python benchmarks/bench_export.py --quick    # smoke run, small counts, a few seconds
     python benchmarks/bench_export.py --json out.json
 
-Every scenario uses the same spans, built once with the real SDK (512 per export batch), and
-the same loopback sink that answers like the Altertable API (``_sink.py``). Each timed
-scenario is warmed up, then repeated ``--rounds`` times; the table shows the best and the
-median round, and the ratios use the best round (the least disturbed by other processes).
-Everything runs in this process except the memory run, which needs a clean process to
-measure its peak RSS.
+Every export scenario uses the same spans, built once with the real SDK (512 per export
+batch), and the same loopback sink that answers like the Altertable API (``_sink.py``). The
+timed scenarios are interleaved: each round runs one window of every scenario (starting one
+scenario later each round), so a burst of load on the shared machine lands on all of them
+alike rather than on whichever ran at that minute. After a warm-up window each, ``--rounds``
+rounds; the table shows the best window, the median and the spread ((best - worst) / best),
+and ratios use the best windows (the least disturbed). The app-overhead rows serve requests
+through real Flask and FastAPI apps (``_apps.py``), interleaved the same way. Everything runs
+in this process except the sink, the bridge's sender and the memory runs.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class Sizes:
     burst_untagged: int = 200_000
     burst_tagged: int = 2_000
     on_end_calls: int = 200_000
+    app_requests: int = 1_500  # per window and app configuration
+    app_rounds: int = 10  # short windows, many rounds: the best ones are the quiet ones
 
 
 QUICK = Sizes(
@@ -76,29 +81,50 @@ QUICK = Sizes(
     burst_untagged=20_000,
     burst_tagged=200,
     on_end_calls=20_000,
+    app_requests=100,
+    app_rounds=3,
 )
 
 AnySink = Sink | ProcessSink
 
-#: The package's targets for each ratio: (at least, at most).
+#: The targets of each ratio: (at least, at most).
 TARGETS: dict[str, tuple[float | None, float | None]] = {
     "ours/OTLP": (2.5, None),
     "ours/SDK": (55.0, None),
     "ours/floor": (0.45, None),
     "skip/tagged": (15.0, None),
+    "skip_ids/tagged": (15.0, None),
     "bridge/ours": (0.5, None),
     "on_end/BSP": (None, 3.0),
 }
+#: What each scenario row is held to (printed beside it): ratio names of TARGETS, or a rate.
+ROW_TARGETS: dict[str, tuple[str, ...]] = {
+    "ours": ("fast >= 100,000/s",),
+    "ours_stdlib": ("ours/OTLP", "ours/SDK", "ours/floor"),
+    "skip": ("skip/tagged",),
+    "skip_ids": ("skip_ids/tagged",),
+    "bridge": ("bridge/ours",),
+}
+FAST_TARGET = 100_000.0
+#: The app-overhead targets: ours takes at most this share of the app's requests/s ...
+APP_OVERHEAD_MAX = 0.05
+#: ... and the journal at most this much more than ours without it.
+JOURNAL_EXTRA_MAX = 0.05
+#: Memory is flat when RSS at the end is at most this above RSS after the first 100,000.
+MEMORY_GROWTH_MAX_MIB = 2.0
 
 
 @dataclass
 class Result:
     name: str
-    unit: str  # "events" or "spans"
+    unit: str  # "events", "spans" or "requests"
     per_round: int
     rates: list[float] = field(default_factory=list)
     bytes_per_item: float | None = None
     note: str = ""
+    cpu_us: list[float] = field(default_factory=list)
+    """This process's CPU time per item of each window (all its threads: a processor's worker
+    included, the sink and senders in other processes not)."""
 
     @property
     def best(self) -> float:
@@ -108,9 +134,73 @@ class Result:
     def median(self) -> float:
         return statistics.median(self.rates) if self.rates else 0.0
 
+    @property
+    def spread(self) -> float:
+        """(best - worst) / best of the windows: how much the machine moved this row."""
+        return (self.best - min(self.rates)) / self.best if self.rates and self.best else 0.0
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Scenario:
+    """One timed scenario: ``window`` does one window's work and returns its item count."""
+
+    key: str
+    result: Result
+    window: Callable[[], int]
+    close: Callable[[], None] = _nothing
+    sink_path: str | None = None
+    """Where its requests land on the shared sink: the bytes and requests its windows sent
+    there are counted per scenario (snapshots taken between windows, outside the timing)."""
+
+
+def run_interleaved(
+    scenarios: Sequence[Scenario], rounds: int, sink: AnySink | None = None
+) -> None:
+    """One warm-up window each, then ``rounds`` rounds of one window of every scenario.
+
+    Round ``r`` starts with scenario ``r`` (mod their number), so no scenario always runs
+    right after the same neighbour (a neighbour's background work, such as a processor
+    thread flushing, would otherwise land on the same scenario every round).
+    """
+    counted: dict[str, list[int]] = {s.key: [0, 0, 0] for s in scenarios}  # items, bytes, reqs
+
+    def window(scenario: Scenario, timed: bool) -> None:
+        before = sink.snapshot() if sink is not None and scenario.sink_path else None
+        cpu = time.process_time()
+        start = time.perf_counter()
+        items = scenario.window()
+        seconds = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+        if timed:
+            scenario.result.rates.append(items / seconds)
+            scenario.result.cpu_us.append(cpu / items * 1e6)
+        if before is not None and sink is not None and scenario.sink_path:
+            after = sink.snapshot()
+            path = scenario.sink_path
+            tally = counted[scenario.key]
+            tally[0] += items
+            tally[1] += after["bytes"].get(path, 0) - before["bytes"].get(path, 0)
+            tally[2] += after["requests"].get(path, 0) - before["requests"].get(path, 0)
+
+    for scenario in scenarios:
+        window(scenario, timed=False)
+    for r in range(rounds):
+        for k in range(len(scenarios)):
+            window(scenarios[(r + k) % len(scenarios)], timed=True)
+    for scenario in scenarios:
+        items, nbytes, requests = counted[scenario.key]
+        if items and nbytes:
+            scenario.result.bytes_per_item = nbytes / items
+        if scenario.sink_path and not scenario.result.note:
+            scenario.result.note = f"{requests} requests sent"
+
 
 def _timed(run_round: Callable[[], int], rounds: int) -> list[float]:
-    """Warm up with one round, then time ``rounds`` rounds; items per second of each."""
+    """Warm up with one round, then time ``rounds`` rounds (not interleaved); items/s each."""
     run_round()
     rates = []
     for _ in range(rounds):
@@ -118,6 +208,11 @@ def _timed(run_round: Callable[[], int], rounds: int) -> list[float]:
         items = run_round()
         rates.append(items / (time.perf_counter() - start))
     return rates
+
+
+def _close_all(scenarios: Sequence[Scenario]) -> None:
+    for scenario in scenarios:
+        scenario.close()
 
 
 def _ours(endpoint: str, max_batch_size: int, compression: str | None, **kwargs: Any) -> Any:
@@ -134,10 +229,10 @@ def _ours(endpoint: str, max_batch_size: int, compression: str | None, **kwargs:
     )
 
 
-def _export_rounds(
+def _export_window(
     exporter: Any, pool: Sequence[list[ReadableSpan]], n_batches: int
 ) -> Callable[[], int]:
-    def run_round() -> int:
+    def window() -> int:
         done = 0
         for k in range(n_batches):
             batch = pool[k % len(pool)]
@@ -146,26 +241,20 @@ def _export_rounds(
             done += len(batch)
         return done
 
-    return run_round
-
-
-def _per_item(sink: AnySink, path: str, items: int) -> float | None:
-    snap = sink.snapshot()
-    sent = snap["bytes"].get(path, 0)
-    return sent / items if items and sent else None
+    return window
 
 
 # --------------------------------------------------------------------------- scenarios
 
 
-def bench_ours(
+def scenario_ours(
     sink: AnySink,
     pool: Sequence[list[ReadableSpan]],
     sizes: Sizes,
     args: Any,
     *,
     stdlib_json: bool = False,
-) -> Result:
+) -> Scenario:
     """Ours on tagged spans; ``stdlib_json`` as if orjson (the ``fast`` extra) were absent."""
     from opentelemetry_exporter_altertable import _transport
 
@@ -179,37 +268,34 @@ def bench_ours(
     name = (
         "ours, stdlib json (no orjson)" if stdlib_json else "ours: AltertableSpanExporter -> /track"
     )
-    res = Result(name, "events", sizes.export_batches * BATCH)
-    try:
-        sink.reset()
-        res.rates = _timed(_export_rounds(exporter, pool, sizes.export_batches), sizes.rounds)
-        res.bytes_per_item = _per_item(sink, "/track", (sizes.rounds + 1) * res.per_round)
-    finally:
-        exporter.shutdown()
-    return res
+    return Scenario(
+        "ours_stdlib" if stdlib_json else "ours",
+        Result(name, "events", sizes.export_batches * BATCH),
+        _export_window(exporter, pool, sizes.export_batches),
+        exporter.shutdown,
+        "/track",
+    )
 
 
-def bench_otlp(sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes) -> Result:
+def scenario_otlp(sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes) -> Scenario:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     exporter: Any = OTLPSpanExporter(endpoint=f"{sink.url}/v1/traces")
-    res = Result("OTLP/HTTP protobuf exporter -> /v1/traces", "spans", sizes.export_batches * BATCH)
-    try:
-        sink.reset()
-        res.rates = _timed(_export_rounds(exporter, pool, sizes.export_batches), sizes.rounds)
-        res.bytes_per_item = _per_item(sink, "/v1/traces", (sizes.rounds + 1) * res.per_round)
-    finally:
-        exporter.shutdown()
-    return res
+    return Scenario(
+        "otlp",
+        Result("OTLP/HTTP protobuf exporter -> /v1/traces", "spans", sizes.export_batches * BATCH),
+        _export_window(exporter, pool, sizes.export_batches),
+        exporter.shutdown,
+        "/v1/traces",
+    )
 
 
-def bench_sdk(sink: AnySink, payloads: Sequence[dict[str, Any]], sizes: Sizes) -> Result:
+def scenario_sdk(sink: AnySink, payloads: Sequence[dict[str, Any]], sizes: Sizes) -> Scenario:
     from altertable import Altertable
 
     client = Altertable(API_KEY, server_url=sink.url, environment=ENVIRONMENT)
-    res = Result("official altertable SDK: track() per event", "events", sizes.sdk_events)
 
-    def run_round() -> int:
+    def window() -> int:
         for k in range(sizes.sdk_events):
             p = payloads[k % len(payloads)]
             client.track(
@@ -219,47 +305,51 @@ def bench_sdk(sink: AnySink, payloads: Sequence[dict[str, Any]], sizes: Sizes) -
             )
         return sizes.sdk_events
 
-    sink.reset()
-    try:
-        res.rates = _timed(run_round, sizes.rounds)
-        res.bytes_per_item = _per_item(sink, "/track", (sizes.rounds + 1) * res.per_round)
-    finally:
-        client.session.close()
-    return res
+    return Scenario(
+        "sdk",
+        Result("official altertable SDK: track() per event", "events", sizes.sdk_events),
+        window,
+        client.session.close,
+        "/track",
+    )
 
 
-def bench_floor(payloads: Sequence[dict[str, Any]], sizes: Sizes, max_batch_size: int) -> Result:
+def scenario_floor(
+    payloads: Sequence[dict[str, Any]], sizes: Sizes, max_batch_size: int
+) -> Scenario:
     """json.dumps + encode of pre-built /track items, chunked like our requests; no HTTP."""
     chunks = [list(payloads[i : i + max_batch_size]) for i in range(0, BATCH, max_batch_size)]
     res = Result("floor: json.dumps of pre-built payloads", "events", sizes.export_batches * BATCH)
-    nbytes = 0
 
-    def run_round() -> int:
-        nonlocal nbytes
+    def window() -> int:
         nbytes = 0
         for _ in range(sizes.export_batches):
             for chunk in chunks:
                 nbytes += len(json.dumps(chunk).encode())
+        res.bytes_per_item = nbytes / res.per_round
         return sizes.export_batches * BATCH
 
-    res.rates = _timed(run_round, sizes.rounds)
-    res.bytes_per_item = nbytes / res.per_round
-    return res
+    return Scenario("floor", res, window)
 
 
-def bench_skip(
-    sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any
-) -> Result:
+def scenario_skip(
+    sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any, *, ids: bool
+) -> Scenario:
+    """Ours on untagged spans: plain requests, or (``ids``) requests naming their user
+    (``user.id``, ``enduser.id``, ``session.id``: the most common span of a traced service)."""
     exporter = _ours(sink.url, args.max_batch_size, args.compression)
-    res = Result("ours on untagged spans (skip path)", "spans", sizes.skip_batches * BATCH)
-    try:
-        sink.reset()
-        res.rates = _timed(_export_rounds(exporter, pool, sizes.skip_batches), sizes.rounds)
-        sent = sum(sink.snapshot()["requests"].values())
-        res.note = f"{sent} requests sent"
-    finally:
-        exporter.shutdown()
-    return res
+    name = (
+        "ours on untagged spans with user.id (skip)"
+        if ids
+        else "ours on untagged spans (skip path)"
+    )
+    return Scenario(
+        "skip_ids" if ids else "skip",
+        Result(name, "spans", sizes.skip_batches * BATCH),
+        _export_window(exporter, pool, sizes.skip_batches),
+        exporter.shutdown,
+        "/track",
+    )
 
 
 def bench_receiver(
@@ -296,7 +386,7 @@ def bench_receiver(
             exporter = _ours(rec.endpoint, args.max_batch_size, args.compression)
             try:
                 rounds = max(2, sizes.rounds // 2)
-                res.rates = _timed(_export_rounds(exporter, pool, sizes.receiver_batches), rounds)
+                res.rates = _timed(_export_window(exporter, pool, sizes.receiver_batches), rounds)
                 rows = rec.query("SELECT count(*) FROM altertable.analytics.events")[0][0]
             finally:
                 exporter.shutdown()
@@ -310,12 +400,13 @@ def bench_receiver(
     return out
 
 
-def bench_bridge(
+def scenario_bridge(
     sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any
-) -> Result:
+) -> Scenario | str:
     """The OTLP bridge: a sender process posts OTLP protobuf requests of 512 tagged spans to a
     bridge in this process, which maps and delivers them to the sink; spans per second, each
-    request answered 200 only once its calls were accepted."""
+    request answered 200 only once its calls were accepted. The sender runs one window per
+    command (``_bridge_client.py``), so the bridge's windows interleave with the others'."""
     import pickle
     import tempfile
 
@@ -324,58 +415,213 @@ def bench_bridge(
 
         from opentelemetry_exporter_altertable.bridge import BridgeServer, create_bridge
     except ImportError as exc:
-        return Result(f"bridge skipped: {exc}", "spans", 0)
-    res = Result(
-        "bridge: OTLP protobuf (512/request) -> /track", "spans", sizes.export_batches * BATCH
-    )
+        return f"skipped: bridge not importable ({exc})"
     bodies = [encode_spans(batch).SerializeToString() for batch in pool]
     extra: dict[str, Any] = {"compression": args.compression} if args.compression else {}
     bridge = create_bridge(
         api_key=API_KEY, endpoint=sink.url, environment=ENVIRONMENT,
         max_batch_size=args.max_batch_size, **extra,
     )  # fmt: skip
-    with tempfile.NamedTemporaryFile(suffix=".pickle") as f, BridgeServer(bridge, port=0) as server:
-        pickle.dump(bodies, f)
-        f.flush()
-        sink.reset()
-        client = Path(__file__).with_name("_bridge_client.py")
-        done = subprocess.run(
-            [sys.executable, str(client), server.endpoint, f.name, str(sizes.export_batches),
-             str(sizes.rounds), str(BATCH)],
-            capture_output=True, text=True, timeout=600, check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(f"bridge client failed: {done.stderr[-500:]}")
-        res.rates = json.loads(done.stdout)
-        res.bytes_per_item = _per_item(sink, "/track", (sizes.rounds + 1) * res.per_round)
-        res.note = (
-            f"sender in its own process, {sum(len(b) for b in bodies) // len(bodies):,} B/request"
+    server = BridgeServer(bridge, port=0).__enter__()
+    bodies_file = tempfile.NamedTemporaryFile(suffix=".pickle")  # noqa: SIM115  # closed in close()
+    pickle.dump(bodies, bodies_file)
+    bodies_file.flush()
+    client = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("_bridge_client.py")), server.endpoint,
+         bodies_file.name],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert client.stdin is not None and client.stdout is not None
+    stdin, stdout = client.stdin, client.stdout
+
+    def window() -> int:
+        stdin.write(f"{sizes.export_batches}\n")
+        stdin.flush()
+        if stdout.readline().strip() != "ok":
+            raise RuntimeError("the bridge's sender failed (see its stderr above)")
+        return sizes.export_batches * BATCH
+
+    def close() -> None:
+        stdin.close()
+        try:
+            client.wait(timeout=60)
+        finally:
+            server.__exit__(None, None, None)
+            bodies_file.close()
+
+    res = Result(
+        "bridge: OTLP protobuf (512/request) -> /track", "spans", sizes.export_batches * BATCH
+    )
+    res.note = (
+        f"sender in its own process, {sum(len(b) for b in bodies) // len(bodies):,} B/request"
+    )
+    return Scenario("bridge", res, window, close, "/track")
+
+
+# --------------------------------------------------------------------------- rows to come
+#
+# Paths the package is growing; each hook returns None until it exists, and its row prints
+# "not measured yet" beside its target. A hook that returns a Scenario joins the interleaved
+# rounds of its group.
+
+
+def scenario_bridge_grpc(
+    sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any
+) -> Scenario | None:
+    """The bridge over OTLP/gRPC, fed the same requests as ``scenario_bridge`` (512 tagged
+    spans each, from a sender in its own process), next to the HTTP bridge's row."""
+    return None
+
+
+def scenario_replay(sink: AnySink, sizes: Sizes, args: Any) -> Scenario | None:
+    """``replay`` throughput: events per second re-sent from a journal (or spool) written
+    beforehand, to the sink."""
+    return None
+
+
+def bench_journal_record(sizes: Sizes, args: Any) -> dict[str, Any] | None:
+    """The journal's calling-thread cost per analytics record (``time.thread_time``, as the
+    ``on_end`` rows), with and without the spool: ``{"with_spool": {"best_us": ...,
+    "median_us": ...}, "without_spool": {...}}``. Target: median <= 25 us."""
+    return None
+
+
+def bench_bridge_ack_latency(
+    sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any
+) -> dict[str, Any] | None:
+    """The bridge's acknowledgement latency once it acknowledges on the journal: per request
+    of 512 tagged spans, ``{"p50_ms": ..., "p99_ms": ..., "requests": ...}``."""
+    return None
+
+
+def journal_processor(sink_url: str, args: Any) -> Any | None:
+    """``AltertableSpanProcessor(AltertableSpanExporter(...))`` with the journal on, for the
+    app-overhead rows (target: at most 5% more than without it)."""
+    return None
+
+
+PENDING_ROWS = (
+    ("bridge_grpc", "gRPC bridge, same requests as the HTTP bridge", "next to the HTTP bridge"),
+    ("replay", "replay throughput", "events/s (no target yet)"),
+    ("journal_record", "journal: calling-thread cost per record", "median <= 25 us"),
+    ("bridge_ack", "bridge acknowledgement latency (journal)", "p50 / p99 ms (no target yet)"),
+)
+
+
+# --------------------------------------------------------------------------- app overhead
+
+
+def app_scenarios(sink: AnySink, sizes: Sizes, args: Any) -> list[Scenario]:
+    """Per framework (Flask over WSGI, FastAPI over ASGI), one app per exporter setup: none,
+    ``BatchSpanProcessor(OTLPSpanExporter)``, ``AltertableSpanProcessor(AltertableSpanExporter)``
+    (and ours with the journal, once ``journal_processor`` gives one). Each window serves
+    ``app_requests`` requests and then flushes the provider, so all of the export work the
+    requests caused is inside the window."""
+    from _apps import FRAMEWORKS
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from opentelemetry_exporter_altertable.processor import AltertableSpanProcessor
+
+    setups: list[tuple[str, str, Callable[[], Any]]] = [
+        ("none", "no exporter", lambda: None),
+        (
+            "otlp",
+            "BatchSpanProcessor(OTLPSpanExporter)",
+            lambda: BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{sink.url}/v1/traces")),
+        ),
+        (
+            "ours",
+            "AltertableSpanProcessor(AltertableSpanExporter)",
+            lambda: AltertableSpanProcessor(
+                _ours(sink.url, args.max_batch_size, args.compression)
+            ),
+        ),
+    ]
+    if journal_processor(sink.url, args) is not None:
+        setups.append(
+            ("journal", "ours with the journal", lambda: journal_processor(sink.url, args))
         )
-    return res
+    out: list[Scenario] = []
+    for framework, make_driver in FRAMEWORKS.items():
+        for setup, title, make_processor in setups:
+            processor = make_processor()
+            provider = make_provider(*([processor] if processor is not None else []))
+            serve = make_driver(provider, f"bench-{framework}-{setup}")
+
+            def window(
+                serve: Callable[[int], None] = serve, provider: Any = provider
+            ) -> int:
+                serve(sizes.app_requests)
+                provider.force_flush()
+                return sizes.app_requests
+
+            def close(serve: Any = serve, provider: Any = provider) -> None:
+                provider.shutdown()
+                getattr(serve, "close", _nothing)()
+
+            out.append(
+                Scenario(
+                    f"app_{framework}_{setup}",
+                    Result(f"{framework}: {title}", "requests", sizes.app_requests),
+                    window,
+                    close,
+                )
+            )
+    return out
+
+
+def app_overheads(results: dict[str, Result]) -> dict[str, dict[str, Any]]:
+    """Per framework and exporter setup: the share of the app's requests/s it takes, from the
+    best windows, and the median of the same-round pairs (each round's window of the setup
+    against that round's window without an exporter), and the CPU it adds per request (least
+    CPU per request of its windows against the app's without an exporter)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, res in results.items():
+        if not key.startswith("app_") or key.endswith("_none"):
+            continue
+        framework = key.split("_")[1]
+        base = results[f"app_{framework}_none"]
+        paired = [1 - rate / b for rate, b in zip(res.rates, base.rates, strict=False) if b]
+        out[key] = {
+            "framework": framework,
+            "setup": key.rsplit("_", 1)[1],
+            "overhead_best": 1 - res.best / base.best if base.best else None,
+            "overhead_paired_median": statistics.median(paired) if paired else None,
+            "cpu_extra": (
+                min(res.cpu_us) / min(base.cpu_us) - 1 if res.cpu_us and base.cpu_us else None
+            ),
+        }
+    return out
 
 
 # --------------------------------------------------------------------------- on_end
 
 
 def bench_on_end(
-    pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any
+    pool: Sequence[list[ReadableSpan]],
+    identity_pool: Sequence[list[ReadableSpan]],
+    sizes: Sizes,
+    args: Any,
 ) -> dict[str, Any]:
     """The application thread's cost of ``on_end`` for untagged spans, per span: CPU time of
     the calling thread only (``time.thread_time``), so the processors' worker threads (which
-    export, or here skip, what was queued) are not billed to it."""
+    export, or here skip, what was queued) are not billed to it. Ours also on spans naming
+    their user (``user.id``, ``enduser.id``, ``session.id``)."""
     from opentelemetry_exporter_altertable.processor import AltertableSpanProcessor
 
-    spans = [span for batch in pool for span in batch]
     calls = sizes.on_end_calls
     out: dict[str, Any] = {"calls_per_round": calls}
     sdk_logger = logging.getLogger("opentelemetry.sdk")
     level = sdk_logger.level
     sdk_logger.setLevel(logging.ERROR)  # a full BatchSpanProcessor queue logs; not measured
+    runs: tuple[tuple[str, type[BatchSpanProcessor], Sequence[list[ReadableSpan]]], ...] = (
+        ("BatchSpanProcessor", BatchSpanProcessor, pool),
+        ("AltertableSpanProcessor", AltertableSpanProcessor, pool),
+        ("AltertableSpanProcessor, user.id", AltertableSpanProcessor, identity_pool),
+    )
     try:
-        for label, cls in (
-            ("BatchSpanProcessor", BatchSpanProcessor),
-            ("AltertableSpanProcessor", AltertableSpanProcessor),
-        ):
+        for label, cls, batches_ in runs:
+            spans = [span for batch in batches_ for span in batch]
             exporter = _ours("http://127.0.0.1:9", args.max_batch_size, args.compression)
             processor = cls(exporter)
             on_end = processor.on_end
@@ -649,58 +895,155 @@ def _print_memory(title: str, mem: dict[str, Any]) -> None:
         f"(includes this process's {mem['parent_peak_rss_at_spawn_kb'] / 1024:.1f} MiB "
         "at spawn)"
     )
+    print(
+        f"  target: flat, at most {MEMORY_GROWTH_MAX_MIB:g} MiB more at the end than after the "
+        f"first {mem['checkpoint_events']:,}: {_verdict(growth, None, MEMORY_GROWTH_MAX_MIB)}"
+    )
 
 
-def print_report(report: dict[str, Any]) -> None:
+def _verdict(value: float | None, low: float | None, high: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return "met" if (low is None or value >= low) and (high is None or value <= high) else "NOT met"
+
+
+def _target_text(name: str, ratios: dict[str, float | None], fast_best: float) -> str:
+    """A row's target, its figure and the verdict, e.g. ``>= 15x tagged: 29.1x met``."""
+    if name == "fast >= 100,000/s":
+        return f"fast extra >= {FAST_TARGET:,.0f}/s: {_verdict(fast_best, FAST_TARGET, None)}"
+    low, high = TARGETS[name]
+    value = ratios.get(name)
+    bound = f">= {low:g}x" if low is not None else f"<= {high:g}x"
+    shown = f"{value:.2f}x" if value is not None else "n/a"
+    return f"{name} {bound}: {shown} {_verdict(value, low, high)}"
+
+
+def print_report(report: dict[str, Any]) -> None:  # noqa: PLR0912, PLR0915  # one flat report
     meta = report["meta"]
     print(f"\nopentelemetry-exporter-altertable export benchmark  {meta['date']}")
     print(
         f"Python {meta['versions']['python']} on {meta['platform']}, cpu_count={meta['cpu_count']}"
+        f", load average {meta['load_before']} before, {meta.get('load_after', '?')} after"
     )
     print("  " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if k != "python"))
     print(
         f"  {BATCH} spans per export batch, max_batch_size={meta['max_batch_size']}, "
         f"compression={meta['compression'] or 'exporter default'}, "
-        f"{meta['rounds']} rounds after a warm-up round{', QUICK' if meta['quick'] else ''}\n"
+        f"{meta['rounds']} interleaved rounds after a warm-up window"
+        f"{', QUICK' if meta['quick'] else ''}\n"
     )
-    head = f"{'scenario':<46} {'unit':<7} {'per round':>10} {'best /s':>11} {'median /s':>11}"
-    print(head + f" {'bytes/item':>10}  note")
-    print("-" * (len(head) + 18))
-    for r in report["scenarios"].values():
-        if isinstance(r, str):
+    head = (
+        f"{'scenario':<46} {'unit':<8} {'per window':>10} {'best /s':>11} {'median /s':>11} "
+        f"{'spread':>6} {'bytes/item':>10}"
+    )
+    print(head + "  note")
+    print("-" * (len(head) + 20))
+    ratios = report["ratios"]
+    fast_best = report["scenarios"]["ours"]["best"]
+    for key, r in report["scenarios"].items():
+        if isinstance(r, str) or key.startswith("app_"):
             continue
         bpi = f"{r['bytes_per_item']:.0f}" if r["bytes_per_item"] else "-"
         print(
-            f"{r['name']:<46} {r['unit']:<7} {r['per_round']:>10,} {_fmt_rate(r['best']):>11} "
-            f"{_fmt_rate(r['median']):>11} {bpi:>10}  {r['note']}"
+            f"{r['name']:<46} {r['unit']:<8} {r['per_round']:>10,} {_fmt_rate(r['best']):>11} "
+            f"{_fmt_rate(r['median']):>11} {r['spread']:>6.1%} {bpi:>10}  {r['note']}"
         )
+        targets = ROW_TARGETS.get(key)
+        if targets:
+            texts = (_target_text(name, ratios, fast_best) for name in targets)
+            print(f"{'':<4}target: {'; '.join(texts)}")
+        else:
+            print(f"{'':<4}target: none (a reference for the ratios, or context)")
     for key, r in report["scenarios"].items():
         if isinstance(r, str):
             print(f"{key}: {r}")
-    print("\nratios (best rounds; ours = the default install: stdlib json, no extras)")
-    for key, value in report["ratios"].items():
+    print("\nratios (best windows; ours = the default install: stdlib json, no extras)")
+    for key, value in ratios.items():
         target = TARGETS.get(key)
         verdict = ""
-        if target is not None and value is not None:
+        if target is not None:
             low, high = target
-            met = (low is None or value >= low) and (high is None or value <= high)
             bound = f">= {low:g}x" if low is not None else f"<= {high:g}x"
-            verdict = f"   target {bound}: {'met' if met else 'NOT met'}"
+            verdict = f"   target {bound}: {_verdict(value, low, high)}"
         shown = f"{value:>8.2f}x" if value is not None else "     n/a"
-        print(f"  {key:<14} {shown}{verdict}")
-    fast = report["scenarios"]["ours"]
+        print(f"  {key:<16} {shown}{verdict}")
     print(
-        f"  fast extra     {fast['best']:>8,.0f} events/s   target >= 100,000: "
-        f"{'met' if fast['best'] >= 100_000 else 'NOT met'}"
+        f"  fast extra       {fast_best:>8,.0f} events/s   target >= {FAST_TARGET:,.0f}: "
+        f"{_verdict(fast_best, FAST_TARGET, None)}"
     )
+    apps = report.get("apps")
+    if apps:
+        print(
+            f"\napp overhead: requests/s of an SDK-instrumented app served in-process, 1 request"
+            f" in {report['meta']['tag_every']} tagged, every request with user.id; each window"
+            f" ends with a flush; {report['meta']['sizes']['app_rounds']} interleaved rounds"
+        )
+        print(
+            f"  {'app and exporter setup':<58} {'best /s':>9} {'median /s':>9} {'spread':>6} "
+            f"{'CPU us':>6} {'takes':>6} {'paired':>6} {'+CPU':>6}  target"
+        )
+        overheads = report["app_overheads"]
+        for key, r in report["scenarios"].items():
+            if not key.startswith("app_"):
+                continue
+            line = (
+                f"  {r['name']:<58} {_fmt_rate(r['best']):>9} {_fmt_rate(r['median']):>9} "
+                f"{r['spread']:>6.1%} {min(r['cpu_us']):>6.1f}"
+            )
+            over = overheads.get(key)
+            if over is None:
+                print(line + f" {'-':>6} {'-':>6} {'-':>6}  (the baseline)")
+                continue
+            target = ""
+            if over["setup"] == "ours":
+                otlp = overheads.get(f"app_{over['framework']}_otlp", {}).get("overhead_best")
+                met = over["overhead_best"] <= APP_OVERHEAD_MAX and (
+                    otlp is None or over["overhead_best"] < otlp
+                )
+                target = (
+                    f"<= {APP_OVERHEAD_MAX:.0%} and less than OTLP's: "
+                    f"{'met' if met else 'NOT met'}"
+                )
+            elif over["setup"] == "journal":
+                ours = overheads[f"app_{over['framework']}_ours"]["overhead_best"]
+                extra = over["overhead_best"] - ours
+                target = (
+                    f"<= {JOURNAL_EXTRA_MAX:.0%} more than ours ({extra:+.1%}): "
+                    f"{_verdict(extra, None, JOURNAL_EXTRA_MAX)}"
+                )
+            print(
+                line + f" {over['overhead_best']:>6.1%} {over['overhead_paired_median']:>6.1%} "
+                f"{over['cpu_extra']:>+6.1%}  " + (target or "(a reference)")
+            )
+        if not any(key.endswith("_journal") for key in overheads):
+            print(
+                f"  {'ours with the journal':<58} not measured yet (journal_processor)   "
+                f"target <= {JOURNAL_EXTRA_MAX:.0%} more than ours"
+            )
+        print(
+            "  takes: 1 - best/best of the no-exporter app (the target's figure); paired: median"
+            " over rounds of the same round's 1 - rate/rate;\n  CPU us: least CPU per request of"
+            " this process (app, instrumentation, exporter threads); +CPU: against no exporter"
+        )
+    print("\nrows to come (hooks in bench_export.py):")
+    for key, title, target in PENDING_ROWS:
+        value = report.get("pending", {}).get(key)
+        print(f"  {title:<48} {value if value else 'not measured yet':<24} target: {target}")
     on_end = report["on_end"]
     print(
         f"\non_end, untagged spans, application thread CPU per call "
         f"({on_end['calls_per_round']:,} calls per round, best / median):"
     )
-    for label in ("BatchSpanProcessor", "AltertableSpanProcessor"):
+    for label in (
+        "BatchSpanProcessor", "AltertableSpanProcessor", "AltertableSpanProcessor, user.id"
+    ):  # fmt: skip
         row = on_end[label]
-        print(f"  {label:<24} {row['best_ns']:>7,.0f} ns  {row['median_ns']:>7,.0f} ns")
+        print(f"  {label:<34} {row['best_ns']:>7,.0f} ns  {row['median_ns']:>7,.0f} ns")
+    low, high = TARGETS["on_end/BSP"]
+    print(
+        f"  target: ours <= {high:g}x BatchSpanProcessor: {on_end['ratio']:.2f}x "
+        f"{_verdict(on_end['ratio'], low, high)}"
+    )
     for key, title in (
         ("memory", "ours, tagged events in batches of 512 into the sink"),
         ("memory_bridge", "the bridge, OTLP requests of 512 tagged spans posted to it"),
@@ -718,12 +1061,25 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"  sink latency {run['sink_latency_ms']:g} ms")
             for label in ("BatchSpanProcessor", "AltertableSpanProcessor"):
                 b = run[label]
+                target = (
+                    f"  target: none lost: {'met' if b['tagged_lost'] == 0 else 'NOT met'}"
+                    if label == "AltertableSpanProcessor"
+                    else "  (a reference)"
+                )
                 print(
                     f"    {label:<24} delivered {b['tagged_delivered']:>6,}  lost "
                     f"{b['tagged_lost']:>6,}  (burst {b['burst_seconds']} s at "
                     f"{b['spans_per_second_produced']:,} spans/s, all flushed after "
-                    f"{b['seconds_until_flushed']} s)"
+                    f"{b['seconds_until_flushed']} s){target}"
                 )
+    print(f"\ntotal run time {meta.get('seconds', 0):.0f} s")
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
 
 
 def _ratio(a: Any, b: Any) -> float | None:
@@ -732,7 +1088,60 @@ def _ratio(a: Any, b: Any) -> float | None:
     return float(a.best / b.best)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def measure_timed(
+    sizes: Sizes,
+    args: Any,
+    pools: tuple[Sequence[list[ReadableSpan]], ...],
+    payloads: Sequence[dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any], list[Scenario]]:
+    """The interleaved export scenarios, then the interleaved app-overhead ones, against one
+    sink in its own process; the hooks' rows where they give one."""
+    tagged_pool, untagged_pool, identity_pool = pools
+    scenarios: dict[str, Any] = {}
+    pending: dict[str, Any] = {}
+    with ProcessSink() as sink:
+        timed: list[Scenario] = [
+            scenario_ours(sink, tagged_pool, sizes, args),
+            scenario_ours(sink, tagged_pool, sizes, args, stdlib_json=True),
+            scenario_otlp(sink, tagged_pool, sizes),
+            scenario_sdk(sink, payloads, sizes),
+            scenario_floor(payloads, sizes, args.max_batch_size),
+            scenario_skip(sink, untagged_pool, sizes, args, ids=False),
+            scenario_skip(sink, identity_pool, sizes, args, ids=True),
+        ]
+        bridge = scenario_bridge(sink, tagged_pool, sizes, args)
+        if isinstance(bridge, str):
+            scenarios["bridge"] = bridge
+        else:
+            timed.append(bridge)
+        for key, hook in (
+            ("bridge_grpc", lambda: scenario_bridge_grpc(sink, tagged_pool, sizes, args)),
+            ("replay", lambda: scenario_replay(sink, sizes, args)),
+        ):
+            extra = hook()
+            if extra is not None:
+                timed.append(extra)
+                pending[key] = "see its row above"
+        try:
+            run_interleaved(timed, sizes.rounds, sink)
+        finally:
+            _close_all(timed)
+        for scenario in timed:
+            scenarios[scenario.key] = scenario.result
+        ack = bench_bridge_ack_latency(sink, tagged_pool, sizes, args)
+        if ack is not None:
+            pending["bridge_ack"] = f"p50 {ack['p50_ms']:.1f} / p99 {ack['p99_ms']:.1f} ms"
+        apps = [] if args.no_apps else app_scenarios(sink, sizes, args)
+        try:
+            run_interleaved(apps, sizes.app_rounds)
+        finally:
+            _close_all(apps)
+        for scenario in apps:
+            scenarios[scenario.key] = scenario.result
+    return scenarios, pending, apps
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
@@ -740,6 +1149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--memory-events", type=int, help="events in the memory run")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory run")
     parser.add_argument("--no-burst", action="store_true", help="skip the burst scenario")
+    parser.add_argument("--no-apps", action="store_true", help="skip the app-overhead rows")
     parser.add_argument(
         "--burst-latency-ms",
         type=float,
@@ -751,7 +1161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compression", choices=("gzip", "none"), default=None)
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--memory-bridge", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     if args.memory_child is not None:
         memory_child(args.memory_child, args.max_batch_size, args.compression, args.memory_bridge)
@@ -759,11 +1173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sizes = QUICK if args.quick else Sizes()
     if args.rounds:
-        sizes = replace(sizes, rounds=args.rounds)
+        sizes = replace(sizes, rounds=args.rounds, app_rounds=max(args.rounds, sizes.app_rounds))
     if args.memory_events is not None:
         sizes = replace(sizes, memory_events=args.memory_events)
 
     # The memory run goes first, while this process is small (see bench_memory).
+    memory_started = time.perf_counter()
     memory, bridge_memory = (
         (None, None)
         if args.no_memory
@@ -772,24 +1187,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench_memory(sizes.memory_events, args, bridge=True),
         )
     )
+    memory_seconds = time.perf_counter() - memory_started
 
+    started = time.perf_counter()
+    load_before = _load()
     tagged = build_spans(BATCH * 4, tagged=True)
     untagged = build_spans(BATCH * 4, tagged=False)
+    identity = build_spans(BATCH * 4, tagged=False, identity=True)
     tagged_pool = batches(tagged, BATCH)
     untagged_pool = batches(untagged, BATCH)
+    identity_pool = batches(identity, BATCH)
     payloads = [track_payload(s, ENVIRONMENT) for s in tagged[:BATCH]]
 
-    scenarios: dict[str, Any] = {}
-    with ProcessSink() as sink:
-        scenarios["ours"] = bench_ours(sink, tagged_pool, sizes, args)
-        scenarios["ours_stdlib"] = bench_ours(sink, tagged_pool, sizes, args, stdlib_json=True)
-        scenarios["otlp"] = bench_otlp(sink, tagged_pool, sizes)
-        scenarios["sdk"] = bench_sdk(sink, payloads, sizes)
-        scenarios["floor"] = bench_floor(payloads, sizes, args.max_batch_size)
-        scenarios["skip"] = bench_skip(sink, untagged_pool, sizes, args)
-        scenarios["bridge"] = bench_bridge(sink, tagged_pool, sizes, args)
+    scenarios, pending, apps = measure_timed(
+        sizes, args, (tagged_pool, untagged_pool, identity_pool), payloads
+    )
+    journal = bench_journal_record(sizes, args)
+    if journal is not None:
+        pending["journal_record"] = (
+            f"{journal['without_spool']['median_us']:.1f} / "
+            f"{journal['with_spool']['median_us']:.1f} us (no spool / spool)"
+        )
     scenarios.update(bench_receiver(tagged_pool, sizes, args))
-    on_end = bench_on_end(untagged_pool, sizes, args)
+    on_end = bench_on_end(untagged_pool, identity_pool, sizes, args)
 
     # The default install (no extras) is what most users get: the ratios are of it.
     default = scenarios["ours_stdlib"]
@@ -798,28 +1218,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ours/SDK": _ratio(default, scenarios["sdk"]),
         "ours/floor": _ratio(default, scenarios["floor"]),
         "skip/tagged": _ratio(scenarios["skip"], default),
-        "bridge/ours": _ratio(scenarios["bridge"], default),
+        "skip_ids/tagged": _ratio(scenarios["skip_ids"], default),
+        "bridge/ours": _ratio(scenarios.get("bridge"), default),
         "fast/stdlib": _ratio(scenarios["ours"], default),
         "on_end/BSP": on_end["ratio"],
     }
+    results = {k: v for k, v in scenarios.items() if isinstance(v, Result)}
     report: dict[str, Any] = {
         "meta": {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
+            "load_before": load_before,
             "versions": _versions(),
             "quick": args.quick,
             "rounds": sizes.rounds,
-            "statistic": "best round (median also shown)",
+            "statistic": "best window of interleaved rounds (median and spread also shown)",
             "max_batch_size": args.max_batch_size,
             "compression": args.compression,
             "sizes": asdict(sizes),
+            "tag_every": 20,
         },
         "scenarios": {
-            k: (v if isinstance(v, str) else {**asdict(v), "best": v.best, "median": v.median})
+            k: (
+                v
+                if isinstance(v, str)
+                else {**asdict(v), "best": v.best, "median": v.median, "spread": v.spread}
+            )
             for k, v in scenarios.items()
         },
         "ratios": ratios,
+        "apps": bool(apps),
+        "app_overheads": app_overheads(results),
+        "pending": pending,
         "on_end": on_end,
     }
     if not args.no_burst:
@@ -828,6 +1259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["memory"] = memory
     if bridge_memory is not None:
         report["memory_bridge"] = bridge_memory
+    report["meta"]["load_after"] = _load()
+    report["meta"]["seconds"] = time.perf_counter() - started + memory_seconds
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -4,9 +4,11 @@ One job: decide which identify, alias and track calls a batch of records yields.
 the neutral :class:`Record` (a span, a span event or a log record reduced to what the rules
 read); readers build them (``_sdk`` for the OpenTelemetry SDK's spans and log records), so a
 new input is a new reader, not a branch inside every rule. Nothing here imports SDK or protobuf
-types, does I/O or keeps state between calls: records go in, JSON-ready payload dicts come out,
-grouped by endpoint. Warnings are handed to a callback so the caller decides how (and how
-often) to log them.
+types, does I/O or keeps state between calls (but :func:`has_interest`'s memo of answers that
+depend on keys alone): records go in, JSON-ready payload dicts come out, grouped by endpoint.
+Warnings are handed to a callback so the caller decides how (and how often) to log them. The
+keys the rules read are named in ``_keys``; a plain tagged record takes its key set's plan
+(``_plans``), which gives what these rules give at about two thirds of their cost.
 
 The skip path matters most: in a traced service nearly every span carries no analytics data,
 so :func:`has_interest` looks only at attribute *keys*; readers call it before building a
@@ -17,20 +19,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any
 
 from ._api import BUILT_IN_PROPERTIES, LIB_NAME, LIB_VERSION, PAGEVIEW_EVENT, is_reserved_id
+from ._keys import (
+    ALIAS_KEY,
+    EVENT_KEY,
+    ID_FIELDS,
+    ID_KEYS,
+    TRAIT_KEYS,
+    TRAITS_PREFIX,
+    Key,
+    KeyClass,
+    classify,
+)
+from ._plans import Planner
 from ._values import _as_id, _clean_str, _value, format_timestamp, json_safe
 from ._web import (
     DEFAULT_PROPERTIES_EXCLUDE,
-    OLD_KEYS,
-    STABLE_KEYS,
     WEB_KEYS,
     ExcludeMatcher,
     is_page_view,
-    stable_utm,
-    strip_url,
     web_context,
 )
 
@@ -54,52 +63,15 @@ __all__ = [
 
 _LIB_PROPERTIES = {"$lib": LIB_NAME, "$lib_version": LIB_VERSION}
 
-EVENT_KEY = "analytics.event"
-ALIAS_KEY = "analytics.alias"
-_PROPERTIES_PREFIX = "analytics.properties."
-_TRAITS_PREFIX = "analytics.traits."
-
-# (payload field, attribute keys in order of preference)
-_ID_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("distinct_id", ("analytics.distinct_id", "user.id", "enduser.id")),
-    ("anonymous_id", ("analytics.anonymous_id", "enduser.pseudo.id")),
-    ("device_id", ("analytics.device_id", "device.id")),
-    ("session_id", ("analytics.session_id", "session.id")),
-)
-_ID_KEYS = frozenset(key for _, keys in _ID_FIELDS for key in keys)
-_TRAIT_KEYS = {
-    "user.email": "email",
-    "user.full_name": "name",
-    "user.name": "username",
-    "user.roles": "roles",
-}
-#: Key prefixes that never become properties: the rows' own namespaces.
-_NOT_PROPERTIES = ("analytics.", "user.", "enduser.")
-#: Attributes a row of the mapping consumes, so they are not copied into properties as well
-#: (those the prefixes above already keep out need no entry). The stable HTTP names are
-#: consumed on every record; the old ones only on server spans (see ``_web``).
-_CONSUMED_KEYS = frozenset(
-    key for key in (*_ID_KEYS, *STABLE_KEYS, *_TRAIT_KEYS) if not key.startswith(_NOT_PROPERTIES)
-)
-#: A record is worth a closer look only if one of its keys starts with one of these.
-_INTEREST_PREFIXES = ("analytics.", *_TRAIT_KEYS)
+#: A record is worth a closer look only if one of its keys starts with this prefix or is a
+#: trait key (see :func:`has_interest`).
+_INTEREST_PREFIX = "analytics."
+_TRAIT_KEY_SET = frozenset(TRAIT_KEYS)
 
 
-class _Key(IntEnum):
-    """How _scan_track treats an attribute key: decided once per key and batch (_classify)."""
-
-    PROPERTY = 0  # copied to properties as is
-    SKIP = 1  # analytics.*, user.*, enduser.* keys no row maps, and identity keys
-    RENAMED = 2  # the rest are (class, name) tuples
-    OVERRIDE = 3
-    TRAIT = 4
-    OLD_WEB = 5  # an old-convention HTTP name: consumed on server spans, a property elsewhere
-
-
-KeyClass = _Key | tuple[_Key, str]
 # Module-level aliases: the hot loop reads globals, not enum class attributes.
-_PROPERTY, _SKIP = _Key.PROPERTY, _Key.SKIP
-_OVERRIDE, _TRAIT, _OLD_WEB = _Key.OVERRIDE, _Key.TRAIT, _Key.OLD_WEB
+_PROPERTY, _SKIP = Key.PROPERTY, Key.SKIP
+_OVERRIDE, _TRAIT, _OLD_WEB = Key.OVERRIDE, Key.TRAIT, Key.OLD_WEB
 
 Attrs = Mapping[str, Any]
 Payload = dict[str, Any]
@@ -247,39 +219,63 @@ def _tail(release: Any, service: Any) -> dict[str, str]:
 def has_interest(attrs: Attrs | None) -> bool:
     """Cheap key-only test: could this record produce any call? Most records answer no.
 
-    The keys are joined once and searched for the interest prefixes in C: a Python loop of
-    ``startswith`` over every key cost about a third of the skip path (measured with callgrind
-    on 8-key request spans). A key holding a newline can only make the answer a false yes,
-    which costs a closer look, never a lost record.
+    A call needs an ``analytics.*`` key (an event, an alias, ``analytics.traits.*``) or one of
+    the trait keys (``user.email``, ...): identity keys alone (``user.id``, ``session.id``,
+    which the identity recipes put on every server span) yield nothing, since an identify
+    needs a trait (:func:`_keys_interest` decides). The spans of one instrumentation share
+    their keys, in order, so the answer is remembered by key tuple: most records cost one
+    ``tuple`` and one dict lookup, both in C.
     """
     if not attrs:
         return False
     if EVENT_KEY in attrs:  # the common interesting case, in one lookup
         return True
+    keys = tuple(attrs)
+    answer = _ANSWERS.get(keys)
+    if answer is None:
+        answer = _keys_interest(keys)
+        if len(_ANSWERS) >= _ANSWERS_MAX:  # key sets made up per record: start over
+            _ANSWERS.clear()
+        _ANSWERS[keys] = answer
+    return answer
+
+
+#: :func:`has_interest`'s answers by key tuple. A memo of a pure function (the answer depends
+#: on the keys alone), so exporters may share it; bounded by clearing it when full. Dict reads
+#: and writes are atomic, so threads need no lock.
+_ANSWERS: dict[tuple[Any, ...], bool] = {}
+_ANSWERS_MAX = 1024
+
+
+def _keys_interest(keys: tuple[Any, ...]) -> bool:
+    """The rule behind :func:`has_interest`: an ``analytics.`` key or a trait key.
+
+    The keys are joined once and searched for ``analytics.`` in C; the trait keys are one set
+    test: no Python loop runs over the keys. A key holding a newline can only make the answer
+    a false yes, which costs a closer look, never a lost record.
+    """
     try:
-        joined = "\n" + "\n".join(attrs)
+        if "\nanalytics." in "\n" + "\n".join(keys):
+            return True
     except TypeError:  # a key that is not a string
-        return any(type(key) is str and key.startswith(_INTEREST_PREFIXES) for key in attrs)
-    if "\nanalytics." in joined:
-        return True
-    if "\nuser." not in joined:
-        return False
-    return any(key.startswith(_INTEREST_PREFIXES) for key in attrs)
+        if any(type(key) is str and key.startswith(_INTEREST_PREFIX) for key in keys):
+            return True
+    return not _TRAIT_KEY_SET.isdisjoint(keys)
 
 
 def carries_identity(attrs: Attrs) -> bool:
     """True when ``attrs`` name a user or device (``user.id``, ``session.id``, ...)."""
-    return not _ID_KEYS.isdisjoint(attrs)
+    return not ID_KEYS.isdisjoint(attrs)
 
 
 def _own_traits(attrs: Attrs) -> dict[str, Any]:
     traits: dict[str, Any] = {}
     for key, value in attrs.items():
-        trait = _TRAIT_KEYS.get(key)
+        trait = TRAIT_KEYS.get(key)
         if trait is not None:
             traits[trait] = json_safe(value)
-        elif key.startswith(_TRAITS_PREFIX):
-            traits[_clean_str(key[len(_TRAITS_PREFIX) :])] = json_safe(value)
+        elif key.startswith(TRAITS_PREFIX):
+            traits[_clean_str(key[len(TRAITS_PREFIX) :])] = json_safe(value)
     return traits
 
 
@@ -288,14 +284,13 @@ class _Builder:
 
     def __init__(self, options: MappingOptions, planned: bool = True) -> None:
         self.options = options
-        self._planned = planned
         self.calls = Calls()
         self._warn = options.on_warning
         self._resources: dict[int, _ResourceInfo] = {}
         self._identify_keys: set[tuple[Any, ...]] = set()
         self._key_classes: dict[str, KeyClass] = {}
-        self._plans: tuple[dict[tuple[str, ...], _Plan | None], ...] = ({}, {})
         self._exclude = options.properties_exclude
+        self._planner = Planner(self._key_classes, self._exclude) if planned else None
         self._pageviews = options.pageviews
 
     def warn(self, key: str, message: str) -> None:
@@ -336,10 +331,10 @@ class _Builder:
 
     def identity(self, levels: tuple[Attrs, ...], fallback: dict[str, str]) -> dict[str, str]:
         """Each identity field from the first level that has it, else from ``fallback``."""
-        if len(levels) == 1 and _ID_KEYS.isdisjoint(levels[0]):  # one C-level test
+        if len(levels) == 1 and ID_KEYS.isdisjoint(levels[0]):  # one C-level test
             return dict(fallback)
         ids: dict[str, str] = {}
-        for field_name, keys in _ID_FIELDS:
+        for field_name, keys in ID_FIELDS:
             found: str | None = None
             for attrs in levels:
                 for key in keys:
@@ -392,15 +387,9 @@ class _Builder:
     def add(self, record: Record, res: _ResourceInfo) -> None:
         """Build every call this (interesting) record yields."""
         attrs, parent = record.attrs, record.parent
-        if self._planned and not parent and not record.body and type(attrs.get(EVENT_KEY)) is str:
-            server = record.span_kind == "server"
-            plans = self._plans[server]
-            keys = tuple(attrs)
-            plan = plans.get(keys, _UNPLANNED)
-            if plan is _UNPLANNED:
-                plan = plans[keys] = _plan(keys, server, self._key_classes, self._exclude)
-            if plan is not None and self._add_planned_track(record, res, plan):
-                return
+        planner = self._planner
+        if planner is not None and self._add_planned(planner, record, res):
+            return
         ids = self.identity((attrs, parent) if parent else (attrs,), res.ids)
         distinct_id = ids.get("distinct_id")
 
@@ -435,6 +424,24 @@ class _Builder:
             event_name = _clean_str(str.__str__(event))
             self._add_track(record, res, event=event_name, properties=properties, ids=ids)
 
+    def _add_planned(self, planner: Planner, record: Record, res: _ResourceInfo) -> bool:
+        """The track of a plain tagged record, by its key set's plan (see ``_plans``, which
+        gives what the rest of :meth:`add` would); False (nothing done) when the general rules
+        must map it: a span event, a log record's body, an ``analytics.event`` that is not a
+        string, or what the plan cannot cover."""
+        attrs = record.attrs
+        if record.parent or record.body or type(attrs.get(EVENT_KEY)) is not str:
+            return False
+        planned = planner.track(attrs, record.span_kind == "server", res.ids, res.tail)
+        if planned is None:
+            return False
+        event, properties, ids, complete = planned
+        if complete:
+            self._append_track(record, res, event, properties, ids)
+        else:
+            self._finish_track(record, res, event=event, properties=properties, ids=ids)
+        return True
+
     def _add_alias(
         self, record: Record, res: _ResourceInfo, distinct_id: str | None, alias: Any
     ) -> None:
@@ -460,56 +467,6 @@ class _Builder:
                 "timestamp": format_timestamp(record.time_ns),
             }
         )
-
-    def _add_planned_track(self, record: Record, res: _ResourceInfo, plan: _Plan) -> bool:  # noqa: PLR0912  # the hot path: inline branches beat helper calls per record
-        """The track of a plain tagged record, by its key plan; False (nothing done) when a
-        value needs the general rules (a non-ASCII or non-string id, event or web value, a
-        reserved id).
-
-        Gives exactly what :meth:`add` would, field order included (tests/test_mapping_plans.py
-        checks it on random records): the plan only decides once per key set what every
-        record with those keys shares, so what is left per record is reading its values.
-        """
-        attrs = record.attrs
-        event = attrs[EVENT_KEY]
-        if not event.isascii() or not event or event.isspace():
-            return False
-        ids = _planned_ids(attrs, plan, res.ids)
-        if ids is None:
-            return False
-        web = None
-        if plan.web is not None:
-            web = _simple_web(attrs, plan.web)
-            if web is None:
-                return False
-        properties: dict[str, Any] = {
-            name: value if type(value) is str and value.isascii() else _value(value)
-            for key, name in plan.properties
-            for value in (attrs[key],)
-        }
-        if web is None:
-            self._finish_track(record, res, event=event, properties=properties, ids=ids)
-            return True
-        url, user_agent, ip, referer = web
-        if url:
-            if "@" in url or "#" in url:
-                properties["$url"] = strip_url(url)
-            else:  # only a query to cut, if any: strip_url's other scans would find nothing
-                cut = url.find("?")
-                properties["$url"] = url[:cut] if cut >= 0 else url
-            if "utm_" in url:
-                properties.update(stable_utm(attrs))
-        if user_agent:
-            properties["$user_agent"] = user_agent
-        if ip:
-            properties["$ip"] = ip
-        if referer:
-            properties["$referer"] = referer
-        if not ip:
-            properties["$ip"] = 0
-        properties.update(res.tail)
-        self._append_track(record, res, event, properties, ids)
-        return True
 
     def _add_track(
         self,
@@ -604,138 +561,6 @@ def _is_page_view_record(record: Record) -> bool:
     )
 
 
-def _classify(key: str, exclude: ExcludeMatcher) -> KeyClass:
-    """What a record's attribute ``key`` contributes to a track call."""
-    if key.startswith(_NOT_PROPERTIES):
-        if key.startswith(_PROPERTIES_PREFIX):
-            return (_Key.OVERRIDE, _clean_str(key[len(_PROPERTIES_PREFIX) :]))
-        if key.startswith(_TRAITS_PREFIX):
-            return (_Key.TRAIT, _clean_str(key[len(_TRAITS_PREFIX) :]))
-        trait = _TRAIT_KEYS.get(key)
-        return (_Key.TRAIT, trait) if trait is not None else _Key.SKIP
-    if key in _CONSUMED_KEYS or exclude(key):
-        return _Key.SKIP
-    if key in OLD_KEYS:
-        return (_Key.OLD_WEB, key)
-    return _Key.PROPERTY if key.isascii() else (_Key.RENAMED, _clean_str(key))
-
-
-#: The web keys of the simple stable shape: each built-in read from exactly one key, in the
-#: order :func:`_web.web_context` writes them ($url, then $user_agent, $ip and $referer).
-_SIMPLE_WEB_KEYS = (
-    "url.full", "user_agent.original", "client.address", "http.request.header.referer"
-)  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """What every tagged record with one key set (in one order) yields, decided once."""
-
-    properties: tuple[tuple[str, str], ...]
-    """(attribute key, property name), in the order the general scan would write them."""
-    ids: tuple[tuple[str, str], ...]
-    """Each identity field with a key present, and its first present key, in field order
-    (the others come from the resource)."""
-    checks_distinct_id: bool
-    """``distinct_id`` comes from the record, so its value is checked for reserved ids."""
-    web: tuple[str, str, str, str] | None
-    """For the simple stable shape (no web keys but those of ``_SIMPLE_WEB_KEYS``, and no
-    property named like the built-ins added after them), each of those keys when present
-    (else empty); ``None``: the general web rules and built-ins."""
-
-
-_UNPLANNED: Any = object()
-
-
-def _plan(
-    keys: tuple[str, ...], server: bool, classes: dict[str, KeyClass], exclude: ExcludeMatcher
-) -> _Plan | None:
-    """The plan for records with exactly these keys, or ``None`` when one of them needs the
-    general rules (an alias, traits, a ``$`` property name, a key that is not a string)."""
-    if ALIAS_KEY in keys:
-        return None
-    properties: list[tuple[str, str]] = []
-    overrides: list[tuple[str, str]] = []
-    for key in keys:
-        if type(key) is not str:
-            return None
-        kind = classes.get(key)
-        if kind is None:
-            kind = classes[key] = _classify(key, exclude)
-        if kind == _PROPERTY:
-            properties.append((key, key))
-        elif kind != _SKIP:
-            tag, name = kind  # type: ignore[misc]
-            if tag == _TRAIT:
-                return None
-            if tag == _OVERRIDE:
-                overrides.append((key, name))
-            elif tag != _OLD_WEB or not server:
-                properties.append((key, name))
-    names = [name for _, name in (*properties, *overrides)]
-    if any(name[:1] == "$" for name in names):
-        return None
-    present = set(keys)
-    ids = tuple(
-        (field_name, next(key for key in id_keys if key in present))
-        for field_name, id_keys in _ID_FIELDS
-        if not present.isdisjoint(id_keys)
-    )
-    simple = present.isdisjoint(WEB_KEYS - set(_SIMPLE_WEB_KEYS)) and not {
-        "service.name", "otel.trace_id", "otel.span_id"
-    }.intersection(names)
-    web = tuple(key if key in present else "" for key in _SIMPLE_WEB_KEYS) if simple else None
-    return _Plan(
-        properties=(*properties, *overrides),
-        ids=ids,
-        checks_distinct_id=any(name == "distinct_id" for name, _ in ids),
-        web=web,  # type: ignore[arg-type]
-    )
-
-
-def _planned_ids(attrs: Attrs, plan: _Plan, fallback: dict[str, str]) -> dict[str, str] | None:
-    """The identity fields of a planned record: each from its planned key, else the resource's;
-    ``None`` when a value needs the general rules (not a non-empty ASCII string, a reserved
-    ``distinct_id``)."""
-    ids: dict[str, str] = {}
-    for field_name, key in plan.ids:
-        raw = attrs[key]
-        if type(raw) is not str or not raw or not raw.isascii():
-            return None
-        ids[field_name] = raw
-    if plan.checks_distinct_id and is_reserved_id(ids["distinct_id"]):
-        return None
-    if fallback and len(ids) < len(_ID_FIELDS):  # the resource fills the gaps, in field order
-        ids = {
-            name: ids.get(name) or fallback[name]
-            for name, _ in _ID_FIELDS
-            if name in ids or name in fallback
-        }
-    return ids
-
-
-def _simple_web(
-    attrs: Attrs, keys: tuple[str, str, str, str]
-) -> tuple[str, str, str, str] | None:
-    """The URL, user agent, client address and referer of a record of the simple stable shape
-    (``""`` where absent), or ``None`` when one is not an ASCII string (the general web rules
-    decode, pick from sequences and clean such values)."""
-    url_key, agent_key, ip_key, referer_key = keys
-    url = attrs[url_key] if url_key else ""
-    user_agent = attrs[agent_key] if agent_key else ""
-    ip = attrs[ip_key] if ip_key else ""
-    referer = attrs[referer_key] if referer_key else ""
-    if (
-        type(url) is str
-        and type(user_agent) is str
-        and type(ip) is str
-        and type(referer) is str
-        and (url + user_agent + ip + referer).isascii()
-    ):
-        return url, user_agent, ip, referer
-    return None
-
-
 def _scan_track(  # noqa: PLR0912  # the hot one-pass scan: a branch per key class beats helper calls per attribute
     record: Record, classes: dict[str, KeyClass], exclude: ExcludeMatcher
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -754,7 +579,7 @@ def _scan_track(  # noqa: PLR0912  # the hot one-pass scan: a branch per key cla
     for key, value in record.attrs.items():
         kind = classes.get(key)
         if kind is None:
-            kind = classes[key] = _classify(key, exclude)
+            kind = classes[key] = classify(key, exclude)
         if kind == _PROPERTY:
             properties[key] = _value(value)
         elif kind != _SKIP:

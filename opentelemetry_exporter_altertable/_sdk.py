@@ -94,6 +94,13 @@ def log_attributes(record: Any) -> Attrs:
     return _plain(record.attributes)
 
 
+def _span_parts(span: ReadableSpan) -> tuple[Any, Attrs, int, Sequence[Event]]:
+    """A span's resource, attributes, dropped-attribute count and events, by the public API
+    where the SDK's internals are missing or unexpected."""
+    bounded = getattr(span, "_attributes", None)
+    return span.resource, span_attributes(span), _dropped(bounded), span_events(span)
+
+
 def span_has_analytics_data(span: ReadableSpan) -> bool:
     """True when the span or one of its events could yield a track, identify or alias."""
     if has_interest(span_attributes(span)):
@@ -122,23 +129,26 @@ def records_from_spans(
     res_attrs: Attrs = EMPTY
     kinds, server_kind = _SPAN_KINDS, SpanKind.SERVER
     for span in spans:
-        resource = span.resource
+        # The SDK's internals, read directly (no property, no getattr default): on the skip
+        # path these reads are most of a span's cost. An SDK without them takes _span_parts.
+        internals: Any = span
+        try:
+            resource = internals._resource
+            bounded = internals._attributes
+            attrs = bounded._dict
+            dropped = bounded.dropped
+            events = internals._events._dq
+            read = type(attrs) is dict and type(dropped) is int
+        except AttributeError:
+            read = False
+        if not read:
+            resource, attrs, dropped, events = _span_parts(span)
         if resource is not last_resource:
             last_resource = resource
             res_attrs = resource_attributes(resource)
             end = span.end_time or span.start_time or time.time_ns()
             records.append(Record.resource_only(res_attrs, end))
-        # BoundedAttributes' plain dict and drop count, read once (see _plain).
-        bounded = getattr(span, "_attributes", None)
-        attrs = getattr(bounded, "_dict", None)
-        if type(attrs) is dict:
-            dropped = bounded.dropped  # type: ignore[union-attr]
-        else:
-            attrs, dropped = span_attributes(span), _dropped(bounded)
         span_interesting = has_interest(attrs)
-        # span_events, inline: on the skip path one call is a tenth of a span's cost.
-        events = getattr(span, "_events", None)
-        events = span.events if events is None else getattr(events, "_dq", events)
         tagged_events = [e for e in events if has_interest(_plain(e.attributes))] if events else ()
         if not span_interesting and not tagged_events:
             if pageviews and span.kind is SpanKind.SERVER and is_page_view(attrs, "server"):

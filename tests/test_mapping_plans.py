@@ -1,11 +1,13 @@
 """The per-key-set plans give exactly what the general rules give, byte for byte.
 
-The mapping's fast path (a plan decided once per key set, see ``_mapping._plan``) must be an
-optimisation only: for any record, the calls it yields, their field order included (it decides
-the JSON the API receives), equal those of the general rules with plans switched off. Keys and
-values are drawn from what instrumentations and programs set: the web attributes of both
-conventions, identity keys, ``$``-prefixed and non-ASCII names, empty, non-string and non-ASCII
-values, URLs with queries, fragments, credentials and ``utm_`` parameters.
+The mapping's fast path (a plan decided once per key set, ``_plans``) must be an optimisation
+only: for any record, the calls it yields, their field order included (it decides the JSON the
+API receives), equal those of the general rules with plans switched off. Keys come from the
+mapping's own tables (every key a rule reads: identity, traits, both HTTP conventions, page
+view headers, the prefixed families, the built-ins a plan must not shadow), so a key a rule
+starts to read is drawn here at once; values are what instrumentations and programs set:
+empty, non-string and non-ASCII values, URLs with queries, fragments, credentials and ``utm_``
+parameters.
 """
 
 from __future__ import annotations
@@ -16,35 +18,56 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from opentelemetry_exporter_altertable._keys import (
+    ALIAS_KEY,
+    EVENT_KEY,
+    ID_KEYS,
+    PROPERTIES_PREFIX,
+    TRAIT_KEYS,
+    TRAITS_PREFIX,
+)
 from opentelemetry_exporter_altertable._mapping import (
-    _INTEREST_PREFIXES,
     Calls,
     MappingOptions,
     Record,
     _Builder,
-    has_interest,
     map_records,
 )
+from opentelemetry_exporter_altertable._plans import LATER_BUILT_INS, SIMPLE_WEB_KEYS
 from opentelemetry_exporter_altertable._values import _value, json_safe
+from opentelemetry_exporter_altertable._web import (
+    CONTENT_TYPE_KEYS,
+    DEFAULT_PROPERTIES_EXCLUDE,
+    WEB_KEYS,
+)
 
-#: Keys of a plain tagged request (what the plans are for), and keys that need the general rules.
-PLAIN_KEYS = (
-    "analytics.properties.sku", "analytics.distinct_id", "user.id", "enduser.id", "session.id",
-    "device.id", "analytics.anonymous_id", "url.full", "user_agent.original", "client.address",
-    "http.request.header.referer", "http.route", "http.request.method", "price", "prix_é",
-    "code.function", "service.name", "otel.trace_id",
+#: Plain attributes of a request, a non-ASCII name, and one per default exclusion pattern.
+ORDINARY = (
+    "http.route", "http.request.method", "http.response.status_code", "price", "prix_é",
+    *(pattern.replace("*", "peer.port") for pattern in DEFAULT_PROPERTIES_EXCLUDE),
 )  # fmt: skip
-OTHER_KEYS = (
-    "analytics.properties.$url", "analytics.properties.service.name", "analytics.traits.plan",
-    "analytics.alias", "user.email", "url.query", "url.path", "url.scheme", "server.address",
-    "http.url", "http.host", "http.user_agent", "http.client_ip", "$custom", "http.target",
-    "net.peer.ip",
+#: Keys of a plain tagged request besides its web keys (``SIMPLE_WEB_KEYS``): a plan handles
+#: them with the simple web shape.
+REQUEST_KEYS = (
+    *sorted(ID_KEYS), *ORDINARY, *CONTENT_TYPE_KEYS,
+    PROPERTIES_PREFIX + "sku", PROPERTIES_PREFIX + "price",
+)  # fmt: skip
+#: Properties named like the built-ins added after the web ones: a plan, but no simple shape.
+SHADOWING_KEYS = (
+    *sorted(LATER_BUILT_INS), *(PROPERTIES_PREFIX + name for name in sorted(LATER_BUILT_INS))
+)
+#: The other web keys (both conventions: server.port, http.scheme, net.host.*, ...): a plan
+#: leaves them to the general web rules.
+WEB_OTHER = tuple(sorted(WEB_KEYS - set(SIMPLE_WEB_KEYS)))
+#: Keys no plan covers: traits, an alias, ``$`` property names.
+GENERAL_KEYS = (
+    *sorted(TRAIT_KEYS), TRAITS_PREFIX + "plan", ALIAS_KEY, "$custom", PROPERTIES_PREFIX + "$url",
 )  # fmt: skip
 URLS = (
     "https://shop.example.com/p/1", "https://shop.example.com/p/1?ref=home",
     "https://u:secret@shop.example.com/p?utm_source=news&utm_medium=mail#top",
     "http://[::1]:8080/a?utm_campaign=x", "/p?utm_source=ads", "https://é.example/ü",
-    "https://shop.example.com/utm_x/p", "",
+    "https://shop.example.com/utm_x/p", "https://shop.example.com/p#reviews", "",
 )  # fmt: skip
 TEXTS = ("Product Viewed", "u-1", "user_42", "null", " ", "203.0.113.9", "é", "")
 ODD_VALUES = st.one_of(
@@ -59,15 +82,33 @@ ODD_VALUES = st.one_of(
 VALUES = st.one_of(st.sampled_from(URLS), st.sampled_from(TEXTS), ODD_VALUES)
 
 
+def test_every_key_a_rule_reads_is_drawn() -> None:
+    drawn = {*SIMPLE_WEB_KEYS, *REQUEST_KEYS, *SHADOWING_KEYS, *WEB_OTHER, *GENERAL_KEYS, EVENT_KEY}
+    read = {*ID_KEYS, *TRAIT_KEYS, *WEB_KEYS, *CONTENT_TYPE_KEYS, EVENT_KEY, ALIAS_KEY}
+    assert read <= drawn
+    assert {"server.port", "http.scheme", "net.host.name", "net.host.port"} <= drawn
+
+
 @st.composite
 def shapes(draw: st.DrawFn) -> list[str]:
-    """A key set, in order: mostly a plain tagged request, sometimes with a key (an old web
-    name, a trait, an alias, a ``$`` name) that needs the general rules."""
-    keys = draw(st.lists(st.sampled_from(PLAIN_KEYS), max_size=9, unique=True))
+    """A key set, in order: mostly a plain tagged request, often with other web keys or a
+    property named like a built-in, sometimes with a key (a trait, an alias, a ``$`` name)
+    that needs the general rules."""
+    web = draw(st.lists(st.sampled_from(SIMPLE_WEB_KEYS), max_size=4, unique=True))
+    rest = draw(st.lists(st.sampled_from(REQUEST_KEYS), max_size=6, unique=True))
+    keys = list(draw(st.permutations(web + rest)))
     if draw(st.integers(0, 7)):
-        keys.insert(draw(st.integers(0, len(keys))), "analytics.event")
+        keys.insert(draw(st.integers(0, len(keys))), EVENT_KEY)
+    extra: list[str] = []
     if draw(st.integers(0, 3)) == 0:
-        keys.append(draw(st.sampled_from(OTHER_KEYS)))
+        extra.append(draw(st.sampled_from(SHADOWING_KEYS)))
+    if draw(st.integers(0, 2)) == 0:
+        extra += draw(st.lists(st.sampled_from(WEB_OTHER), min_size=1, max_size=3))
+    if draw(st.integers(0, 3)) == 0:
+        extra.append(draw(st.sampled_from(GENERAL_KEYS)))
+    for key in extra:
+        if key not in keys:
+            keys.insert(draw(st.integers(0, len(keys))), key)
     return keys
 
 
@@ -82,12 +123,28 @@ RESOURCES = st.sampled_from(
 )
 
 
-CLEAN = {
-    "url.full": (*URLS[:5], "https://u:pw@shop.example.com/p", "https://shop.example.com/utm_x/p"),
+CLEAN: dict[str, tuple[Any, ...]] = {
+    "url.full": (*URLS[:5], *URLS[6:8], "https://u:pw@shop.example.com/p"),
+    "http.url": URLS[:4],
     "http.target": ("/p?utm_source=ads", "/p"),
+    "url.path": ("/p/1", "p"),
+    "url.query": ("ref=home&utm_source=news", ""),
+    "url.scheme": ("https", "http"),
+    "http.scheme": ("https",),
+    "server.address": ("shop.example.com", "::1"),
+    "http.host": ("shop.example.com:8080",),
+    "net.host.name": ("shop.example.com",),
+    "server.port": (443, 8080, "8080"),
+    "net.host.port": (80, 8443),
     "user_agent.original": ("Mozilla/5.0",),
+    "http.user_agent": ("Mozilla/5.0",),
     "client.address": ("203.0.113.9",),
+    "http.client_ip": ("198.51.100.7",),
+    "net.peer.ip": ("192.0.2.1",),
     "http.request.header.referer": ("https://news.example/",),
+    "http.request.method": ("GET", "POST"),
+    "http.response.status_code": (200, 404),
+    **dict.fromkeys(CONTENT_TYPE_KEYS, ("text/html; charset=utf-8", "application/json")),
     "price": (19.99, 3),
 }
 
@@ -96,7 +153,7 @@ def value_for(draw: st.DrawFn, key: str, odd: bool) -> Any:
     """The value a key usually carries (an ASCII id, URL or text), else anything."""
     if odd:
         return draw(VALUES)
-    if key == "analytics.event":
+    if key == EVENT_KEY:
         return "Product Viewed"
     return draw(st.sampled_from(CLEAN.get(key, ("u-1", "user_42", "SKU-1", "null"))))
 
@@ -134,7 +191,7 @@ def as_json(calls: Calls) -> str:
     return json.dumps(calls.by_endpoint(), ensure_ascii=False, allow_nan=True, default=repr)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=records(), pageviews=st.booleans())
 def test_plans_change_nothing(batch: list[Record], pageviews: bool) -> None:
     warned: list[str] = []
@@ -158,34 +215,10 @@ def test_a_plain_tagged_record_is_planned() -> None:
     record = Record("GET /p", attrs, {}, 1_700_000_000_000_000_000, span_kind="server")
     builder = _Builder(MappingOptions())
     builder.add(record, builder.resource(record.resource, record.time_ns))
-    assert [plan is not None for plan in builder._plans[True].values()] == [True]
+    assert builder._planner is not None
+    assert builder._planner.plan(attrs, server=True) is not None
+    assert builder._planner.track(attrs, True, {}, {}) is not None
     assert builder.calls.tracks[0]["properties"]["$url"] == "https://shop.example.com/p/1"
-
-
-PREFIXES = ("analytics.", "user.email", "user.full_name", "user.name", "user.roles")
-KEY_TEXT = st.one_of(
-    st.sampled_from((*PREFIXES, "analytics.event", "user.id", "http.route", "xanalytics.", "")),
-    st.text(alphabet="anlytics.uerm\n_", max_size=14),
-)
-
-
-@settings(max_examples=500, deadline=None)
-@given(keys=st.lists(st.one_of(KEY_TEXT, st.integers(), st.none()), max_size=8))
-def test_has_interest_is_the_prefix_rule(keys: list[Any]) -> None:
-    """The joined-keys search answers as a startswith loop over every key would; a key that
-    holds a newline may only turn a no into a (harmless) yes."""
-    attrs = dict.fromkeys(keys, 1)
-    rule = any(type(key) is str and key.startswith(PREFIXES) for key in attrs)
-    if any(type(key) is str and "\n" in key for key in attrs):
-        assert has_interest(attrs) >= rule
-    else:
-        assert has_interest(attrs) == rule
-
-
-def test_the_interest_prefixes_are_analytics_and_user_keys() -> None:
-    """``has_interest`` searches for ``\\nanalytics.`` and ``\\nuser.`` only."""
-    assert all(prefix.startswith(("analytics.", "user.")) for prefix in _INTEREST_PREFIXES)
-    assert set(_INTEREST_PREFIXES) == set(PREFIXES)
 
 
 @settings(max_examples=300, deadline=None)
