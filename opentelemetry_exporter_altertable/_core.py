@@ -287,7 +287,7 @@ class ExporterCore:
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
             deadline = time.monotonic() + (self._config.timeout if timeout is None else timeout)
-            report = self._transport.deliver(calls, deadline)
+            report = self._send_all(calls, deadline)
             identifies = calls.get("identify")
             if identifies and "identify" not in report.pending and not report.rejected:
                 self._identified.remember(identifies)

@@ -53,6 +53,9 @@ DEFAULT_DELIVERY_THREADS = 4
 RECOVER_INTERVAL = 10.0
 #: The shortest pause after Altertable refused the key or the environment (a setting to fix).
 SETTING_ERROR_PAUSE = 30.0
+#: Seconds one attempt at an entry may take at least (retries included): no sender waits on
+#: it, and an attempt cut short re-sends the batch under way when it is tried again.
+ATTEMPT_TIMEOUT = 60.0
 #: Failed attempts after which the pause stops growing.
 _MAX_BACKOFF_STEP = 16
 _WARN_INTERVAL = 60.0
@@ -181,7 +184,7 @@ class Acknowledged:
                 self._cond.wait(wait if self._queue else None)
 
     def _attempt(self, entry: _Entry) -> None:
-        report = self._core.send(entry.calls)
+        report = self._core.send(entry.calls, max(ATTEMPT_TIMEOUT, self._core.config.timeout))
         if not report.pending:
             self.journal.retire([entry.seq])
             with self._cond:
