@@ -190,8 +190,10 @@ def test_with_journal_the_same_batch_is_answered_at_once_and_delivered(tmp_path:
 
 
 def test_the_python_sender_loses_nothing_through_an_outage_with_the_default_journal() -> None:
-    # Altertable refuses everything for 8 s while the stock OTLP/HTTP exporter (its default
-    # 10 s timeout) sends through a bridge started with no flag about durability at all.
+    # Altertable refuses everything for 8 s while the stock OTLP/HTTP exporter (a 5 s
+    # timeout, as a latency-minded service sets it) sends through a bridge started with no
+    # flag about durability at all. Delivering before answering, the bridge would spend the
+    # sender's whole budget on its own attempts.
     plan = FaultPlan(outages=((0.0, 8.0),))
     total = 450
     with LocalReceiver(faults=plan) as receiver, bridge_process(receiver.endpoint) as (_p, base):
@@ -199,7 +201,7 @@ def test_the_python_sender_loses_nothing_through_an_outage_with_the_default_jour
         receiver.faults.begin()
         provider = TracerProvider(resource=Resource({"service.name": "outage"}))
         provider.add_span_processor(
-            BatchSpanProcessor(otlp_span_exporter(base), schedule_delay_millis=500)
+            BatchSpanProcessor(otlp_span_exporter(base, timeout=5), schedule_delay_millis=500)
         )
         tracer = provider.get_tracer("outage")
         for seq in range(total):
