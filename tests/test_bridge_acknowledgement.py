@@ -282,19 +282,19 @@ def test_two_live_bridges_on_one_directory_send_each_call_once(tmp_path: Path) -
 def test_a_second_bridge_process_never_takes_a_live_bridge_s_journal(tmp_path: Path) -> None:
     injector, clock = down_until_told()
     journal = str(tmp_path / "journal")
-    with LocalReceiver(faults=injector) as receiver:
-        with (
-            bridge_process(receiver.endpoint, "--spool-dir", journal) as (_a, first),
-            bridge_process(receiver.endpoint, "--spool-dir", journal) as (_b, second),
-        ):
-            for n in range(6):
-                assert post(first if n % 2 else second, body(10, n * 10)).status_code == 200
-            # A third starts on the directory while both live: it recovers nothing.
-            with bridge_process(receiver.endpoint, "--spool-dir", journal):
-                clock.now = 2000.0
-                wait_for(receiver, set(range(60)), 30)
-                time.sleep(1.0)
-                seen = delivered(receiver)
+    with (
+        LocalReceiver(faults=injector) as receiver,
+        bridge_process(receiver.endpoint, "--spool-dir", journal) as (_a, first),
+        bridge_process(receiver.endpoint, "--spool-dir", journal) as (_b, second),
+    ):
+        for n in range(6):
+            assert post(first if n % 2 else second, body(10, n * 10)).status_code == 200
+        # A third starts on the directory while both live: it recovers nothing.
+        with bridge_process(receiver.endpoint, "--spool-dir", journal):
+            clock.now = 2000.0
+            wait_for(receiver, set(range(60)), 30)
+            time.sleep(1.0)
+            seen = delivered(receiver)
     assert set(seen) == set(range(60))
     assert sum(seen.values()) == 60
 
