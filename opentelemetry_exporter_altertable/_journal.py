@@ -134,6 +134,11 @@ class Journal:
     # ------------------------------------------------------------------ writing
 
     @property
+    def free_bytes(self) -> int:
+        """Bytes still allowed before ``max_bytes`` (in this process)."""
+        return max(0, self.max_bytes - self._bytes) if self._pid == os.getpid() else 0
+
+    @property
     def outstanding(self) -> int:
         """Entries appended and not yet retired (in this process)."""
         return len(self._outstanding) if self._pid == os.getpid() else 0

@@ -327,3 +327,36 @@ def test_grpc_ok_once_journaled_and_unavailable_when_the_journal_is_full(tmp_pat
     assert "journal is full" in (full.details or "")
     ok = [n for n, code in enumerate(codes) if code is grpc.StatusCode.OK]
     assert set(seqs) == {n * 100 + i for n in ok for i in range(100)}
+
+
+def _dead_journal(directory: Path, count: int) -> None:
+    """A process journals ``count`` track calls (``seq`` 0..count-1) and dies unretired."""
+    code = (
+        "import os, sys\n"
+        "from opentelemetry_exporter_altertable._journal import Journal\n"
+        "j = Journal(sys.argv[1], max_bytes=1 << 24, meta={'before_send': False})\n"
+        "with j.lock:\n"
+        "    assert j.append_calls({'track': [{'event': 'Left', 'distinct_id': 'u', "
+        "'environment': 'production', 'properties': {'seq': n, 'pad': 'x' * 200}} "
+        "for n in range(int(sys.argv[2]))]})\n"
+        "os._exit(0)\n"
+    )
+    directory.mkdir(mode=0o700, exist_ok=True)
+    subprocess.run([sys.executable, "-c", code, str(directory), str(count)], check=True, timeout=60)
+
+
+def test_a_dead_journal_too_big_for_the_bridge_s_room_waits_whole_on_disk(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    _dead_journal(journal, 1000)  # about 300 KB of calls
+    with LocalReceiver() as receiver:
+        with running_bridge(
+            receiver.endpoint, spool_dir=str(journal), spool_max_bytes=64 * 1024
+        ) as small:
+            time.sleep(0.5)
+            assert delivered(receiver) == Counter()  # not taken in part
+            assert small.bridge.delivery.stats()["journal_owed"] == 0
+        assert any(name.startswith("journal-") for name in os.listdir(journal))
+        with running_bridge(receiver.endpoint, spool_dir=str(journal)):
+            seen = wait_for(receiver, set(range(1000)), 30)
+    assert set(seen) == set(range(1000))
+    assert sum(seen.values()) == 1000

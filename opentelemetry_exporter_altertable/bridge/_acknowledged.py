@@ -28,6 +28,7 @@ attempt; whatever is not delivered stays in the journal for the next bridge on t
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -90,6 +91,7 @@ class Acknowledged:
         self._resume_at = 0.0
         self._busy = 0
         self._full_warned_at = -_WARN_INTERVAL
+        self._recover_warned_at = -_WARN_INTERVAL
         self.refused_full = 0
         """Requests refused because the journal could not take their calls."""
         self._threads = [
@@ -246,6 +248,10 @@ class Acknowledged:
             for source in (mapped, rec.calls):
                 for endpoint, items in source.items():
                     calls.setdefault(endpoint, []).extend(items)
+        total = sum(len(items) for items in calls.values())
+        if len(json.dumps(calls, default=str)) > self.journal.free_bytes:
+            self._cannot_recover(recs, total)
+            return False  # no partial copies: it is taken whole once there is room
         entries: list[_Entry] = []
         with self.journal.lock:
             for parcel in _parcels(calls, RECOVERED_PER_PARCEL):
@@ -253,20 +259,32 @@ class Acknowledged:
                 if not seq:
                     break
                 entries.append(_Entry(seq, parcel))
-        if sum(len(items) for e in entries for items in e.calls.values()) < sum(
-            len(items) for items in calls.values()
-        ):
+        if sum(len(items) for e in entries for items in e.calls.values()) < total:
             self.journal.retire([e.seq for e in entries])
+            self._cannot_recover(recs, total)
             return False
         self._enqueue(entries)
         _logger.warning(
             "bridge: recovered %d call(s) from the journal of process%s %s, which ended before "
             "delivering them; delivering them now",
-            sum(len(items) for items in calls.values()),
+            total,
             "es" if len(recs) > 1 else "",
             clip(", ".join(str(rec.pid) for rec in recs), LIMIT),
         )
         return True
+
+    def _cannot_recover(self, recs: list[Recovered], total: int) -> None:
+        now = time.monotonic()
+        if now - self._recover_warned_at < _WARN_INTERVAL:
+            return
+        self._recover_warned_at = now
+        _logger.warning(
+            "bridge: %d call(s) left by process%s %s do not fit in this bridge's journal now "
+            "(spool_max_bytes); they stay on disk and are taken once there is room",
+            total,
+            "es" if len(recs) > 1 else "",
+            clip(", ".join(str(rec.pid) for rec in recs), LIMIT),
+        )
 
     # ------------------------------------------------------------------ stopping
 
