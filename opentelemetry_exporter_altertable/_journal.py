@@ -133,6 +133,13 @@ class Journal:
 
     # ------------------------------------------------------------------ writing
 
+    def prepare(self) -> None:
+        """Create the directory now (owner-only), so one that cannot be used shows at once.
+
+        Raises ``OSError``, or ``ValueError`` for a directory that is not safe to use."""
+        if self._prepare_dir is not None:
+            self._prepare_dir()
+
     @property
     def free_bytes(self) -> int:
         """Bytes still allowed before ``max_bytes`` (in this process)."""

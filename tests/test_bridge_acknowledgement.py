@@ -360,3 +360,53 @@ def test_a_dead_journal_too_big_for_the_bridge_s_room_waits_whole_on_disk(tmp_pa
             seen = wait_for(receiver, set(range(1000)), 30)
     assert set(seen) == set(range(1000))
     assert sum(seen.values()) == 1000
+
+
+def _banner(extra: list[str], env: dict[str, str]) -> str:
+    port = free_port()
+    process = subprocess.Popen(
+        [*CLI, "bridge", "--port", str(port), "--no-grpc", *extra],
+        env={**os.environ, "OTEL_EXPORTER_ALTERTABLE_API_KEY": KEY, **env},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(3)]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    return "".join(lines)
+
+
+def test_the_journal_s_directory_default_variable_flag_and_off(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    default = _banner([], {"XDG_STATE_HOME": str(state)})
+    assert f"journal:       {state / 'altertable-otel' / 'bridge'} (200 once" in default
+    assert (state / "altertable-otel" / "bridge").stat().st_mode & 0o777 == 0o700
+    variable = _banner([], {"OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR": str(tmp_path / "v")})
+    assert f"journal:       {tmp_path / 'v'} (200 once" in variable
+    flag = _banner(["--spool-dir", str(tmp_path / "f")], {})
+    assert f"journal:       {tmp_path / 'f'} (200 once" in flag
+    off = _banner(["--no-journal"], {})
+    assert "journal:       off" in off
+    assert "spool: off" in off
+
+
+def test_a_journal_directory_others_may_write_stops_the_bridge(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    result = subprocess.run(
+        [*CLI, "bridge", "--port", str(free_port()), "--no-grpc", "--spool-dir", str(shared)],
+        env={**os.environ, "OTEL_EXPORTER_ALTERTABLE_API_KEY": KEY},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "--no-journal" in result.stderr
+    assert "writable by group or others" in result.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -162,7 +163,7 @@ def _create(args: argparse.Namespace, fail: Callable[[str], Exception]) -> Any:
 
     settings = settings_from(args)
     journal = not args.no_journal
-    if journal:
+    if journal and not os.environ.get("OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR", "").strip():
         settings.setdefault("spool_dir", default_journal_dir())
     try:
         bridge = create_bridge(

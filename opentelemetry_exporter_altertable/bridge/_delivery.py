@@ -15,6 +15,7 @@ calls, because its answer depends on it. Two ways, chosen at construction:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,8 @@ from typing import Any
 from .._core import ExporterCore
 from .._mapping import Calls
 from ._acknowledged import DEFAULT_DELIVERY_THREADS, Acknowledged
+
+_logger = logging.getLogger(__name__)
 
 #: Track batches of one request sent side by side when delivery is synchronous.
 DEFAULT_PARALLEL_REQUESTS = 4
@@ -72,6 +75,12 @@ class Delivery:
         self.acknowledged: Acknowledged | None = None
         """The journal and its delivery threads; ``None`` when delivery is synchronous."""
         kept = self._core.backlog.journal(before_send=False) if journal else None
+        if kept is not None:
+            try:
+                kept.prepare()
+            except (OSError, ValueError) as exc:
+                _logger.error("bridge: cannot keep a journal in %s: %s", kept.directory, exc)
+                kept = None
         if kept is not None:
             # Calls are journaled after before_send: anyone may send them as they are.
             self.acknowledged = Acknowledged(self._core, kept, threads=delivery_threads)
