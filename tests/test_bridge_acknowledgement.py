@@ -406,6 +406,7 @@ def test_a_journal_directory_others_may_write_stops_the_bridge(tmp_path: Path) -
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert result.returncode != 0
     assert "--no-journal" in result.stderr
