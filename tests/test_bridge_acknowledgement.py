@@ -96,7 +96,9 @@ def bridge_process(endpoint: str, *extra: str) -> Iterator[tuple[subprocess.Pope
     try:
         assert process.stdout is not None
         first = process.stdout.readline()
-        assert first.startswith("Altertable OTLP bridge listening on"), first
+        if not first.startswith("Altertable OTLP bridge listening on"):
+            process.kill()
+            raise AssertionError(first + process.communicate(timeout=30)[1])
         yield process, f"http://127.0.0.1:{port}"
     finally:
         if process.poll() is None:
