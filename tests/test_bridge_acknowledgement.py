@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 import requests
-from faultserver import Answer, FaultServer, retry_later
+from faultserver import Answer, FaultServer, hang, retry_later
 from grpc_support import TRACES_METHOD, call, free_port, running_fronts
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
@@ -255,6 +255,28 @@ def test_sigterm_keeps_what_was_acknowledged_for_the_next_start(tmp_path: Path) 
         with bridge_process(receiver.endpoint, "--spool-dir", journal):
             seen = wait_for(receiver, set(range(30)), 30)
     assert set(seen) == set(range(30))
+
+
+def test_sigterm_exits_promptly_while_altertable_hangs(tmp_path: Path) -> None:
+    journal = str(tmp_path / "journal")
+    with FaultServer() as api:
+        api.set_default(hang(), "/track")
+        with bridge_process(api.endpoint, "--spool-dir", journal) as (process, base):
+            assert post(base, body(10, 0)).status_code == 200
+            assert api.wait_for_requests(1, timeout=10)  # a delivery attempt is under way
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            _out, err = process.communicate(timeout=30)
+            assert time.monotonic() - started < 6, err
+            assert process.returncode == 0, err
+        api.set_default(Answer(200), "/track")
+        with bridge_process(api.endpoint, "--spool-dir", journal):
+            deadline = time.monotonic() + 30
+            while len(api.accepted_items("/track")) < 10 and time.monotonic() < deadline:
+                time.sleep(0.2)
+        seqs = Counter(item["properties"]["seq"] for item in api.accepted_items("/track"))
+    assert set(seqs) == set(range(10))
+    assert sum(seqs.values()) == 10
 
 
 def test_two_live_bridges_on_one_directory_send_each_call_once(tmp_path: Path) -> None:
