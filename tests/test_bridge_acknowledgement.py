@@ -435,3 +435,20 @@ def test_a_journal_directory_others_may_write_stops_the_bridge(tmp_path: Path) -
     assert result.returncode != 0
     assert "--no-journal" in result.stderr
     assert "writable by group or others" in result.stderr
+
+
+def test_side_by_side_tracks_never_overtake_their_identifies() -> None:
+    spans = tagged_spans(1000, **{"user.email": "someone@example.com"})
+    with (
+        FaultServer() as api,
+        running_bridge(api.endpoint, timeout=5.0, max_batch_size=50) as bridge,
+    ):
+        api.set_default(Answer(200, delay=0.02))
+        answer = post(bridge.endpoint, encode_spans(spans).SerializeToString())
+        paths = [request.path for request in api.requests]
+        seqs = Counter(item["properties"]["seq"] for item in api.accepted_items("/track"))
+    assert answer.status_code == 200
+    assert paths[0] == "/identify"
+    assert "/identify" not in paths[1:]
+    assert set(seqs) == set(range(1000))
+    assert sum(seqs.values()) == 1000
