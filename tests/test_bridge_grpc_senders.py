@@ -5,9 +5,11 @@ against ``serve``; an outage ridden out by the sender's own retries; SIGTERM on 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -515,3 +517,29 @@ def test_serve_beyond_loopback_keeps_the_standard_ports_closed() -> None:
         "  OTLP ports:   off beyond loopback (OTLP senders carry no API key); "
         "use http://127.0.0.1:15001/v1/traces"
     ]
+
+
+def _signal_thread(pid: int, tid: int, signum: int) -> None:
+    """``tgkill``: a signal to one thread of ``pid``, as the kernel may deliver SIGTERM."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    sys_tgkill = {"x86_64": 234, "aarch64": 131}[platform.machine()]
+    if libc.syscall(sys_tgkill, pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill failed")
+
+
+def test_sigterm_handed_to_a_grpc_thread_still_stops_the_bridge() -> None:
+    with FaultServer() as api:
+        process, _, target = _start_bridge(api.endpoint)
+        try:
+            body = encode_spans(tagged_spans(1, event="Probe")).SerializeToString()
+            assert call(target, TRACES_METHOD, body, timeout=10).code is grpc.StatusCode.OK
+            threads = sorted(int(t) for t in os.listdir(f"/proc/{process.pid}/task"))
+            other = next(t for t in threads if t != process.pid)
+            _signal_thread(process.pid, other, signal.SIGTERM)
+            out, err = process.communicate(timeout=15)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 0, err
+    assert "Bridge stopped." in out

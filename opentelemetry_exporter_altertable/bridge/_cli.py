@@ -167,7 +167,10 @@ def run_bridge(args: argparse.Namespace, fail: Callable[[str], Exception]) -> in
     handler = _log_to_stderr()
     try:
         _print_banner(bridge, server, grpc_server)
-        stop.wait()
+        # Waited on in slices: the kernel may hand SIGTERM to one of gRPC's threads, and then
+        # only a main thread that wakes up runs the handler (an endless wait never would).
+        while not stop.wait(0.5):
+            pass
         if grpc_server is not None:
             grpc_server.refuse_new_calls()
         print("Stopping: finishing the requests in hand...", flush=True)
