@@ -12,6 +12,7 @@ from support import ROOT
 
 
 @pytest.mark.slow
+@pytest.mark.once
 def test_quick_benchmark_produces_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(

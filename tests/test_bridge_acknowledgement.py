@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 import requests
 from faultserver import Answer, FaultServer, hang, retry_later
 from grpc_support import TRACES_METHOD, call, free_port, running_fronts
@@ -30,6 +31,9 @@ from support import KEY, ROOT, otlp_span_exporter, running_bridge, tagged_spans
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 from opentelemetry_exporter_altertable.receiver._faults import FaultInjector, FaultPlan
+
+# Real bridge processes under attack or outage: the main suite runs them once.
+pytestmark = pytest.mark.once
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 CLI = [sys.executable, "-m", "opentelemetry_exporter_altertable"]

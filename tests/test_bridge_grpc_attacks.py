@@ -19,11 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import pytest
 import requests
 from faultserver import FaultServer
 from grpc_support import TRACES_METHOD, call, field, free_port, with_span_attributes
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from support import KEY, tagged_spans
+
+# Real bridge processes under attack or outage: the main suite runs them once.
+pytestmark = pytest.mark.once
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_IN_FLIGHT = 4

@@ -78,7 +78,6 @@ OTHER_VARIABLES = {
     "NO_PROXY",
     "MUTMUT_ARGS",
     "DEMO_ARGS",
-    "ALTERTABLE_FULL_PROCESS_MODELS",
     "ALTERTABLE_RECEIVER_API_KEYS",
 }
 #: Commands a bash block may run besides those checked in detail below.

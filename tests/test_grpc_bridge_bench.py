@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
+@pytest.mark.once
 def test_quick_grpc_bridge_measurement_gives_both_rows(tmp_path: Path) -> None:
     out = tmp_path / "rows.json"
     result = subprocess.run(

@@ -7,7 +7,9 @@ arrived before recovery where the process model must deliver on its own, and tha
 recovery every event arrived: 0 lost, duplicates counted (at least once allows them only when
 a process died between a delivery and its retirement from the journal).
 
-The slowest rows run only when ``ALTERTABLE_FULL_PROCESS_MODELS=1`` (``make test`` sets it).
+Every row runs in the main suite (``make test``); the other suites leave this file out
+(marker ``once``), as they do every real-server test that does not depend on the Python or
+SDK version.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ import requests
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_altertable_settings")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.once,
+    pytest.mark.usefixtures("no_altertable_settings"),
+]
 
-FULL = os.environ.get("ALTERTABLE_FULL_PROCESS_MODELS") == "1"
-full_only = pytest.mark.skipif(
-    not FULL, reason="set ALTERTABLE_FULL_PROCESS_MODELS=1 (make test does) for this row"
-)
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 20.0
 
@@ -208,10 +210,7 @@ GUNICORN_ROWS = {
 
 @pytest.mark.parametrize(
     "name",
-    [
-        name if name in ("sync", "uvicorn") else pytest.param(name, marks=full_only)
-        for name in GUNICORN_ROWS
-    ],
+    list(GUNICORN_ROWS),
 )
 def test_gunicorn(name: str, tmp_path: Path, env: dict[str, str], receiver: LocalReceiver) -> None:
     (tmp_path / "app.py").write_text(APP)
@@ -238,10 +237,7 @@ UWSGI_ROWS = {
 
 @pytest.mark.parametrize(
     "name",
-    [
-        name if name in ("processes", "enable-threads") else pytest.param(name, marks=full_only)
-        for name in UWSGI_ROWS
-    ],
+    list(UWSGI_ROWS),
 )
 def test_uwsgi(name: str, tmp_path: Path, env: dict[str, str], receiver: LocalReceiver) -> None:
     (tmp_path / "app.py").write_text(APP)
@@ -308,7 +304,7 @@ CELERY_ROWS = {
 
 
 @pytest.mark.parametrize(
-    "name", ["module-recycling", pytest.param("worker-process-init", marks=full_only)]
+    "name", ["module-recycling", "worker-process-init"]
 )
 def test_celery_prefork_warm_shutdown_without_a_spool(
     name: str, tmp_path: Path, env: dict[str, str], receiver: LocalReceiver

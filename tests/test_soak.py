@@ -32,6 +32,7 @@ def _stat(stats: dict[str, object], name: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.once
 def test_twenty_thousand_events_survive_faults_and_an_outage(soak: Any) -> None:
     config = soak.SoakConfig.quick(events=20_000)
     assert config.outage_seconds == 2.0
@@ -72,6 +73,7 @@ def test_twenty_thousand_events_survive_faults_and_an_outage(soak: Any) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.once
 def test_the_soak_sees_losses_when_the_spool_cannot_keep_them(soak: Any) -> None:
     """The counting is real: with a spool too small for any parcel, the outage loses events."""
     config = soak.SoakConfig.quick(
@@ -98,6 +100,7 @@ def test_the_soak_sees_losses_when_the_spool_cannot_keep_them(soak: Any) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.once
 def test_what_shutdown_leaves_in_the_spool_is_replayed_by_the_final_drain(soak: Any) -> None:
     """The outage outlasts the producer and the provider's shutdown: only the drain delivers."""
     config = soak.SoakConfig.quick(events=1_000, outage_start=0.0, outage_seconds=3.0)
