@@ -599,7 +599,9 @@ def scenario_replay(sink: AnySink, sizes: Sizes, args: Any) -> Scenario | str:
         return records
 
     res = Result("replay: a killed process's journal -> /track", "calls", records)
-    res.note = f"{len(list(pristine.iterdir()))} journal files, {journal_bytes / records:,.0f} B/record"
+    res.note = (
+        f"{len(list(pristine.iterdir()))} journal files, {journal_bytes / records:,.0f} B/record"
+    )
     return Scenario(
         "replay", res, window, lambda: shutil.rmtree(base, ignore_errors=True), "/track", prepare
     )
@@ -1115,6 +1117,12 @@ def _print_memory(title: str, mem: dict[str, Any]) -> None:
         f"(includes this process's {mem['parent_peak_rss_at_spawn_kb'] / 1024:.1f} MiB "
         "at spawn)"
     )
+    if "calls_exported" in mem:
+        print(
+            f"  exported {mem['calls_exported']:,} calls, queue drops {mem['queue_dropped']:,}, "
+            f"spooled {mem['calls_spooled']:,}; journal {mem['journal_bytes_before_shutdown']:,} B"
+            " on disk after the last flush"
+        )
     print(
         f"  target: flat, at most {MEMORY_GROWTH_MAX_MIB:g} MiB more at the end than after the "
         f"first {mem['checkpoint_events']:,}: {_verdict(growth, None, MEMORY_GROWTH_MAX_MIB)}"
