@@ -12,7 +12,13 @@ alike rather than on whichever ran at that minute. After a warm-up window each, 
 rounds; the table shows the best window, the median and the spread ((best - worst) / best),
 and ratios use the best windows (the least disturbed). The app-overhead rows serve requests
 through real Flask and FastAPI apps (``_apps.py``), interleaved the same way. Everything runs
-in this process except the sink, the bridge's sender and the memory runs.
+in this process except the sink, the bridges' senders, the process whose journal ``replay``
+recovers (killed with SIGKILL once it has journaled) and the memory runs.
+
+With a spool directory the processors journal each analytics record; the journal's rows are
+its calling-thread cost per record (``journal_cost.py``), ``replay`` of a killed process's
+journal and the bridge over gRPC (both in the export rounds), the apps with the journal on
+(in the app rounds) and memory over 1,000,000 records through it.
 """
 
 from __future__ import annotations
