@@ -525,7 +525,7 @@ def journal_child(directory: str, records: int) -> None:
     """Runs in a subprocess: journal ``records`` tagged spans through an
     ``AltertableSpanProcessor`` with ``directory`` as its spool, say ``ready`` and wait for
     the SIGKILL that leaves them behind (the queue is never exported: it is larger than
-    ``records`` and so is its export batch)."""
+    ``records`` and so is its export batch). It ends by itself if its parent goes away."""
     from opentelemetry_exporter_altertable.processor import AltertableSpanProcessor
 
     spans = build_spans(BATCH * 4, tagged=True)
@@ -539,23 +539,29 @@ def journal_child(directory: str, records: int) -> None:
     for k in range(records):
         processor.on_end(spans[k % len(spans)])
     print("ready", flush=True)
-    time.sleep(600)
+    sys.stdin.read()  # until the SIGKILL, or the parent's end closes the pipe
 
 
 def _killed_journals(directory: Path, records: int) -> None:
     """Fill ``directory`` with the journal of a process killed (SIGKILL) after journaling
     ``records`` tagged spans."""
+    import select
+
     child = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--journal-child", str(directory),
          str(records)],
-        stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    line = ""
     try:
         assert child.stdout is not None
-        line = child.stdout.readline().strip()
+        if select.select([child.stdout], [], [], 300)[0]:
+            line = child.stdout.readline().strip()
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
+        if child.stdin is not None:
+            child.stdin.close()
     if line != "ready":
         raise RuntimeError("the journaling child did not finish (see its stderr above)")
 
@@ -578,7 +584,11 @@ def scenario_replay(sink: AnySink, sizes: Sizes, args: Any) -> Scenario | str:
     records = sizes.export_batches * BATCH
     base = Path(tempfile.mkdtemp(prefix="bench-replay-"))
     pristine = base / "killed"
-    _killed_journals(pristine, records)
+    try:
+        _killed_journals(pristine, records)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        return f"skipped: no journal to replay ({type(exc).__name__}: {exc})"
     journal_bytes = sum(f.stat().st_size for f in pristine.iterdir())
     settings = {
         ev.OTEL_EXPORTER_ALTERTABLE_API_KEY: API_KEY,
