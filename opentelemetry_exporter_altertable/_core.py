@@ -14,7 +14,9 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +65,18 @@ class Outcome:
         return self.error is None
 
 
+def merge_reports(into: DeliveryReport, other: DeliveryReport) -> None:
+    """Add ``other``'s account to ``into`` (owed calls after ``into``'s, in order)."""
+    for endpoint, count in other.accepted.items():
+        into.accepted[endpoint] = into.accepted.get(endpoint, 0) + count
+    into.rejected.update(other.rejected)
+    into.detail = other.detail or into.detail
+    for endpoint, items in other.pending.items():
+        into.owe(endpoint, items, other.pending_reason or "retryable")
+    if into.interrupted is None:
+        into.interrupted = other.interrupted
+
+
 class ExporterCore:
     """What both exporters and the bridge share. Thread-safe: runs may overlap."""
 
@@ -72,10 +86,16 @@ class ExporterCore:
         *,
         session: requests.Session | None = None,
         meter_provider: MeterProvider | None = None,
+        recover_journals: bool = True,
+        parallel_requests: int = 1,
         **settings: Any,
     ) -> None:
         """``signal`` names the self-metrics' component (``span``, ``log``, ``bridge``);
-        ``settings`` are the exporters' keyword arguments, resolved by ``resolve_config``."""
+        ``settings`` are the exporters' keyword arguments, resolved by ``resolve_config``.
+        ``recover_journals=False`` leaves dead processes' journals to a caller that recovers
+        them itself (the bridge keeps them in its own journal rather than the spool).
+        ``parallel_requests`` sends the track batches of one run over that many connections
+        at once (the bridge's synchronous answers: 8,192 spans behind a slow API in time)."""
         self._config: ExporterConfig = resolve_config(**settings)
         self._stats = Stats()
         self._metrics = self_metrics(signal, f"{id(self):x}", meter_provider)
@@ -91,7 +111,10 @@ class ExporterCore:
         )
         self._backlog = Backlog(self._config, self._stats, self._drops)
         # Journals of processes that died with records undelivered: spooled now, sent by runs.
-        self._recover_journals()
+        self._recovers = recover_journals
+        self._parallel = max(1, parallel_requests)
+        if recover_journals:
+            self._recover_journals()
         self._shutdown = False
         self._idle = threading.Condition()
         self._active = 0
@@ -210,7 +233,7 @@ class ExporterCore:
             raise
         if not by_endpoint:
             return Outcome()
-        report = self._transport.deliver(by_endpoint, deadline)
+        report = self._send_all(by_endpoint, deadline)
         if calls.identifies and "identify" not in report.pending and not report.rejected:
             self._identified.remember(calls.identifies)
         spooled = self._backlog.keep(report)
@@ -221,6 +244,103 @@ class ExporterCore:
         else:
             error = "rejected" if report.rejected else None
         return Outcome(error, report, spooled)
+
+    # ------------------------------------------------------------------ keep first, send later
+
+    def build_calls(self, count: int, build: Callable[[], Calls]) -> dict[str, list[Any]] | str:
+        """The calls of ``count`` records, by endpoint, for a caller that keeps them before
+        sending them (the bridge's journal): mapped (``build``), ``before_send`` applied,
+        identifies already accepted left out. Or why none may be built (:meth:`refusal`,
+        ``bad-endpoint``, ``exception``): nothing is counted as sent then."""
+        refused = self.refusal()
+        if refused is not None:
+            return refused
+        if self._config.endpoint_error is not None:
+            return "bad-endpoint"
+        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            calls = build()
+            if self._config.before_send is not None:
+                apply_before_send(
+                    self._config.before_send, calls, self._stats, self._warn_once.on_warning
+                )
+            if calls.identifies:
+                calls.identifies = self._identified.unseen(calls.identifies)
+        except Exception:
+            _logger.exception("Altertable: mapping failed unexpectedly")
+            return "exception"
+        finally:
+            detach(token)
+        self._stats.add("records_seen", count)
+        self._stats.add("records_skipped", calls.skipped)
+        self._stats.add("calls_built", len(calls))
+        return calls.by_endpoint()
+
+    def send(self, calls: dict[str, list[Any]], timeout: float | None = None) -> DeliveryReport:
+        """Deliver calls kept elsewhere (see :meth:`build_calls`) within ``timeout`` (default:
+        the configured one). Nothing owed goes to the spool: the caller still holds it. Refusals
+        for good are counted and logged; never raises (an interrupt is in the report)."""
+        if os.getpid() != self._pid:
+            self._after_fork()
+        with self._idle:
+            self._active += 1
+        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            deadline = time.monotonic() + (self._config.timeout if timeout is None else timeout)
+            report = self._send_all(calls, deadline)
+            identifies = calls.get("identify")
+            if identifies and "identify" not in report.pending and not report.rejected:
+                self._identified.remember(identifies)
+            if report.rejected:
+                self._drops.report(Counter(report.rejected), report.detail)
+            return report
+        finally:
+            detach(token)
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def replay_spool(self) -> None:
+        """Re-send spool files (oldest first) within one timeout, as a run does first."""
+        if self._shutdown:
+            return
+        with self._idle:
+            self._active += 1
+        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            self._backlog.replay(self._transport, time.monotonic() + self._config.timeout)
+        finally:
+            detach(token)
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """Shut down: :meth:`send` owes everything at once."""
+        return self._transport.closed
+
+    def _send_all(self, by_endpoint: dict[str, list[Any]], deadline: float) -> DeliveryReport:
+        """Deliver one run's calls; with ``parallel_requests``, its track batches at once.
+
+        Identifies and aliases go first, on their own, so a track never overtakes the
+        identify built with it; then the tracks, cut into contiguous parts sent side by side.
+        """
+        tracks = by_endpoint.get("track", [])
+        size = self._config.max_batch_size
+        if self._parallel <= 1 or len(tracks) <= size:
+            return self._transport.deliver(by_endpoint, deadline)
+        head = {endpoint: items for endpoint, items in by_endpoint.items() if endpoint != "track"}
+        report = self._transport.deliver(head, deadline) if head else DeliveryReport()
+        batches = -(-len(tracks) // size)
+        ways = min(self._parallel, batches)
+        per = -(-batches // ways) * size
+        parts = [{"track": tracks[start : start + per]} for start in range(0, len(tracks), per)]
+        with ThreadPoolExecutor(len(parts), thread_name_prefix="altertable-send") as pool:
+            reports = list(pool.map(lambda part: self._transport.deliver(part, deadline), parts))
+        for part in reports:
+            merge_reports(report, part)
+        return report
 
     def _refuse_bad_endpoint(self, calls: Calls) -> str:
         """An unusable endpoint: nothing is sent (never the default instead), all counted."""
@@ -273,7 +393,8 @@ class ExporterCore:
         self._identified.reset_after_fork()
         self._warn_once.reset_after_fork()
         self._backlog.after_fork()
-        self._recover_journals()
+        if self._recovers:
+            self._recover_journals()
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
         """Stop: interrupt backoff waits at once, let the runs under way spool what they owe."""

@@ -133,6 +133,18 @@ class Journal:
 
     # ------------------------------------------------------------------ writing
 
+    def prepare(self) -> None:
+        """Create the directory now (owner-only), so one that cannot be used shows at once.
+
+        Raises ``OSError``, or ``ValueError`` for a directory that is not safe to use."""
+        if self._prepare_dir is not None:
+            self._prepare_dir()
+
+    @property
+    def free_bytes(self) -> int:
+        """Bytes still allowed before ``max_bytes`` (in this process)."""
+        return max(0, self.max_bytes - self._bytes) if self._pid == os.getpid() else 0
+
     @property
     def outstanding(self) -> int:
         """Entries appended and not yet retired (in this process)."""
@@ -187,8 +199,17 @@ class Journal:
         self._bytes += len(header)
         return segment
 
-    def _append(self, kind: bytes, body_of: Callable[[_Segment], bytes]) -> int:
-        """Write one entry: its sequence number, 0 (counted, warned about) when not written."""
+    def _append(
+        self,
+        kind: bytes,
+        body_of: Callable[[_Segment], bytes],
+        *,
+        sync: bool = False,
+        warn: bool = True,
+    ) -> int:
+        """Write one entry: its sequence number, 0 (counted, warned about) when not written.
+
+        ``sync`` waits for the entry to reach the disk (``fdatasync``) before returning."""
         try:
             segment = self._segment_for(0)
             body = body_of(segment)
@@ -201,11 +222,13 @@ class Journal:
             if self._bytes + len(data) > self.max_bytes:
                 raise JournalFull
             self._write(segment, data)
+            if sync:
+                self._sync(segment, len(data))
         except JournalFull:
-            self._not_journaled("the journal is full (spool_max_bytes)")
+            self._not_journaled("the journal is full (spool_max_bytes)", warn)
             return 0
         except OSError as exc:
-            self._not_journaled(f"{type(exc).__name__}: {str(exc)[:200]}")
+            self._not_journaled(f"{type(exc).__name__}: {str(exc)[:200]}", warn)
             return 0
         self._seq = seq
         self._outstanding.add(seq)
@@ -226,10 +249,22 @@ class Journal:
         segment.size += len(data)
         self._bytes += len(data)
 
-    def _not_journaled(self, why: str) -> None:
+    def _sync(self, segment: _Segment, written: int) -> None:
+        """Flush the entry just written to the device; if that fails, take the entry back
+        (a caller told 0 must not find it recovered later under a reused number)."""
+        try:
+            getattr(os, "fdatasync", os.fsync)(segment.fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(segment.fd, segment.size - written)
+            segment.size -= written
+            self._bytes -= written
+            raise
+
+    def _not_journaled(self, why: str, warn: bool = True) -> None:
         self.unjournaled += 1
         now = time.monotonic()
-        if now - self._warned_at >= _WARN_INTERVAL:
+        if warn and now - self._warned_at >= _WARN_INTERVAL:
             self._warned_at = now
             _log.warning(
                 "Altertable journal in %s: a record could not be journaled (%s); it is still "
@@ -303,15 +338,22 @@ class Journal:
 
         return self._append(kind, body_of)
 
-    def append_calls(self, calls: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+    def append_calls(
+        self,
+        calls: Mapping[str, Sequence[Mapping[str, Any]]],
+        *,
+        sync: bool = False,
+        warn: bool = True,
+    ) -> int:
         """Journal already-mapped calls (``{endpoint: [payload, ...]}``) as one entry.
 
         When this returns a sequence number (not 0) the calls are on disk (they survive this
-        process; not the machine, there is no fsync); hand it to :meth:`retire` once they are
-        delivered or spooled.
+        process; with ``sync`` the entry is also flushed to the device, so it survives the
+        machine); hand it to :meth:`retire` once they are delivered or spooled. ``warn=False``
+        is for a caller that says itself what a 0 means (the bridge answers 503).
         """
         payload = _dumps({k: list(v) for k, v in calls.items() if v})
-        return self._append(b"C", lambda _segment: payload)
+        return self._append(b"C", lambda _segment: payload, sync=sync, warn=warn)
 
     # ------------------------------------------------------------------ retiring
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,6 +82,13 @@ def no_altertable_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("OTEL_EXPORTER_ALTERTABLE_", "ALTERTABLE_")):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _private_state_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A bridge started with no spool directory journals under ``$XDG_STATE_HOME``: each test
+    gets its own, so no test recovers (and sends) what another left."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
 @pytest.fixture(autouse=True)

@@ -184,11 +184,11 @@ def test_unavailable_with_retry_info_when_neither_delivered_nor_spooled() -> Non
     assert Status.FromString(reply.trailers["grpc-status-details-bin"]).code == 14
 
 
-def test_ok_once_the_calls_are_spooled(tmp_path: Any) -> None:
+def test_ok_once_the_calls_are_spooled_without_the_journal(tmp_path: Any) -> None:
     spool = tmp_path / "spool"
     with (
         FaultServer() as api,
-        running_fronts(api.endpoint, timeout=0.5, spool_dir=str(spool)) as fronts,
+        running_fronts(api.endpoint, timeout=0.5, spool_dir=str(spool), journal=False) as fronts,
     ):
         api.set_default(retry_later(503))
         body = encode_spans(sample_spans(1)).SerializeToString()

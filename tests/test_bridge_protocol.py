@@ -215,10 +215,12 @@ def test_503_with_retry_after_when_calls_are_neither_delivered_nor_spooled(
     assert KEY not in answer.text
 
 
-def test_200_once_the_calls_are_spooled(api: FaultServer, tmp_path: Any) -> None:
+def test_200_once_the_calls_are_spooled_without_the_journal(
+    api: FaultServer, tmp_path: Any
+) -> None:
     api.set_default(retry_later(503))
     spool = tmp_path / "spool"
-    with running_bridge(api.endpoint, timeout=0.5, spool_dir=str(spool)) as bridge:
+    with running_bridge(api.endpoint, timeout=0.5, spool_dir=str(spool), journal=False) as bridge:
         body = encode_spans(sample_spans(1)).SerializeToString()
         assert post(bridge, "/v1/traces", body, PROTOBUF).status_code == 200
         assert bridge.bridge.delivery.stats()["calls_spooled"] == 5

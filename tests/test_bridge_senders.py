@@ -269,7 +269,7 @@ def test_sigterm_with_requests_in_flight_delivers_what_was_accepted() -> None:
 def test_after_sigterm_new_requests_are_refused_and_nothing_is_lost() -> None:
     with FaultServer() as api:
         api.set_default(retry_later(503))
-        process, base = _start_bridge_process(api.endpoint, "--timeout", "0.5")
+        process, base = _start_bridge_process(api.endpoint, "--timeout", "0.5", "--no-journal")
         body = encode_spans(tagged_spans(2)).SerializeToString()
         answer = requests.post(
             f"{base}/v1/traces",

@@ -3,9 +3,10 @@
 ``altertable-otel bridge`` (see :mod:`._cli`) serves ``POST /v1/traces`` and ``/v1/logs``
 (protobuf or OTLP JSON, gzip accepted) and, on its gRPC port (:mod:`._grpc`),
 ``TraceService/Export`` and ``LogsService/Export``; it reads each request into the mapping's
-neutral records (:mod:`._decode`), maps them exactly as the in-process exporters do and
-delivers the calls through the exporters' own transport and spool (:mod:`._delivery`),
-answering by the OTLP rules (:mod:`._app`). Needs the ``otlp`` extra (``protobuf``,
+neutral records (:mod:`._decode`), maps them exactly as the in-process exporters do, keeps
+the calls in its journal and delivers them in the background (:mod:`._acknowledged`), or,
+without a journal, delivers them before answering (:mod:`._delivery`), answering by the OTLP
+rules (:mod:`._app`). Needs the ``otlp`` extra (``protobuf``,
 ``opentelemetry-proto``, ``grpcio``).
 
 In code::

@@ -3,11 +3,13 @@
 The answer rules are OTLP/HTTP's, read for a sender that must not lose data:
 
 - 200 with an ``Export{Trace,Logs}ServiceResponse`` in the request's encoding, sent only once
-  every call built from the request was accepted by Altertable or written to the spool;
-  ``partial_success`` counts the records refused for good (the API rejected their calls).
-- 503 with ``Retry-After`` when calls could be neither delivered nor spooled (Altertable down
-  and no spool, the bridge shutting down, no API key), so the sender retries; the same when
-  the bridge already runs as many requests as it may hold in memory.
+  every call built from the request is in the bridge's journal on disk (see
+  :mod:`._acknowledged`) or, without a journal, was accepted by Altertable or written to the
+  spool; ``partial_success`` counts the records refused for good (known only without one).
+- 503 with ``Retry-After`` when calls could not be kept: the journal is full, or, without
+  one, they could be neither delivered nor spooled (Altertable down and no spool); the bridge
+  shutting down, no API key; the same when the bridge already runs as many requests as it
+  may hold in memory. The sender retries.
 - 400 for a body that does not decode, 415 for another content type, 413 past the body limit,
   401 without the bearer token; 413 as well for a request holding more records or elements
   than :class:`~.._http_server.ListenerBounds` allows (counted before it is decoded). Error

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -112,6 +113,13 @@ def add_parser(subparsers: Any, run: Callable[[argparse.Namespace], int]) -> Non
         metavar="SECONDS",
         help="time to send one whole request, headers and body (default: %(default)s)",
     )
+    parser.add_argument(
+        "--no-journal",
+        action="store_true",
+        help="answer only once the calls are delivered (or spooled), instead of once they are "
+        "in the journal (default: journaled, in --spool-dir, else "
+        "$XDG_STATE_HOME/altertable-otel/bridge or ~/.local/state/altertable-otel/bridge)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -125,32 +133,15 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
 def run_bridge(args: argparse.Namespace, fail: Callable[[str], Exception]) -> int:
     """Serve until SIGINT/SIGTERM; then finish the requests in hand and exit 0."""
     try:
-        from ._factory import create_bridge
         from ._server import BridgeServer
     except ImportError as exc:
         missing = exc.name or "protobuf"
         raise fail(
             f"the bridge needs the otlp extra ({missing} is missing): {_INSTALL_HINT}"
         ) from None
-    try:
-        bounds = ListenerBounds(
-            max_body_bytes=args.max_body_bytes,
-            max_connections=args.max_connections,
-            request_deadline=args.request_deadline,
-        )
-        if args.max_in_flight < 1:
-            raise ValueError("--max-in-flight must be positive")
-        bridge = create_bridge(
-            token=args.token,
-            max_body_bytes=args.max_body_bytes,
-            bounds=bounds,
-            **settings_from(args),
-        )
-    except ValueError as exc:
-        raise fail(str(exc)) from None
-    if not bridge.delivery.config.api_key:
-        bridge.delivery.shutdown()
-        raise fail("no Altertable API key: pass --api-key or set OTEL_EXPORTER_ALTERTABLE_API_KEY")
+    if args.max_body_bytes < 1 or args.max_in_flight < 1:
+        raise fail("--max-body-bytes and --max-in-flight must be positive")
+    bridge = _create(args, fail)
     server = BridgeServer(
         bridge,
         args.host,
@@ -197,6 +188,10 @@ def _print_banner(bridge: Any, server: Any, grpc_server: Any) -> None:
     spool = config.spool_dir or "off"
     token = "required" if bridge.token_required else "none"
     print(f"  delivering to: {config.endpoint} (spool: {spool})", flush=True)
+    if bridge.delivery.journaled:
+        print(f"  journal:       {spool} (200 once the calls are on disk)", flush=True)
+    else:
+        print("  journal:       off (200 only once the calls are delivered or spooled)", flush=True)
     print(f"  token:         {token}", flush=True)
     print(f"  senders:       OTEL_EXPORTER_OTLP_ENDPOINT={server.endpoint}", flush=True)
     if grpc_server is not None:
@@ -206,6 +201,42 @@ def _print_banner(bridge: Any, server: Any, grpc_server: Any) -> None:
             f"OTEL_EXPORTER_OTLP_ENDPOINT={grpc_server.endpoint}",
             flush=True,
         )
+
+
+def _create(args: argparse.Namespace, fail: Callable[[str], Exception]) -> Any:
+    """The bridge the flags describe: journaled (in the default state directory unless
+    ``--spool-dir`` says otherwise) unless ``--no-journal``."""
+    from ._factory import create_bridge, default_journal_dir
+
+    settings = settings_from(args)
+    journal = not args.no_journal
+    if journal and not os.environ.get("OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR", "").strip():
+        settings.setdefault("spool_dir", default_journal_dir())
+    try:
+        bounds = ListenerBounds(
+            max_body_bytes=args.max_body_bytes,
+            max_connections=args.max_connections,
+            request_deadline=args.request_deadline,
+        )
+        bridge = create_bridge(
+            token=args.token,
+            max_body_bytes=args.max_body_bytes,
+            bounds=bounds,
+            journal=journal,
+            **settings,
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if not bridge.delivery.config.api_key:
+        bridge.delivery.shutdown()
+        raise fail("no Altertable API key: pass --api-key or set OTEL_EXPORTER_ALTERTABLE_API_KEY")
+    if journal and bridge.delivery.config.spool_dir and not bridge.delivery.journaled:
+        bridge.delivery.shutdown()
+        raise fail(
+            f"cannot keep a journal in {bridge.delivery.config.spool_dir} (see the error above): "
+            "pass --spool-dir with a private directory, or --no-journal"
+        )
+    return bridge
 
 
 def _start_grpc(bridge: Any, args: argparse.Namespace, fail: Callable[[str], Exception]) -> Any:
@@ -277,7 +308,7 @@ def add_otlp_routes(receiver: LocalReceiver, api_key: str) -> Callable[[], None]
         return None
     from ..receiver._app import Request, Response
 
-    bridge = create_bridge(api_key=api_key, endpoint=receiver.endpoint, token=None)
+    bridge = create_bridge(api_key=api_key, endpoint=receiver.endpoint, token=None, journal=False)
 
     def handle(request: Request) -> Response:
         answer = bridge.handle(request.path, request.headers, request.body)
@@ -375,7 +406,7 @@ def open_otlp_ports(receiver: LocalReceiver, api_key: str, args: argparse.Namesp
         from ._server import BridgeServer
     except ImportError:
         return ports  # the receiver's banner already says how to install the otlp extra
-    bridge = create_bridge(api_key=api_key, endpoint=receiver.endpoint, token=None)
+    bridge = create_bridge(api_key=api_key, endpoint=receiver.endpoint, token=None, journal=False)
     ports._bridge = bridge
     fronts = (
         ("gRPC", GrpcBridgeServer, args.otlp_grpc_port, STANDARD_GRPC_PORT),

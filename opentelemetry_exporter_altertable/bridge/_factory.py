@@ -16,6 +16,15 @@ TOKEN_VARIABLE = "ALTERTABLE_BRIDGE_TOKEN"
 DEFAULT_BRIDGE_TIMEOUT = 5.0
 
 
+def default_journal_dir() -> str:
+    """Where ``altertable-otel bridge`` keeps its journal when no spool directory is set:
+    ``$XDG_STATE_HOME/altertable-otel/bridge``, else ``~/.local/state/altertable-otel/bridge``."""
+    state = os.environ.get("XDG_STATE_HOME", "").strip()
+    if not state or not os.path.isabs(state):  # the XDG rule: a relative path is ignored
+        state = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "altertable-otel", "bridge")
+
+
 def create_bridge(
     *,
     token: str | None = None,
@@ -27,7 +36,9 @@ def create_bridge(
     """A :class:`Bridge` delivering with the exporters' settings (arguments, then variables).
 
     ``settings`` are the exporters' keyword arguments (``api_key``, ``endpoint``,
-    ``environment``, ``timeout``, ``spool_dir``, ...); ``token`` falls back to
+    ``environment``, ``timeout``, ``spool_dir``, ...) and :class:`Delivery`'s (``journal``:
+    with a spool directory, answer once the calls are journaled, the default;
+    ``parallel_requests``, ``delivery_threads``); ``token`` falls back to
     ``ALTERTABLE_BRIDGE_TOKEN``. ``bounds`` limits what one request may hold (its
     ``max_body_bytes`` is replaced by the argument of that name).
     """
