@@ -12,23 +12,31 @@ alike rather than on whichever ran at that minute. After a warm-up window each, 
 rounds; the table shows the best window, the median and the spread ((best - worst) / best),
 and ratios use the best windows (the least disturbed). The app-overhead rows serve requests
 through real Flask and FastAPI apps (``_apps.py``), interleaved the same way. Everything runs
-in this process except the sink, the bridge's sender and the memory runs.
+in this process except the sink, the bridges' senders, the process whose journal ``replay``
+recovers (killed with SIGKILL once it has journaled) and the memory runs.
+
+With a spool directory the processors journal each analytics record; the journal's rows are
+its calling-thread cost per record (``journal_cost.py``), ``replay`` of a killed process's
+journal and the bridge over gRPC (both in the export rounds), the apps with the journal on
+(in the app rounds) and memory over 1,000,000 records through it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -68,6 +76,9 @@ class Sizes:
     on_end_calls: int = 200_000
     app_requests: int = 1_500  # per window and app configuration
     app_rounds: int = 10  # short windows, many rounds: the best ones are the quiet ones
+    journal_calls: int = 20_000  # on_end calls timed per processor and run
+    journal_runs: int = 3
+    ack_requests: int = 50  # per mode (journal on, off) of the acknowledgement row
 
 
 QUICK = Sizes(
@@ -83,6 +94,9 @@ QUICK = Sizes(
     on_end_calls=20_000,
     app_requests=100,
     app_rounds=3,
+    journal_calls=2_000,
+    journal_runs=2,
+    ack_requests=10,
 )
 
 AnySink = Sink | ProcessSink
@@ -95,6 +109,7 @@ TARGETS: dict[str, tuple[float | None, float | None]] = {
     "skip/tagged": (15.0, None),
     "skip_ids/tagged": (15.0, None),
     "bridge/ours": (0.5, None),
+    "bridge_grpc/ours": (0.5, None),
     "on_end/BSP": (None, 3.0),
 }
 #: What each scenario row is held to (printed beside it): ratio names of TARGETS, or a rate.
@@ -104,6 +119,8 @@ ROW_TARGETS: dict[str, tuple[str, ...]] = {
     "skip": ("skip/tagged",),
     "skip_ids": ("skip_ids/tagged",),
     "bridge": ("bridge/ours",),
+    "bridge_grpc": ("bridge_grpc/ours", "grpc/http bridge"),
+    "replay": ("replay/ours",),
 }
 FAST_TARGET = 100_000.0
 #: The app-overhead targets: ours takes at most this share of the app's requests/s ...
@@ -155,6 +172,8 @@ class Scenario:
     sink_path: str | None = None
     """Where its requests land on the shared sink: the bytes and requests its windows sent
     there are counted per scenario (snapshots taken between windows, outside the timing)."""
+    prepare: Callable[[], None] = _nothing
+    """Run before each window, outside the timing (e.g. a fresh copy of what it consumes)."""
 
 
 def run_interleaved(
@@ -169,6 +188,7 @@ def run_interleaved(
     counted: dict[str, list[int]] = {s.key: [0, 0, 0] for s in scenarios}  # items, bytes, reqs
 
     def window(scenario: Scenario, timed: bool) -> None:
+        scenario.prepare()
         before = sink.snapshot() if sink is not None and scenario.sink_path else None
         cpu = time.process_time()
         start = time.perf_counter()
@@ -458,54 +478,219 @@ def scenario_bridge(
     return Scenario("bridge", res, window, close, "/track")
 
 
-# --------------------------------------------------------------------------- rows to come
-#
-# Paths the package is growing; each hook returns None until it exists, and its row prints
-# "not measured yet" beside its target. A hook that returns a Scenario joins the interleaved
-# rounds of its group.
+# --------------------------------------------------------------------------- the journal's paths
 
 
 def scenario_bridge_grpc(
     sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any
-) -> Scenario | None:
+) -> Scenario | str:
     """The bridge over OTLP/gRPC, fed the same requests as ``scenario_bridge`` (512 tagged
-    spans each, from a sender in its own process), next to the HTTP bridge's row."""
-    return None
+    spans each, from a sender in its own process: ``grpc_bridge.py``), in the same rounds."""
+    try:
+        from grpc_bridge import GrpcBridgeWindows
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        bodies = [encode_spans(batch).SerializeToString() for batch in pool]
+        windows = GrpcBridgeWindows(
+            sink.url, bodies, max_batch_size=args.max_batch_size, compression=args.compression
+        )
+    except ImportError as exc:
+        return f"skipped: the gRPC bridge is not importable ({exc})"
+
+    def window() -> int:
+        windows.window(sizes.export_batches)
+        return sizes.export_batches * BATCH
+
+    res = Result(
+        "bridge over gRPC: the same requests -> /track", "spans", sizes.export_batches * BATCH
+    )
+    res.note = "sender in its own process, one channel, unary calls"
+    return Scenario("bridge_grpc", res, window, windows.close, "/track")
 
 
-def scenario_replay(sink: AnySink, sizes: Sizes, args: Any) -> Scenario | None:
-    """``replay`` throughput: events per second re-sent from a journal (or spool) written
-    beforehand, to the sink."""
-    return None
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the duration (what ``replay`` reads its settings from)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
-def bench_journal_record(sizes: Sizes, args: Any) -> dict[str, Any] | None:
-    """The journal's calling-thread cost per analytics record (``time.thread_time``, as the
-    ``on_end`` rows), with and without the spool: ``{"with_spool": {"best_us": ...,
-    "median_us": ...}, "without_spool": {...}}``. Target: median <= 25 us."""
-    return None
+def journal_child(directory: str, records: int) -> None:
+    """Runs in a subprocess: journal ``records`` tagged spans through an
+    ``AltertableSpanProcessor`` with ``directory`` as its spool, say ``ready`` and wait for
+    the SIGKILL that leaves them behind (the queue is never exported: it is larger than
+    ``records`` and so is its export batch). It ends by itself if its parent goes away."""
+    from opentelemetry_exporter_altertable.processor import AltertableSpanProcessor
+
+    spans = build_spans(BATCH * 4, tagged=True)
+    exporter = _ours("http://127.0.0.1:9", 100, None, spool_dir=directory)
+    processor = AltertableSpanProcessor(
+        exporter,
+        max_queue_size=records + 1,
+        max_export_batch_size=records + 1,
+        schedule_delay_millis=3_600_000,
+    )
+    for k in range(records):
+        processor.on_end(spans[k % len(spans)])
+    print("ready", flush=True)
+    sys.stdin.read()  # until the SIGKILL, or the parent's end closes the pipe
 
 
-def bench_bridge_ack_latency(
-    sink: AnySink, pool: Sequence[list[ReadableSpan]], sizes: Sizes, args: Any
-) -> dict[str, Any] | None:
-    """The bridge's acknowledgement latency once it acknowledges on the journal: per request
-    of 512 tagged spans, ``{"p50_ms": ..., "p99_ms": ..., "requests": ...}``."""
-    return None
+def _killed_journals(directory: Path, records: int) -> None:
+    """Fill ``directory`` with the journal of a process killed (SIGKILL) after journaling
+    ``records`` tagged spans."""
+    import select
+
+    child = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--journal-child", str(directory),
+         str(records)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    line = ""
+    try:
+        assert child.stdout is not None
+        if select.select([child.stdout], [], [], 300)[0]:
+            line = child.stdout.readline().strip()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+        if child.stdin is not None:
+            child.stdin.close()
+    if line != "ready":
+        raise RuntimeError("the journaling child did not finish (see its stderr above)")
 
 
-def journal_processor(sink_url: str, args: Any) -> Any | None:
-    """``AltertableSpanProcessor(AltertableSpanExporter(...))`` with the journal on, for the
-    app-overhead rows (target: at most 5% more than without it)."""
-    return None
+def scenario_replay(sink: AnySink, sizes: Sizes, args: Any) -> Scenario | str:
+    """``replay`` throughput: calls per second that ``altertable-otel replay`` (its function,
+    in this process, settings from the environment as the command reads them) delivers from
+    the journal of a process killed with SIGKILL after journaling ``export_batches x 512``
+    tagged spans: recovery (read, map, spool) and delivery of the spool to the sink.
+
+    The killed process's directory is made once; each window replays a fresh copy of it,
+    made before the window (outside the timing), and checks that every call was delivered."""
+    import io
+    import shutil
+    import tempfile
+
+    from opentelemetry_exporter_altertable import environment_variables as ev
+    from opentelemetry_exporter_altertable._replay import run_replay
+
+    records = sizes.export_batches * BATCH
+    base = Path(tempfile.mkdtemp(prefix="bench-replay-"))
+    pristine = base / "killed"
+    try:
+        _killed_journals(pristine, records)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        return f"skipped: no journal to replay ({type(exc).__name__}: {exc})"
+    journal_bytes = sum(f.stat().st_size for f in pristine.iterdir())
+    settings = {
+        ev.OTEL_EXPORTER_ALTERTABLE_API_KEY: API_KEY,
+        ev.OTEL_EXPORTER_ALTERTABLE_ENDPOINT: sink.url,
+        ev.OTEL_EXPORTER_ALTERTABLE_ENVIRONMENT: ENVIRONMENT,
+        ev.OTEL_EXPORTER_ALTERTABLE_MAX_BATCH_SIZE: str(args.max_batch_size),
+    }
+    if args.compression:
+        settings[ev.OTEL_EXPORTER_ALTERTABLE_COMPRESSION] = args.compression
+    work = base / "work"
+
+    def prepare() -> None:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(pristine, work)
+
+    def window() -> int:
+        out, err = io.StringIO(), io.StringIO()
+        with _environment(settings):
+            status = run_replay(str(work), out, err)
+        said = out.getvalue()
+        expected = f"recovered {records} call(s) from journals of ended processes; delivered "
+        if status != 0 or f"{expected}{records} call(s)" not in said:
+            raise RuntimeError(f"replay did not deliver {records} calls: {said[-400:]!r}")
+        return records
+
+    res = Result("replay: a killed process's journal -> /track", "calls", records)
+    res.note = (
+        f"{len(list(pristine.iterdir()))} journal files, {journal_bytes / records:,.0f} B/record"
+    )
+    return Scenario(
+        "replay", res, window, lambda: shutil.rmtree(base, ignore_errors=True), "/track", prepare
+    )
 
 
-PENDING_ROWS = (
-    ("bridge_grpc", "gRPC bridge, same requests as the HTTP bridge", "next to the HTTP bridge"),
-    ("replay", "replay throughput", "events/s (no target yet)"),
-    ("journal_record", "journal: calling-thread cost per record", "median <= 25 us"),
-    ("bridge_ack", "bridge acknowledgement latency (journal)", "p50 / p99 ms (no target yet)"),
-)
+def bench_journal_record(sizes: Sizes, args: Any) -> dict[str, Any]:
+    """The journal's calling-thread cost per analytics record: ``journal_cost.py``'s
+    ``measure_journal_cost`` (the median of ``on_end`` calls timed one by one, the same
+    ``AltertableSpanProcessor`` with and without the exporter's spool directory, and the
+    untagged path with the journal on against ``BatchSpanProcessor``), run
+    ``journal_runs`` times between other work: per figure the best and the median run."""
+    from journal_cost import TARGET_US, measure_journal_cost
+
+    package = logging.getLogger("opentelemetry_exporter_altertable")
+    level = package.level
+    try:
+        runs = [measure_journal_cost(sizes.journal_calls) for _ in range(sizes.journal_runs)]
+    finally:
+        package.setLevel(level)
+    for run in runs:
+        run["untagged_ratio"] = run["untagged_journal_us"] / run["untagged_sdk_batch_us"]
+    figures = {
+        key: {"best": min(r[key] for r in runs), "median": statistics.median(r[key] for r in runs)}
+        for key in runs[0]
+    }
+    return {
+        "calls_per_run": sizes.journal_calls,
+        "runs": runs,
+        "figures": figures,
+        "target_added_us": TARGET_US,
+        "target_untagged_ratio": TARGETS["on_end/BSP"][1],
+    }
+
+
+def bench_bridge_ack_latency(sizes: Sizes) -> dict[str, Any]:
+    """The bridge's acknowledgement latency on its journal: ``bridge_ack.py``'s
+    ``measure_ack_latency`` (an HTTP bridge in this process in front of a sink of its own
+    that answers after 100 ms, as a remote API; ``ack_requests`` OTLP requests of 512 tagged
+    spans posted one after another, each timed from the POST to the 200), journal on and, for
+    comparison, off (the answer then waits for the API); every span must reach the sink."""
+    from bridge_ack import measure_ack_latency
+
+    package = logging.getLogger("opentelemetry_exporter_altertable")
+    level = package.level
+    try:
+        figures = measure_ack_latency(sizes.ack_requests, BATCH, ACK_API_LATENCY)
+    finally:
+        package.setLevel(level)
+    return {
+        "p50_ms": figures["journal_median_ms"],
+        "p99_ms": figures["journal_p99_ms"],
+        "no_journal_p50_ms": figures["no_journal_median_ms"],
+        "no_journal_p99_ms": figures["no_journal_p99_ms"],
+        "requests": sizes.ack_requests,
+        "api_latency_ms": ACK_API_LATENCY * 1000,
+    }
+
+
+def journal_processor(sink_url: str, args: Any, spool_dir: str) -> Any:
+    """``AltertableSpanProcessor(AltertableSpanExporter(...))`` with the journal on (the
+    exporter's ``spool_dir``), for the app-overhead rows (target: at most 5% more than
+    without it)."""
+    from opentelemetry_exporter_altertable.processor import AltertableSpanProcessor
+
+    return AltertableSpanProcessor(
+        _ours(sink_url, args.max_batch_size, args.compression, spool_dir=spool_dir)
+    )
+
+
+#: The sink of the acknowledgement row answers after this many seconds (a remote API).
+ACK_API_LATENCY = 0.1
 
 
 # --------------------------------------------------------------------------- app overhead
@@ -514,37 +699,41 @@ PENDING_ROWS = (
 def app_scenarios(sink: AnySink, sizes: Sizes, args: Any) -> list[Scenario]:
     """Per framework (Flask over WSGI, FastAPI over ASGI), one app per exporter setup: none,
     ``BatchSpanProcessor(OTLPSpanExporter)``, ``AltertableSpanProcessor(AltertableSpanExporter)``
-    (and ours with the journal, once ``journal_processor`` gives one). Each window serves
+    and ours with the journal (a spool directory of its own). Each window serves
     ``app_requests`` requests and then flushes the provider, so all of the export work the
     requests caused is inside the window."""
+    import tempfile
+
     from _apps import FRAMEWORKS
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     from opentelemetry_exporter_altertable.processor import AltertableSpanProcessor
 
-    setups: list[tuple[str, str, Callable[[], Any]]] = [
-        ("none", "no exporter", lambda: None),
+    setups: list[tuple[str, str, Callable[[str], Any]]] = [
+        ("none", "no exporter", lambda _: None),
         (
             "otlp",
             "BatchSpanProcessor(OTLPSpanExporter)",
-            lambda: BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{sink.url}/v1/traces")),
+            lambda _: BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{sink.url}/v1/traces")),
         ),
         (
             "ours",
             "AltertableSpanProcessor(AltertableSpanExporter)",
-            lambda: AltertableSpanProcessor(
+            lambda _: AltertableSpanProcessor(
                 _ours(sink.url, args.max_batch_size, args.compression)
             ),
         ),
+        (
+            "journal",
+            "ours with the journal (spool_dir)",
+            lambda spool_dir: journal_processor(sink.url, args, spool_dir),
+        ),
     ]
-    if journal_processor(sink.url, args) is not None:
-        setups.append(
-            ("journal", "ours with the journal", lambda: journal_processor(sink.url, args))
-        )
     out: list[Scenario] = []
     for framework, make_driver in FRAMEWORKS.items():
         for setup, title, make_processor in setups:
-            processor = make_processor()
+            spool = tempfile.TemporaryDirectory(prefix="bench-journal-")
+            processor = make_processor(spool.name)
             provider = make_provider(*([processor] if processor is not None else []))
             serve = make_driver(provider, f"bench-{framework}-{setup}")
 
@@ -555,9 +744,14 @@ def app_scenarios(sink: AnySink, sizes: Sizes, args: Any) -> list[Scenario]:
                 provider.force_flush()
                 return sizes.app_requests
 
-            def close(serve: Any = serve, provider: Any = provider) -> None:
+            def close(
+                serve: Any = serve,
+                provider: Any = provider,
+                spool: tempfile.TemporaryDirectory[str] = spool,
+            ) -> None:
                 provider.shutdown()
                 getattr(serve, "close", _nothing)()
+                spool.cleanup()
 
             out.append(
                 Scenario(
@@ -773,11 +967,58 @@ class _BridgeSender:
         self.server.__exit__(None, None, None)
 
 
+class _JournalSender:
+    """Ends tagged spans into ``AltertableSpanProcessor`` with the journal on (memory run):
+    each ``on_end`` journals its record, the processor's thread exports and retires them. A
+    flush every 2,048 spans (the default queue) paces the spans so that the queue drops none."""
+
+    def __init__(self, sink_url: str, max_batch_size: int, compression: str | None) -> None:
+        import tempfile
+
+        from opentelemetry_exporter_altertable.processor import AltertableSpanProcessor
+
+        self._spool = tempfile.TemporaryDirectory(prefix="bench-journal-memory-")
+        self.exporter = _ours(sink_url, max_batch_size, compression, spool_dir=self._spool.name)
+        self._processor = AltertableSpanProcessor(self.exporter)
+        self._ended = 0
+
+    def export(self, batch: Sequence[ReadableSpan]) -> bool:
+        on_end = self._processor.on_end
+        for span in batch:
+            on_end(span)
+        self._ended += len(batch)
+        if self._ended % 2048 == 0:
+            return bool(self._processor.force_flush())
+        return True
+
+    def journal_bytes(self) -> int:
+        return sum(f.stat().st_size for f in Path(self._spool.name).iterdir())
+
+    def close(self) -> dict[str, Any]:
+        """Flush, shut down; what the exporter counted and what is left on disk."""
+        self._processor.force_flush()
+        left = self.journal_bytes()
+        self._processor.shutdown()
+        stats = self.exporter.stats()
+        self._spool.cleanup()
+        return {
+            "calls_exported": stats["calls_exported"],
+            "queue_dropped": stats["queue_dropped"],
+            "calls_spooled": stats["calls_spooled"],
+            "journal_bytes_before_shutdown": left,
+        }
+
+
 def memory_child(
-    events: int, max_batch_size: int, compression: str | None, bridge: bool = False
+    events: int,
+    max_batch_size: int,
+    compression: str | None,
+    bridge: bool = False,
+    journal: bool = False,
 ) -> None:
     """Runs in a subprocess: ``events`` tagged events in batches of 512 through ours (or
-    through the bridge, posted to it as OTLP protobuf), print JSON."""
+    through the bridge, posted to it as OTLP protobuf, or ended one by one into
+    ``AltertableSpanProcessor`` with the journal on), print JSON."""
     spans = build_spans(BATCH * 4, tagged=True)
     pool = batches(spans, BATCH)
     checkpoint = min(100_000, max(BATCH, events // 10))
@@ -785,8 +1026,11 @@ def memory_child(
     with Sink() as sink:
         sender: Any = None
         exporter: Any = None
+        journaled: _JournalSender | None = None
         if bridge:
             sender = _BridgeSender(pool, sink.url, (max_batch_size, compression))
+        elif journal:
+            journaled = _JournalSender(sink.url, max_batch_size, compression)
         else:
             exporter = _ours(sink.url, max_batch_size, compression)
         rss_before = _rss_kb()
@@ -800,6 +1044,8 @@ def memory_child(
             batch = pool[k % len(pool)]
             if sender is not None:
                 ok = sender.export(k)
+            elif journaled is not None:
+                ok = journaled.export(batch)
             else:
                 ok = exporter.export(batch) is SpanExportResult.SUCCESS
             k += 1
@@ -807,10 +1053,13 @@ def memory_child(
             done += len(batch)
             if rss_checkpoint is None and done >= checkpoint:
                 rss_checkpoint = _rss_kb()
+        extra: dict[str, Any] = {}
+        if journaled is not None:
+            extra = journaled.close()  # the last flush belongs to the run's time
         seconds = time.perf_counter() - start
         if sender is not None:
             sender.close()
-        else:
+        elif exporter is not None:
             exporter.shutdown()
         rss_end = _rss_kb()
         peak = _peak_rss_kb()
@@ -828,15 +1077,20 @@ def memory_child(
                 "rss_at_checkpoint_kb": rss_checkpoint,
                 "rss_at_end_kb": rss_end,
                 "peak_rss_kb": peak,
+                **extra,
             }
         )
     )
 
 
-def bench_memory(events: int, args: Any, bridge: bool = False) -> dict[str, Any]:
+def bench_memory(
+    events: int, args: Any, bridge: bool = False, journal: bool = False
+) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(events)]
     if bridge:
         cmd.append("--memory-bridge")
+    if journal:
+        cmd.append("--memory-journal")
     cmd += ["--max-batch-size", str(args.max_batch_size)]
     if args.compression:
         cmd += ["--compression", args.compression]
@@ -895,9 +1149,49 @@ def _print_memory(title: str, mem: dict[str, Any]) -> None:
         f"(includes this process's {mem['parent_peak_rss_at_spawn_kb'] / 1024:.1f} MiB "
         "at spawn)"
     )
+    if "calls_exported" in mem:
+        print(
+            f"  exported {mem['calls_exported']:,} calls, queue drops {mem['queue_dropped']:,}, "
+            f"spooled {mem['calls_spooled']:,}; journal {mem['journal_bytes_before_shutdown']:,} B"
+            " on disk after the last flush"
+        )
     print(
         f"  target: flat, at most {MEMORY_GROWTH_MAX_MIB:g} MiB more at the end than after the "
         f"first {mem['checkpoint_events']:,}: {_verdict(growth, None, MEMORY_GROWTH_MAX_MIB)}"
+    )
+
+
+def _print_journal_record(journal: dict[str, Any] | None) -> None:
+    if not journal:
+        print("\njournal: calling-thread cost per record   not measured")
+        return
+    fig = journal["figures"]
+    target = journal["target_added_us"]
+    print(
+        f"\njournal: calling-thread cost per analytics record, on_end timed call by call "
+        f"({journal['calls_per_run']:,} calls per processor and run, {len(journal['runs'])} runs;"
+        f" best run / median run of the per-call medians)"
+    )
+    rows = (
+        ("tagged_no_spool_us", "tagged, no spool"),
+        ("tagged_journal_us", "tagged, journal on (spool_dir)"),
+        ("journal_added_us", "  the journal adds"),
+        ("mapped_calls_journal_us", "  (mapping on the calling thread, calls journaled)"),
+        ("untagged_sdk_batch_us", "untagged, BatchSpanProcessor"),
+        ("untagged_journal_us", "untagged, ours with the journal on"),
+    )
+    for key, label in rows:
+        row = fig[key]
+        line = f"  {label:<52} {row['best']:>7.2f} us  {row['median']:>7.2f} us"
+        if key == "journal_added_us":
+            line += f"   target <= {target:g} us: {_verdict(row['best'], None, target)}"
+        print(line)
+    ratio = fig["untagged_ratio"]
+    high = journal["target_untagged_ratio"]
+    print(
+        f"  untagged with the journal on / BatchSpanProcessor: {ratio['best']:.2f}x (best run),"
+        f" {ratio['median']:.2f}x (median run)   target <= {high:g}x: "
+        f"{_verdict(ratio['best'], None, high)}"
     )
 
 
@@ -911,8 +1205,10 @@ def _target_text(name: str, ratios: dict[str, float | None], fast_best: float) -
     """A row's target, its figure and the verdict, e.g. ``>= 15x tagged: 29.1x met``."""
     if name == "fast >= 100,000/s":
         return f"fast extra >= {FAST_TARGET:,.0f}/s: {_verdict(fast_best, FAST_TARGET, None)}"
-    low, high = TARGETS[name]
     value = ratios.get(name)
+    if name not in TARGETS:
+        return f"{name} {value:.2f}x (context, no target)" if value else f"{name} n/a"
+    low, high = TARGETS[name]
     bound = f">= {low:g}x" if low is not None else f"<= {high:g}x"
     shown = f"{value:.2f}x" if value is not None else "n/a"
     return f"{name} {bound}: {shown} {_verdict(value, low, high)}"
@@ -1015,20 +1311,26 @@ def print_report(report: dict[str, Any]) -> None:  # noqa: PLR0912, PLR0915  # o
                 line + f" {over['overhead_best']:>6.1%} {over['overhead_paired_median']:>6.1%} "
                 f"{over['cpu_extra']:>+6.1%}  " + (target or "(a reference)")
             )
-        if not any(key.endswith("_journal") for key in overheads):
-            print(
-                f"  {'ours with the journal':<58} not measured yet (journal_processor)   "
-                f"target <= {JOURNAL_EXTRA_MAX:.0%} more than ours"
-            )
         print(
             "  takes: 1 - best/best of the no-exporter app (the target's figure); paired: median"
             " over rounds of the same round's 1 - rate/rate;\n  CPU us: least CPU per request of"
             " this process (app, instrumentation, exporter threads); +CPU: against no exporter"
         )
-    print("\nrows to come (hooks in bench_export.py):")
-    for key, title, target in PENDING_ROWS:
-        value = report.get("pending", {}).get(key)
-        print(f"  {title:<48} {value if value else 'not measured yet':<24} target: {target}")
+    _print_journal_record(report.get("journal_record"))
+    ack = report.get("bridge_ack")
+    if ack:
+        print(
+            f"\nbridge acknowledgement latency: {ack['requests']} OTLP requests of {BATCH} tagged "
+            f"spans, POST to 200, API answering in {ack['api_latency_ms']:g} ms"
+        )
+        print(
+            f"  journal on (the default with a spool directory)  p50 {ack['p50_ms']:7.1f} ms  "
+            f"p99 {ack['p99_ms']:7.1f} ms   target: none set (journal off beside it)"
+        )
+        print(
+            f"  journal off (answers once the API accepted)       p50 "
+            f"{ack['no_journal_p50_ms']:7.1f} ms  p99 {ack['no_journal_p99_ms']:7.1f} ms"
+        )
     on_end = report["on_end"]
     print(
         f"\non_end, untagged spans, application thread CPU per call "
@@ -1047,6 +1349,7 @@ def print_report(report: dict[str, Any]) -> None:  # noqa: PLR0912, PLR0915  # o
     for key, title in (
         ("memory", "ours, tagged events in batches of 512 into the sink"),
         ("memory_bridge", "the bridge, OTLP requests of 512 tagged spans posted to it"),
+        ("memory_journal", "AltertableSpanProcessor with the journal on, tagged spans ended"),
     ):
         mem = report.get(key)
         if mem:
@@ -1093,12 +1396,11 @@ def measure_timed(
     args: Any,
     pools: tuple[Sequence[list[ReadableSpan]], ...],
     payloads: Sequence[dict[str, Any]],
-) -> tuple[dict[str, Any], dict[str, Any], list[Scenario]]:
-    """The interleaved export scenarios, then the interleaved app-overhead ones, against one
-    sink in its own process; the hooks' rows where they give one."""
+) -> tuple[dict[str, Any], list[Scenario]]:
+    """The interleaved export scenarios (the gRPC bridge and ``replay`` among them), then the
+    interleaved app-overhead ones, against one sink in its own process."""
     tagged_pool, untagged_pool, identity_pool = pools
     scenarios: dict[str, Any] = {}
-    pending: dict[str, Any] = {}
     with ProcessSink() as sink:
         timed: list[Scenario] = [
             scenario_ours(sink, tagged_pool, sizes, args),
@@ -1119,18 +1421,16 @@ def measure_timed(
             ("replay", lambda: scenario_replay(sink, sizes, args)),
         ):
             extra = hook()
-            if extra is not None:
+            if isinstance(extra, str):
+                scenarios[key] = extra
+            else:
                 timed.append(extra)
-                pending[key] = "see its row above"
         try:
             run_interleaved(timed, sizes.rounds, sink)
         finally:
             _close_all(timed)
         for scenario in timed:
             scenarios[scenario.key] = scenario.result
-        ack = bench_bridge_ack_latency(sink, tagged_pool, sizes, args)
-        if ack is not None:
-            pending["bridge_ack"] = f"p50 {ack['p50_ms']:.1f} / p99 {ack['p99_ms']:.1f} ms"
         apps = [] if args.no_apps else app_scenarios(sink, sizes, args)
         try:
             run_interleaved(apps, sizes.app_rounds)
@@ -1138,7 +1438,7 @@ def measure_timed(
             _close_all(apps)
         for scenario in apps:
             scenarios[scenario.key] = scenario.result
-    return scenarios, pending, apps
+    return scenarios, apps
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -1161,6 +1461,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--compression", choices=("gzip", "none"), default=None)
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--memory-bridge", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-journal", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--journal-child", nargs=2, help=argparse.SUPPRESS)
     return parser
 
 
@@ -1168,7 +1470,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     if args.memory_child is not None:
-        memory_child(args.memory_child, args.max_batch_size, args.compression, args.memory_bridge)
+        memory_child(
+            args.memory_child, args.max_batch_size, args.compression,
+            args.memory_bridge, args.memory_journal,
+        )  # fmt: skip
+        return 0
+    if args.journal_child is not None:
+        journal_child(args.journal_child[0], int(args.journal_child[1]))
         return 0
 
     sizes = QUICK if args.quick else Sizes()
@@ -1179,12 +1487,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # The memory run goes first, while this process is small (see bench_memory).
     memory_started = time.perf_counter()
-    memory, bridge_memory = (
-        (None, None)
+    memory, bridge_memory, journal_memory = (
+        (None, None, None)
         if args.no_memory
         else (
             bench_memory(sizes.memory_events, args),
             bench_memory(sizes.memory_events, args, bridge=True),
+            bench_memory(sizes.memory_events, args, journal=True),
         )
     )
     memory_seconds = time.perf_counter() - memory_started
@@ -1199,15 +1508,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     identity_pool = batches(identity, BATCH)
     payloads = [track_payload(s, ENVIRONMENT) for s in tagged[:BATCH]]
 
-    scenarios, pending, apps = measure_timed(
+    scenarios, apps = measure_timed(
         sizes, args, (tagged_pool, untagged_pool, identity_pool), payloads
     )
     journal = bench_journal_record(sizes, args)
-    if journal is not None:
-        pending["journal_record"] = (
-            f"{journal['without_spool']['median_us']:.1f} / "
-            f"{journal['with_spool']['median_us']:.1f} us (no spool / spool)"
-        )
+    ack = bench_bridge_ack_latency(sizes)
     scenarios.update(bench_receiver(tagged_pool, sizes, args))
     on_end = bench_on_end(untagged_pool, identity_pool, sizes, args)
 
@@ -1220,6 +1525,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "skip/tagged": _ratio(scenarios["skip"], default),
         "skip_ids/tagged": _ratio(scenarios["skip_ids"], default),
         "bridge/ours": _ratio(scenarios.get("bridge"), default),
+        "bridge_grpc/ours": _ratio(scenarios.get("bridge_grpc"), default),
+        "grpc/http bridge": _ratio(scenarios.get("bridge_grpc"), scenarios.get("bridge")),
+        "replay/ours": _ratio(scenarios.get("replay"), default),
         "fast/stdlib": _ratio(scenarios["ours"], default),
         "on_end/BSP": on_end["ratio"],
     }
@@ -1250,8 +1558,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratios": ratios,
         "apps": bool(apps),
         "app_overheads": app_overheads(results),
-        "pending": pending,
         "on_end": on_end,
+        "journal_record": journal,
+        "bridge_ack": ack,
     }
     if not args.no_burst:
         report["burst"] = bench_burst(sizes, args)
@@ -1259,6 +1568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["memory"] = memory
     if bridge_memory is not None:
         report["memory_bridge"] = bridge_memory
+    if journal_memory is not None:
+        report["memory_journal"] = journal_memory
     report["meta"]["load_after"] = _load()
     report["meta"]["seconds"] = time.perf_counter() - started + memory_seconds
     print_report(report)
