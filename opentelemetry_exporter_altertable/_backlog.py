@@ -16,11 +16,10 @@ from collections.abc import Callable, Iterable
 from . import environment_variables as ev
 from ._answers import CONFIG_ERRORS
 from ._config import ExporterConfig
-from ._journal import Journal, Recovered, Scan, recover_directory
+from ._journal import Journal, Recovered, Scan, processes_named, recover_directory
 from ._mapping import Calls, Record
 from ._spool import Spool
 from ._stats import DropReporter, Stats
-from ._text import LIMIT, clip
 from ._transport import DeliveryReport, Transport
 
 _logger = logging.getLogger(__name__)
@@ -255,11 +254,10 @@ class Backlog:
             )
         else:
             _logger.warning(
-                "Altertable: recovered %d call(s) from the journal of process%s %s, which "
-                "ended before delivering them; spooled for delivery",
+                "Altertable: recovered %d call(s) from the journal of %s, which ended before "
+                "delivering them; spooled for delivery",
                 total,
-                "es" if len(recs) > 1 else "",
-                clip(", ".join(str(rec.pid) for rec in recs), LIMIT),
+                processes_named(recs),
             )
         return True
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ._mapping import EMPTY, Attrs, Record
+from ._text import LIMIT, clip
 from ._values import json_safe
 
 try:  # POSIX record locks; elsewhere a journal is judged by its pid alone
@@ -509,6 +510,12 @@ class Recovered:
                 self.records.append(
                     Record(name, attrs, res, time_ns, trace_id, span_id, body=body)
                 )
+
+
+def processes_named(recovered: Sequence[Recovered]) -> str:
+    """``process 12`` or ``processes 12, 13``, cut to a log line's bound."""
+    plural = "es" if len(recovered) > 1 else ""
+    return f"process{plural} {clip(', '.join(str(r.pid) for r in recovered), LIMIT)}"
 
 
 def _parse(

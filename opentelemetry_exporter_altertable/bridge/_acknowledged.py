@@ -40,9 +40,8 @@ from typing import Any
 from .._answers import CONFIG_ERRORS
 from .._backlog import RECOVERED_PER_PARCEL
 from .._core import ExporterCore
-from .._journal import Journal, Recovered, recover_directory
+from .._journal import Journal, Recovered, processes_named, recover_directory
 from .._mapping import Calls
-from .._text import LIMIT, clip
 
 _logger = logging.getLogger(__name__)
 
@@ -265,11 +264,10 @@ class Acknowledged:
             return False
         self._enqueue(entries)
         _logger.warning(
-            "bridge: recovered %d call(s) from the journal of process%s %s, which ended before "
+            "bridge: recovered %d call(s) from the journal of %s, which ended before "
             "delivering them; delivering them now",
             total,
-            "es" if len(recs) > 1 else "",
-            clip(", ".join(str(rec.pid) for rec in recs), LIMIT),
+            processes_named(recs),
         )
         return True
 
@@ -279,11 +277,10 @@ class Acknowledged:
             return
         self._recover_warned_at = now
         _logger.warning(
-            "bridge: %d call(s) left by process%s %s do not fit in this bridge's journal now "
+            "bridge: %d call(s) left by %s do not fit in this bridge's journal now "
             "(spool_max_bytes); they stay on disk and are taken once there is room",
             total,
-            "es" if len(recs) > 1 else "",
-            clip(", ".join(str(rec.pid) for rec in recs), LIMIT),
+            processes_named(recs),
         )
 
     # ------------------------------------------------------------------ stopping
