@@ -28,7 +28,7 @@ from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import NonRecordingSpan, SpanKind
@@ -331,3 +331,27 @@ def otlp_span_exporter(base: str, **kwargs: Any) -> OTLPSpanExporter:
 
 def otlp_log_exporter(base: str, **kwargs: Any) -> OTLPLogExporter:
     return OTLPLogExporter(endpoint=f"{base}/v1/logs", **kwargs)
+
+
+def export_and_count(
+    exporter: Any, receiver: LocalReceiver, event: str, total: int = 200, batch: int = 50
+) -> tuple[int, list[int]]:
+    """Export ``total`` tagged spans named ``event`` in batches through ``exporter``, wait (20 s
+    at most) until the receiver holds them all; the rows stored, and their distinct ``seq``."""
+    spans = tagged_spans(total, event=event)
+    for start in range(0, total, batch):
+        assert exporter.export(spans[start : start + batch]) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    deadline = time.monotonic() + 20
+    while True:
+        (count,) = receiver.query(
+            f"SELECT count(*) FROM altertable.analytics.events WHERE event = '{event}'"
+        )[0]
+        if count >= total or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    seqs = receiver.query(
+        "SELECT DISTINCT CAST(json_extract(properties, '$.seq') AS INTEGER) AS s "
+        "FROM altertable.analytics.events ORDER BY s"
+    )
+    return count, [s for (s,) in seqs]

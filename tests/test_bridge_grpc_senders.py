@@ -32,7 +32,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
-from support import KEY, tagged_spans
+from support import KEY, export_and_count, tagged_spans
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
@@ -161,27 +161,12 @@ def test_sdk_to_a_collector_to_the_bridge_all_over_grpc(compression: str) -> Non
         try:
             _wait_for_port(port, collector)
             exporter = grpc_span_exporter(f"http://127.0.0.1:{port}")
-            spans = tagged_spans(200, event="Collected")
-            for start in range(0, 200, 50):
-                assert exporter.export(spans[start : start + 50]) is SpanExportResult.SUCCESS
-            exporter.shutdown()
-            deadline = time.monotonic() + 20
-            while True:
-                (count,) = receiver.query(
-                    "SELECT count(*) FROM altertable.analytics.events WHERE event = 'Collected'"
-                )[0]
-                if count >= 200 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
+            count, seqs = export_and_count(exporter, receiver, "Collected")
         finally:
             collector.terminate()
             collector.wait(10)
-        seqs = receiver.query(
-            "SELECT DISTINCT CAST(json_extract(properties, '$.seq') AS INTEGER) AS s "
-            "FROM altertable.analytics.events ORDER BY s"
-        )
         answers = fronts.grpc.answers()
-    assert [s for (s,) in seqs] == list(range(200))
+    assert seqs == list(range(200))
     assert count == 200
     assert answers[("/v1/traces", "OK")] >= 1
     assert set(answers) == {("/v1/traces", "OK")}  # the collector spoke gRPC, and only that

@@ -22,7 +22,14 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
-from support import KEY, otlp_log_exporter, otlp_span_exporter, running_bridge, tagged_spans
+from support import (
+    KEY,
+    export_and_count,
+    otlp_log_exporter,
+    otlp_span_exporter,
+    running_bridge,
+    tagged_spans,
+)
 
 from opentelemetry_exporter_altertable.receiver import FaultPlan, LocalReceiver
 
@@ -147,26 +154,11 @@ def test_sdk_to_a_real_collector_to_the_bridge_all_events_arrive(tmp_path: Path)
                     assert time.monotonic() < deadline, "the collector did not start"
                     time.sleep(0.05)
             exporter = otlp_span_exporter(f"http://127.0.0.1:{port}")
-            spans = tagged_spans(200, event="Collected")
-            for start in range(0, 200, 50):
-                assert exporter.export(spans[start : start + 50]) is SpanExportResult.SUCCESS
-            exporter.shutdown()
-            deadline = time.monotonic() + 20
-            while True:
-                (count,) = receiver.query(
-                    "SELECT count(*) FROM altertable.analytics.events WHERE event = 'Collected'"
-                )[0]
-                if count >= 200 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
+            count, seqs = export_and_count(exporter, receiver, "Collected")
         finally:
             collector.terminate()
             collector.wait(10)
-        seqs = receiver.query(
-            "SELECT DISTINCT CAST(json_extract(properties, '$.seq') AS INTEGER) AS s "
-            "FROM altertable.analytics.events ORDER BY s"
-        )
-    assert [s for (s,) in seqs] == list(range(200))
+    assert seqs == list(range(200))
     assert count == 200
     assert sum(n for (path, _, status), n in bridge.bridge.answers().items() if status == 200)
 
