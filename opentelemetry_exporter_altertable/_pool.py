@@ -28,6 +28,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -102,17 +103,69 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def answer_within_deadline(base: type[Any]) -> type[Any]:
-    """``base`` (a urllib3 connection class) whose answer head arrives within the request's
-    timeout as a whole, not per read.
+class HeadWatch:
+    """One thread that keeps every answer head read on a sender's connections within its
+    request's timeout, as a whole rather than per read.
 
     The status line and each header line are separate reads, each with the socket's timeout:
     a server sending one header line every half second would hold an export for as long as
-    it likes. Here a timer shuts the socket down once the timeout (what is left of the
-    export's deadline, as the transport passes it) has run out while the head is read; the
-    read then fails as a dropped connection would. The body's reads are bounded by
-    :func:`._answers.read_stream`.
+    it likes. A socket whose head has not arrived once the request's timeout (what is left of
+    the export's deadline, as the transport passes it) has run out is shut down; the read then
+    fails as a dropped connection would. The body's reads are bounded by
+    :func:`._answers.read_stream`. One thread for all requests (started on demand, gone
+    after a minute idle), because a timer per request costs a thread start per POST.
     """
+
+    IDLE = 60.0
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heads: dict[int, tuple[float, socket.socket]] = {}
+        self._next_key = 0
+        self._wakes_at = float("inf")
+        self._running = False
+
+    def watch(self, sock: socket.socket, budget: float) -> int:
+        """Shut ``sock`` down if :meth:`done` is not called within ``budget`` seconds."""
+        deadline = time.monotonic() + budget
+        with self._cond:
+            self._next_key += 1
+            key = self._next_key
+            self._heads[key] = (deadline, sock)
+            if not self._running:
+                self._running = True
+                watcher = threading.Thread(target=self._run, name="altertable-head-watch")
+                watcher.daemon = True
+                watcher.start()
+            elif deadline < self._wakes_at:
+                self._cond.notify()
+        return key
+
+    def done(self, key: int) -> None:
+        with self._cond:
+            self._heads.pop(key, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for key, (deadline, sock) in list(self._heads.items()):
+                    if deadline <= now:
+                        del self._heads[key]
+                        _shut(sock)
+                if self._heads:
+                    self._wakes_at = min(deadline for deadline, _ in self._heads.values())
+                    self._cond.wait(self._wakes_at - now)
+                else:
+                    self._wakes_at = now + self.IDLE
+                    if not self._cond.wait(self.IDLE) and not self._heads:
+                        self._running = False
+                        return
+
+
+def answer_within_deadline(base: type[Any], watch: HeadWatch) -> type[Any]:
+    """``base`` (a urllib3 connection class) whose answer head arrives within the request's
+    timeout as a whole, kept so by ``watch``."""
 
     class DeadlineConnection(base):  # type: ignore[misc]
         def getresponse(self, *args: Any, **kwargs: Any) -> Any:
@@ -122,26 +175,22 @@ def answer_within_deadline(base: type[Any]) -> type[Any]:
                 budget = sock.gettimeout() if sock is not None else None
             if budget is None or sock is None:
                 return super().getresponse(*args, **kwargs)
-            timer = threading.Timer(float(budget), _shut, (sock,))
-            timer.daemon = True
-            timer.start()
+            key = watch.watch(sock, float(budget))
             try:
                 return super().getresponse(*args, **kwargs)
             finally:
-                timer.cancel()
+                watch.done(key)
 
     return DeadlineConnection
 
 
-def tracked(
-    base: type[HTTPConnectionPool], registry: weakref.WeakSet[Any]
-) -> type[HTTPConnectionPool]:
+def tracked(base: type[HTTPConnectionPool], registry: Connections) -> type[HTTPConnectionPool]:
     """``base`` recording each connection it opens in ``registry`` (what an abort shuts down).
     Its connections read an answer's head within the request's timeout
     (:func:`answer_within_deadline`)."""
 
     class Tracked(base):  # type: ignore[valid-type,misc]
-        ConnectionCls = answer_within_deadline(base.ConnectionCls)
+        ConnectionCls = answer_within_deadline(base.ConnectionCls, registry.head_watch)
 
         def _new_conn(self) -> Any:
             conn = super()._new_conn()
@@ -158,6 +207,10 @@ class Connections(weakref.WeakSet[Any]):
     a socket read already under way keeps the timeout it started with. Shutting the socket down
     ends that read at once.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head_watch = HeadWatch()
 
     def pool_classes(self) -> dict[str, type[HTTPConnectionPool]]:
         """urllib3's pool classes by scheme, each recording its connections here."""

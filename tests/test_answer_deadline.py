@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+from faultserver import FaultServer
 from support import sample_spans
 
 from opentelemetry_exporter_altertable import AltertableSpanExporter, RetryPolicy
@@ -75,3 +77,30 @@ def test_header_lines_dripped_do_not_hold_export_past_its_timeout() -> None:
         finally:
             exporter.shutdown()
     assert took < 2.0 + 1.5  # the timeout, plus a margin for a busy machine
+
+
+def test_one_watcher_thread_serves_every_request(
+    server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keeping heads within the deadline starts no thread per request (a timer per POST cost a
+    thread start each: about a third of a millisecond, per 100 events)."""
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        start(self)
+
+    exporter = AltertableSpanExporter(
+        api_key="pk_test_deadline", endpoint=server.endpoint, max_batch_size=1
+    )
+    try:
+        exporter.export(sample_spans(1))  # warm: the pool, and the watcher once
+        monkeypatch.setattr(threading.Thread, "start", counting_start)
+        for _ in range(10):
+            exporter.export(sample_spans(3))
+    finally:
+        monkeypatch.undo()
+        exporter.shutdown()
+    assert len(server.accepted_items("/track")) == 3 * 31  # three tracks per sample span
+    assert started == []
