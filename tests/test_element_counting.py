@@ -191,3 +191,31 @@ def test_the_wire_count_equals_the_decoded_count(seed: int) -> None:
     traces, logs = maker.traces(), maker.logs()
     assert counted(traces.SerializeToString(), True) == max(reference_count(traces), 1)
     assert counted(logs.SerializeToString(), False) == max(reference_count(logs), 1)
+
+
+def _spans_request(spans: int, attributes: int) -> bytes:
+    span = trace_pb2.Span(
+        name="s",
+        attributes=[
+            common_pb2.KeyValue(key=f"k{i}", value=common_pb2.AnyValue(int_value=i))
+            for i in range(attributes)
+        ],
+    )
+    request = ExportTraceServiceRequest()
+    request.resource_spans.add().scope_spans.add().spans.extend([span] * spans)
+    return request.SerializeToString()
+
+
+def test_below_twice_the_element_bound_records_are_still_counted() -> None:
+    # Under 2 * max_elements bytes the walk steps over each record whole: records past their
+    # bound are refused all the same, and elements cannot be too many there.
+    bounds = ListenerBounds(max_records=1_000, max_elements=100_000)
+    many_records = _spans_request(1_001, 0)
+    assert 2 * bounds.max_records <= len(many_records) < 2 * bounds.max_elements
+    with pytest.raises(_elements.TooManyElements, match="spans or log records"):
+        _elements.check_protobuf(many_records, True, bounds)
+    _elements.check_protobuf(_spans_request(1_000, 40), True, bounds)  # 41,000 elements: fine
+    many_elements = _spans_request(1_000, 120)  # 121,000 elements, past twice the bound
+    assert len(many_elements) >= 2 * bounds.max_elements
+    with pytest.raises(_elements.TooManyElements, match="elements"):
+        _elements.check_protobuf(many_elements, True, bounds)
