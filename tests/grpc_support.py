@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from support import KEY, fast_retry
+from support import bridge_options
 
 from opentelemetry_exporter_altertable.bridge import BridgeServer, GrpcBridgeServer, create_bridge
 from opentelemetry_exporter_altertable.bridge._cli import stop_both
@@ -42,14 +42,7 @@ class Fronts:
 def running_fronts(endpoint: str, **settings: Any) -> Iterator[Fronts]:
     """One bridge delivering to ``endpoint``, heard over HTTP and gRPC on free ports."""
     max_in_flight = settings.pop("max_in_flight", 8)
-    options: dict[str, Any] = {
-        "api_key": KEY,
-        "endpoint": endpoint,
-        "timeout": 2.0,
-        "retry": fast_retry(),
-    }
-    options.update(settings)
-    bridge = create_bridge(**options)
+    bridge = create_bridge(**bridge_options(endpoint, **settings))
     http = BridgeServer(bridge, port=0, max_in_flight=max_in_flight).start()
     front = GrpcBridgeServer(bridge, port=0, max_in_flight=max_in_flight)
     try:

@@ -7,8 +7,10 @@ imports by name lives here, so no test imports from ``conftest``.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -203,14 +205,9 @@ RESOURCE = {
 def running_bridge(endpoint: str, **settings: Any) -> Iterator[BridgeServer]:
     """A bridge on a free port delivering to ``endpoint`` (short timeout, quick retries)."""
     max_in_flight = settings.pop("max_in_flight", 8)
-    options: dict[str, Any] = {
-        "api_key": KEY,
-        "endpoint": endpoint,
-        "timeout": 2.0,
-        "retry": fast_retry(),
-    }
-    options.update(settings)
-    server = BridgeServer(create_bridge(**options), port=0, max_in_flight=max_in_flight)
+    server = BridgeServer(
+        create_bridge(**bridge_options(endpoint, **settings)), port=0, max_in_flight=max_in_flight
+    )
     with server:
         yield server
 
@@ -355,3 +352,60 @@ def export_and_count(
         "FROM altertable.analytics.events ORDER BY s"
     )
     return count, [s for (s,) in seqs]
+
+
+def stored_rows(receiver: LocalReceiver) -> list[tuple[Any, ...]]:
+    """Every stored event, properties parsed, in a stable order (to compare two paths)."""
+    rows = receiver.query(
+        "SELECT event, timestamp, distinct_id, anonymous_id, device_id, session_id, "
+        "environment, properties FROM altertable.analytics.events "
+        "ORDER BY timestamp, event, properties"
+    )
+    return [(*row[:-1], json.loads(row[-1])) for row in rows]
+
+
+def stored_identities(receiver: LocalReceiver) -> list[tuple[Any, ...]]:
+    """Every stored identity, traits parsed, by distinct id."""
+    rows = receiver.query(
+        "SELECT environment, distinct_id, traits, distinct_ids "
+        "FROM altertable.analytics.identities ORDER BY distinct_id"
+    )
+    return [(env, did, json.loads(traits), ids) for env, did, traits, ids in rows]
+
+
+def bridge_options(endpoint: str, **settings: Any) -> dict[str, Any]:
+    """``create_bridge``'s arguments for a test bridge: the test key, a short timeout and
+    quick retries, overridden by ``settings``."""
+    options: dict[str, Any] = {
+        "api_key": KEY,
+        "endpoint": endpoint,
+        "timeout": 2.0,
+        "retry": fast_retry(),
+    }
+    options.update(settings)
+    return options
+
+
+NODE_DIR = ROOT / "tests" / "node"
+
+
+def run_node_sender(
+    endpoint: str, count: int, *protocol: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``tests/node/send.js``: the OpenTelemetry JS SDK (pinned in ``tests/node``, installed
+    by ``make node-otel``) sending ``count`` rounds of telemetry to ``endpoint``; ``protocol``
+    is empty for OTLP/HTTP JSON or ``"grpc"``."""
+    node = shutil.which("node")
+    assert node is not None, "node is needed (v20 or newer)"
+    assert (NODE_DIR / "node_modules" / "@opentelemetry").is_dir(), (
+        "the JS SDK is not installed: run `make node-otel`"
+    )
+    return subprocess.run(
+        [node, "send.js", endpoint, str(count), *protocol],
+        cwd=NODE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -6,7 +6,6 @@ local receiver stores) must be the same.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -20,6 +19,8 @@ from support import (
     running_bridge,
     sample_logs,
     sample_spans,
+    stored_identities,
+    stored_rows,
 )
 
 from opentelemetry_exporter_altertable import AltertableLogExporter, AltertableSpanExporter
@@ -60,22 +61,6 @@ def test_same_calls_in_process_and_through_the_bridge() -> None:
     assert all(r.headers.get("x-api-key") == KEY for r in bridged.requests)
 
 
-def _rows(receiver: LocalReceiver) -> list[tuple[Any, ...]]:
-    rows = receiver.query(
-        "SELECT event, timestamp, distinct_id, anonymous_id, device_id, session_id, "
-        "environment, properties FROM altertable.analytics.events "
-        "ORDER BY timestamp, event, properties"
-    )
-    return [(*row[:-1], json.loads(row[-1])) for row in rows]
-
-
-def _identities(receiver: LocalReceiver) -> list[tuple[Any, ...]]:
-    rows = receiver.query(
-        "SELECT environment, distinct_id, traits, distinct_ids "
-        "FROM altertable.analytics.identities ORDER BY distinct_id"
-    )
-    return [(env, did, json.loads(traits), ids) for env, did, traits, ids in rows]
-
 
 def test_rows_from_the_sdk_otlp_exporters_match_the_in_process_path() -> None:
     spans, logs = sample_spans(), sample_logs()
@@ -93,10 +78,10 @@ def test_rows_from_the_sdk_otlp_exporters_match_the_in_process_path() -> None:
             assert otlp_logs.export(logs) is LogRecordExportResult.SUCCESS
             otlp_spans.shutdown()
             otlp_logs.shutdown()
-        expected = _rows(direct)
+        expected = stored_rows(direct)
         assert len(expected) == 15
-        assert _rows(bridged) == expected
-        assert _identities(bridged) == _identities(direct)
+        assert stored_rows(bridged) == expected
+        assert stored_identities(bridged) == stored_identities(direct)
         assert {row[6] for row in expected} == {"staging"}
 
 

@@ -4,7 +4,6 @@ answers said in gRPC's words (codes, ``partial_success``, ``RetryInfo`` in the t
 from __future__ import annotations
 
 import gzip
-import json
 import threading
 from typing import Any
 
@@ -36,6 +35,8 @@ from support import (
     otlp_span_exporter,
     sample_logs,
     sample_spans,
+    stored_identities,
+    stored_rows,
 )
 
 from opentelemetry_exporter_altertable import AltertableLogExporter, AltertableSpanExporter
@@ -45,22 +46,6 @@ from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
 ENDPOINTS = ("/identify", "/alias", "/track")
 
-
-def _rows(receiver: LocalReceiver) -> list[tuple[Any, ...]]:
-    rows = receiver.query(
-        "SELECT event, timestamp, distinct_id, anonymous_id, device_id, session_id, "
-        "environment, properties FROM altertable.analytics.events "
-        "ORDER BY timestamp, event, properties"
-    )
-    return [(*row[:-1], json.loads(row[-1])) for row in rows]
-
-
-def _identities(receiver: LocalReceiver) -> list[tuple[Any, ...]]:
-    rows = receiver.query(
-        "SELECT environment, distinct_id, traits, distinct_ids "
-        "FROM altertable.analytics.identities ORDER BY distinct_id"
-    )
-    return [(env, did, json.loads(traits), ids) for env, did, traits, ids in rows]
 
 
 def _gzip(on: bool) -> grpc.Compression:
@@ -92,11 +77,11 @@ def test_rows_equal_in_process_over_http_and_over_grpc(gzip_on: bool) -> None:
             grpc_spans.shutdown()
             grpc_logs.shutdown()
             answers = fronts.grpc.answers()
-        expected = _rows(direct)
+        expected = stored_rows(direct)
         assert len(expected) == 15
-        assert _rows(over_http) == expected
-        assert _rows(over_grpc) == expected
-        assert _identities(over_grpc) == _identities(direct)
+        assert stored_rows(over_http) == expected
+        assert stored_rows(over_grpc) == expected
+        assert stored_identities(over_grpc) == stored_identities(direct)
     assert answers == {("/v1/traces", "OK"): 1, ("/v1/logs", "OK"): 1}
 
 

@@ -10,7 +10,6 @@ import fcntl
 import json
 import os
 import platform
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,30 +31,17 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
-from support import KEY, export_and_count, tagged_spans
+from support import KEY, export_and_count, run_node_sender, tagged_spans
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
-NODE_DIR = Path(__file__).parent / "node"
 REPO = Path(__file__).resolve().parent.parent
 CLI = (sys.executable, "-m", "opentelemetry_exporter_altertable")
 
 
 def test_the_opentelemetry_js_sdk_sends_otlp_grpc_through_the_bridge() -> None:
-    node = shutil.which("node")
-    assert node is not None, "node is needed (v20 or newer)"
-    assert (NODE_DIR / "node_modules" / "@opentelemetry" / "exporter-trace-otlp-grpc").is_dir(), (
-        "the JS SDK is not installed: run `make node-otel`"
-    )
     with LocalReceiver() as receiver, running_fronts(receiver.endpoint, sync=True) as fronts:
-        done = subprocess.run(
-            [node, "send.js", fronts.grpc.endpoint, "3", "grpc"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_node_sender(fronts.grpc.endpoint, 3, "grpc")
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "sent"
         answers = fronts.grpc.answers()
@@ -78,18 +64,13 @@ def test_the_opentelemetry_js_sdk_sends_otlp_grpc_through_the_bridge() -> None:
 
 
 def test_the_js_sdk_over_grpc_with_the_bridge_token() -> None:
-    node = shutil.which("node")
-    assert node is not None
     with FaultServer() as api, running_fronts(api.endpoint, token="js-token") as fronts:
         env = {**os.environ, "BRIDGE_TOKEN": "wrong"}
-        args = [node, "send.js", fronts.grpc.endpoint, "1", "grpc"]
-        subprocess.run(args, cwd=NODE_DIR, env=env, capture_output=True, timeout=60, check=False)
+        run_node_sender(fronts.grpc.endpoint, 1, "grpc", env=env)
         refused = fronts.grpc.answers()
         assert api.requests == []
         env["BRIDGE_TOKEN"] = "js-token"
-        done = subprocess.run(
-            args, cwd=NODE_DIR, env=env, capture_output=True, text=True, timeout=60, check=False
-        )
+        done = run_node_sender(fronts.grpc.endpoint, 1, "grpc", env=env)
         assert done.returncode == 0, done.stderr
         events = sorted(t["event"] for t in api.accepted_items("/track"))
     assert refused[("/v1/traces", "UNAUTHENTICATED")] >= 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,13 +26,13 @@ from support import (
     export_and_count,
     otlp_log_exporter,
     otlp_span_exporter,
+    run_node_sender,
     running_bridge,
     tagged_spans,
 )
 
 from opentelemetry_exporter_altertable.receiver import FaultPlan, LocalReceiver
 
-NODE_DIR = Path(__file__).parent / "node"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -45,20 +44,8 @@ def _events(receiver: LocalReceiver) -> list[tuple[Any, ...]]:
 
 
 def test_the_opentelemetry_js_sdk_sends_otlp_json_through_the_bridge() -> None:
-    node = shutil.which("node")
-    assert node is not None, "node is needed (v20 or newer)"
-    assert (NODE_DIR / "node_modules" / "@opentelemetry" / "sdk-trace").is_dir(), (
-        "the JS SDK is not installed: run `make node-otel`"
-    )
     with LocalReceiver() as receiver, running_bridge(receiver.endpoint, sync=True) as bridge:
-        done = subprocess.run(
-            [node, "send.js", bridge.endpoint, "3"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_node_sender(bridge.endpoint, 3)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "sent"
         answers = bridge.bridge.answers()
