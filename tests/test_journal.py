@@ -293,6 +293,15 @@ def test_importing_the_package_does_not_import_celery() -> None:
     assert run.returncode == 0, run.stderr
 
 
+_SCAN_ALIVE = """
+import sys
+from pathlib import Path
+from opentelemetry_exporter_altertable._journal import recover_directory
+scan = recover_directory(Path(sys.argv[1]), lambda records: True, may_send_scrubbed=False)
+sys.exit(0 if (scan.alive, scan.recovered) == (1, 0) else 1)
+"""
+
+
 def test_append_calls_is_durable_and_recovered(spool: Path) -> None:
     """The API for callers that map before they keep (the bridge): append, learn, retire."""
     spool.mkdir(mode=0o700)
@@ -303,21 +312,15 @@ def test_append_calls_is_durable_and_recovered(spool: Path) -> None:
         assert journal.append_calls({"identify": [{"distinct_id": "u"}]})
     journal.retire([first])  # the first batch delivered
     kept: list[Any] = []
-    # Another process would see the journal once this one died; a thread cannot (same
-    # process, same lock owner), so forget that it is ours for the test.
-    from opentelemetry_exporter_altertable import _journal as journal_module
-
-    own = dict(journal_module._OWN_TOKENS)
-    journal_module._OWN_TOKENS.clear()
-    try:
-        pid = os.fork()
-        if pid == 0:  # a child is another process: its lock attempt tells the truth
-            scan = recover_directory(spool, lambda recs: kept.extend(recs) or True,
-                                     may_send_scrubbed=False)
-            os._exit(0 if scan.alive == 1 else 1)
-        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-    finally:
-        journal_module._OWN_TOKENS.update(own)
+    # Another process finds the journal alive (its owner holds the lock): it leaves it be.
+    other = subprocess.run(
+        [sys.executable, "-c", _SCAN_ALIVE, str(spool)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert other.returncode == 0, other.stderr
     journal.close()  # outstanding: left for recovery
     scan = recover_directory(spool, lambda recs: kept.extend(recs) or True, may_send_scrubbed=False)
     assert scan.recovered == 1
