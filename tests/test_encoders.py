@@ -28,8 +28,7 @@ json_values = st.recursive(
 
 def _orjson_encoder() -> Any:
     encoder = fast_encoder()
-    if encoder is None:
-        pytest.skip("orjson is not installed (the fast extra)")
+    assert encoder is not None, "orjson is missing: the dev extra installs it (make install)"
     return encoder
 
 

@@ -31,11 +31,6 @@ USER_ID = "u_01jza857w4f23s1hf2s61befmw"
 ANONYMOUS_ID = "visitor-0197d9df-3c3b-734e-96dd-dfda52b0167c"
 BILLING_ID = "stripe:cus_abc123"
 
-needs_instrument = pytest.mark.skipif(
-    not INSTRUMENT.exists(), reason="opentelemetry-instrument (opentelemetry-distro) not installed"
-)
-
-
 @pytest.fixture
 def receiver() -> Iterator[LocalReceiver]:
     """A receiver that accepts only the examples' key, so a missing key would show."""
@@ -189,7 +184,6 @@ def checkouts(receiver: LocalReceiver) -> list[tuple[Any, ...]]:
     )
 
 
-@needs_instrument
 def test_zero_code_app_self_driven_under_opentelemetry_instrument(
     receiver: LocalReceiver,
 ) -> None:
@@ -215,7 +209,6 @@ def test_zero_code_app_self_driven_under_opentelemetry_instrument(
     assert first["otel.trace_id"] != second["otel.trace_id"]
 
 
-@needs_instrument
 def test_zero_code_app_serves_n_requests_then_exits(receiver: LocalReceiver) -> None:
     app = subprocess.Popen(
         [

@@ -22,10 +22,6 @@ from support import INSTRUMENT, SUBPROCESS_TIMEOUT, answered
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
-pytestmark = pytest.mark.skipif(
-    not INSTRUMENT.exists(), reason="opentelemetry-instrument (opentelemetry-distro) not installed"
-)
-
 TRACING_APP = """
 from opentelemetry import trace
 
