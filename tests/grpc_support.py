@@ -3,7 +3,6 @@ a raw caller that sends any bytes and reports the status, details and trailers."
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from typing import Any
 import grpc
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from support import bridge_options
+from support import bridge_options, free_port, wire_field
 
 from opentelemetry_exporter_altertable.bridge import BridgeServer, GrpcBridgeServer, create_bridge
 from opentelemetry_exporter_altertable.bridge._cli import stop_both
@@ -20,12 +19,6 @@ from opentelemetry_exporter_altertable.bridge._grpc import LOGS_SERVICE, TRACE_S
 
 TRACES_METHOD = f"/{TRACE_SERVICE}/Export"
 LOGS_METHOD = f"/{LOGS_SERVICE}/Export"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -102,16 +95,6 @@ def call(
             chan.close()
 
 
-def field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field, by hand (for messages protobuf would not build)."""
-    size, varint = len(payload), bytearray()
-    while True:
-        byte, size = size & 0x7F, size >> 7
-        varint.append(byte | (0x80 if size else 0))
-        if not size:
-            return bytes((number << 3 | 2,)) + bytes(varint) + payload
-
-
 def with_span_attributes(request_bytes: bytes, attributes: bytes) -> bytes:
     """A one-span ``ExportTraceServiceRequest`` with serialized ``KeyValue`` fields
     (``Span.attributes``, field 9) appended to its span, built without protobuf's encoder."""
@@ -123,9 +106,9 @@ def with_span_attributes(request_bytes: bytes, attributes: bytes) -> bytes:
     resource_spans = request.resource_spans[0]
     scope_spans = resource_spans.scope_spans[0]
     span = scope_spans.spans[0].SerializeToString() + attributes
-    scope = field(1, scope_spans.scope.SerializeToString()) + field(2, span)
-    resource = field(1, resource_spans.resource.SerializeToString()) + field(2, scope)
-    return field(1, resource)
+    scope = wire_field(1, scope_spans.scope.SerializeToString()) + wire_field(2, span)
+    resource = wire_field(1, resource_spans.resource.SerializeToString()) + wire_field(2, scope)
+    return wire_field(1, resource)
 
 
 __all__ = [

@@ -7,7 +7,7 @@ import socket
 import time
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from support import sample_spans
+from support import sample_spans, wire_field
 
 
 def connect(port: int, timeout: float = 5.0) -> socket.socket:
@@ -59,17 +59,13 @@ def post(
 
 def empty_spans_request(count: int) -> bytes:
     """An ``ExportTraceServiceRequest`` of ``count`` empty spans (two bytes each)."""
-    scope_spans = b"\x12\x00" * count
-    resource_spans = b"\x12" + _varint(len(scope_spans)) + scope_spans
-    return b"\x0a" + _varint(len(resource_spans)) + resource_spans
+    return wire_field(1, wire_field(2, b"\x12\x00" * count))  # resource_spans{scope_spans{spans}}
 
 
 def empty_attributes_request(count: int) -> bytes:
     """One span holding ``count`` empty attributes (two bytes each)."""
     span = b"\x4a\x00" * count
-    scope_spans = b"\x12" + _varint(len(span)) + span
-    resource_spans = b"\x12" + _varint(len(scope_spans)) + scope_spans
-    return b"\x0a" + _varint(len(resource_spans)) + resource_spans
+    return wire_field(1, wire_field(2, wire_field(2, span)))
 
 
 def tagged_spans_request(first: int, count: int) -> bytes:
@@ -80,15 +76,6 @@ def tagged_spans_request(first: int, count: int) -> bytes:
 
 def gzip_members(*parts: bytes) -> bytes:
     return b"".join(gzip.compress(part) for part in parts)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def wait_until(condition: object, timeout: float) -> bool:

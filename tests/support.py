@@ -128,11 +128,22 @@ def answered(receiver: LocalReceiver, path: str, expected: int, timeout: float =
     return receiver.requests[(path, 200)]
 
 
-def closed_port() -> int:
-    """A loopback port that was free a moment ago and has no listener now."""
+def free_port() -> int:
+    """A loopback port that was free a moment ago: one to listen on, or one where nothing
+    listens (a refused connection)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wire_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field, by hand (for messages protobuf would not build)."""
+    size, varint = len(payload), bytearray()
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        varint.append(byte | (0x80 if size else 0))
+        if not size:
+            return bytes((number << 3 | 2,)) + bytes(varint) + payload
 
 
 @contextmanager

@@ -22,12 +22,12 @@ import grpc
 import pytest
 import requests
 from faultserver import Answer, FaultServer, hang, retry_later
-from grpc_support import TRACES_METHOD, call, free_port, running_fronts
+from grpc_support import TRACES_METHOD, call, running_fronts
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from support import KEY, ROOT, otlp_span_exporter, running_bridge, tagged_spans
+from support import KEY, ROOT, free_port, otlp_span_exporter, running_bridge, tagged_spans
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 from opentelemetry_exporter_altertable.receiver._faults import FaultInjector, FaultPlan

@@ -17,7 +17,6 @@ from grpc_support import (
     LOGS_METHOD,
     TRACES_METHOD,
     call,
-    field,
     grpc_log_exporter,
     grpc_span_exporter,
     running_fronts,
@@ -37,6 +36,7 @@ from support import (
     sample_spans,
     stored_identities,
     stored_rows,
+    wire_field,
 )
 
 from opentelemetry_exporter_altertable import AltertableLogExporter, AltertableSpanExporter
@@ -283,7 +283,7 @@ def test_other_services_are_unimplemented_and_an_empty_message_costs_nothing() -
 
 
 #: One empty attribute ``"a"`` as a ``Span.attributes`` field: 5 bytes.
-EMPTY_ATTRIBUTE = field(9, field(1, b"a"))
+EMPTY_ATTRIBUTE = wire_field(9, wire_field(1, b"a"))
 
 
 def _elements(request: bytes) -> int:

@@ -22,9 +22,9 @@ import grpc
 import pytest
 import requests
 from faultserver import FaultServer
-from grpc_support import TRACES_METHOD, call, field, free_port, with_span_attributes
+from grpc_support import TRACES_METHOD, call, with_span_attributes
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from support import KEY, tagged_spans
+from support import KEY, free_port, tagged_spans, wire_field
 
 # Real bridge processes under attack or outage: the main suite runs them once.
 pytestmark = pytest.mark.once
@@ -283,15 +283,15 @@ def test_a_message_that_inflates_is_refused_before_it_is_inflated() -> None:
 
 def _nested_attribute(depth: int) -> bytes:
     """A ``KeyValue`` ``deep`` whose value nests ``depth`` key-value lists, then ``"leaf"``."""
-    value = field(1, b"leaf")  # AnyValue{string_value}
+    value = wire_field(1, b"leaf")  # AnyValue{string_value}
     for _ in range(depth):
-        pair = field(1, b"k") + field(2, value)  # KeyValue{key, value}
-        value = field(6, field(1, pair))  # AnyValue{kvlist_value: KeyValueList{values}}
-    return field(1, b"deep") + field(2, value)
+        pair = wire_field(1, b"k") + wire_field(2, value)  # KeyValue{key, value}
+        value = wire_field(6, wire_field(1, pair))  # AnyValue{kvlist_value: KeyValueList{values}}
+    return wire_field(1, b"deep") + wire_field(2, value)
 
 
 def _request_with(attribute: bytes) -> bytes:
-    return with_span_attributes(_small(), field(9, attribute))
+    return with_span_attributes(_small(), wire_field(9, attribute))
 
 
 def test_deep_anyvalue_nesting_is_invalid_argument_and_shallow_nesting_arrives() -> None:

@@ -26,12 +26,12 @@ import grpc
 import pytest
 import requests
 from faultserver import FaultServer, ok, retry_later
-from grpc_support import TRACES_METHOD, call, free_port, grpc_span_exporter, running_fronts
+from grpc_support import TRACES_METHOD, call, grpc_span_exporter, running_fronts
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
-from support import KEY, export_and_count, run_node_sender, tagged_spans
+from support import KEY, export_and_count, free_port, run_node_sender, tagged_spans
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 

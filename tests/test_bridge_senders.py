@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from support import (
     KEY,
     export_and_count,
+    free_port,
     otlp_log_exporter,
     otlp_span_exporter,
     run_node_sender,
@@ -78,11 +79,6 @@ def test_the_opentelemetry_js_sdk_sends_otlp_json_through_the_bridge() -> None:
     assert [did for did, _ in identities] == [f"node-user-{i}" for i in range(3)]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def _rotel_binary() -> str:
     import rotel
@@ -107,13 +103,13 @@ def _rotel_environment() -> dict[str, str]:
 
 def test_sdk_to_a_real_collector_to_the_bridge_all_events_arrive(tmp_path: Path) -> None:
     with LocalReceiver() as receiver, running_bridge(receiver.endpoint, sync=True) as bridge:
-        port = _free_port()
+        port = free_port()
         collector = subprocess.Popen(
             [
                 _rotel_binary(),
                 "start",
                 "--otlp-grpc-endpoint",
-                f"127.0.0.1:{_free_port()}",
+                f"127.0.0.1:{free_port()}",
                 "--otlp-http-endpoint",
                 f"127.0.0.1:{port}",
                 "--exporter",
@@ -182,9 +178,9 @@ def test_altertable_down_for_a_while_the_senders_retries_deliver_everything() ->
 
 
 def _start_bridge_process(endpoint: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    port = _free_port()
+    port = free_port()
     if "--no-grpc" not in extra and "--grpc-port" not in extra:  # never the default 4317
-        extra = (*extra, "--grpc-port", str(_free_port()))
+        extra = (*extra, "--grpc-port", str(free_port()))
     env = {
         **os.environ,
         "OTEL_EXPORTER_ALTERTABLE_API_KEY": KEY,
@@ -263,7 +259,7 @@ def test_after_sigterm_new_requests_are_refused_and_nothing_is_lost() -> None:
 
 
 def test_serve_accepts_otlp_into_its_own_store(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "opentelemetry_exporter_altertable", "serve", "--port", str(port),
          "--db", ":memory:", "--no-otlp-ports"],

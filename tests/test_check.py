@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import closed_port, refusing_endpoint
+from support import free_port, refusing_endpoint
 
 from opentelemetry_exporter_altertable.cli import main
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
@@ -77,7 +77,7 @@ def test_settings_come_from_the_environment(
 def test_missing_key(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTEL_EXPORTER_ALTERTABLE_API_KEY", raising=False)
     monkeypatch.delenv("ALTERTABLE_API_KEY", raising=False)
-    code, out = run(capsys, "--endpoint", f"http://127.0.0.1:{closed_port()}")
+    code, out = run(capsys, "--endpoint", f"http://127.0.0.1:{free_port()}")
     assert code == 1
     assert "no API key" in out
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from guide import GUIDE_EVENTS_BY_CURRENCY
-from support import closed_port
+from support import free_port
 
 from opentelemetry_exporter_altertable.cli import PROG, main
 from opentelemetry_exporter_altertable.receiver._cli import (
@@ -196,7 +196,7 @@ def test_query_bad_sql_is_one_line(served: Served, capsys: pytest.CaptureFixture
 def test_query_without_a_receiver_says_how_to_start_one(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    endpoint = f"http://127.0.0.1:{closed_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     assert main(["query", "--endpoint", endpoint, "SELECT 1"]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1

@@ -192,7 +192,7 @@ def test_page_refuses_to_be_read_from_another_origin(receiver: LocalReceiver) ->
 def test_page_says_which_ports_hear_otlp(receiver: LocalReceiver, browser: Browser) -> None:
     import argparse
 
-    from grpc_support import free_port
+    from support import free_port
 
     from opentelemetry_exporter_altertable.bridge._cli import (
         add_otlp_page_route,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from support import free_port
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 
@@ -141,11 +141,6 @@ def _recover_and_count(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _wait_http(url: str, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
@@ -227,7 +222,7 @@ GUNICORN_ROWS = {
 )
 def test_gunicorn(name: str, tmp_path: Path, env: dict[str, str], receiver: LocalReceiver) -> None:
     (tmp_path / "app.py").write_text(APP)
-    port = _free_port()
+    port = free_port()
     app = "app:asgi" if "uvicorn" in name else "app:wsgi"
     cmd = [
         str(BIN / "gunicorn"), "-w", "2", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "10",
@@ -254,7 +249,7 @@ UWSGI_ROWS = {
 )
 def test_uwsgi(name: str, tmp_path: Path, env: dict[str, str], receiver: LocalReceiver) -> None:
     (tmp_path / "app.py").write_text(APP)
-    port = _free_port()
+    port = free_port()
     cmd = [
         str(BIN / "uwsgi"), "--http-socket", f"127.0.0.1:{port}", "--master",
         "--processes", "2", "--wsgi-file", str(tmp_path / "app.py"), "--callable", "wsgi",
@@ -452,9 +447,7 @@ def test_serverless_frozen_then_reaped(
     prefix, n = f"serverless-{flush}-", (5 if flush == "flush-unreachable" else 20)
     handler_env = dict(env, OTEL_BSP_SCHEDULE_DELAY="5000")
     if flush == "flush-unreachable":
-        with socket.socket() as s:  # a port nobody listens on: connections refused
-            s.bind(("127.0.0.1", 0))
-            closed = s.getsockname()[1]
+        closed = free_port()  # nobody listens there: connections refused
         handler_env["OTEL_EXPORTER_ALTERTABLE_ENDPOINT"] = f"http://127.0.0.1:{closed}"
     proc = subprocess.Popen(
         [sys.executable, str(tmp_path / "handler.py"), prefix, flush.split("-", maxsplit=1)[0]],
