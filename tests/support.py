@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -420,3 +422,78 @@ def run_node_sender(
         timeout=60,
         check=False,
     )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+#: ``altertable-otel`` as the running interpreter runs it.
+CLI = (sys.executable, "-m", "opentelemetry_exporter_altertable")
+
+
+def wait_for_port(port: int, process: subprocess.Popen[str], seconds: float = 20) -> None:
+    """Return once ``process`` accepts connections on loopback ``port`` (fail if it dies)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "the process did not start listening"
+            time.sleep(0.05)
+
+
+def rotel_binary() -> str:
+    """The rotel collector agent (a real OTLP collector, shipped in the ``rotel`` wheel)."""
+    import rotel
+
+    path = Path(rotel.__file__).parent / "rotel-agent"
+    assert path.is_file(), "the rotel package ships its collector as rotel/rotel-agent"
+    return str(path)
+
+
+def rotel_environment() -> dict[str, str]:
+    """The agent links the libpython of the interpreter its wheel is for. A system Python
+    has it on the loader's path; pyenv's builds keep it in their own LIBDIR (found by
+    Python's RPATH, not by other binaries), so it is put on LD_LIBRARY_PATH."""
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(libdir), env.get("LD_LIBRARY_PATH", "")) if p
+        )
+    return env
+
+
+def start_bridge_process(endpoint: str, *extra: str) -> tuple[subprocess.Popen[str], str, str]:
+    """``altertable-otel bridge`` in its own process, delivering to ``endpoint`` with the test
+    key, on free ports (never the default 4317 and 4318), once its banner is out: the process,
+    its HTTP base URL and its gRPC target (``""`` with ``--no-grpc``)."""
+    port = free_port()
+    grpc_port = 0 if "--no-grpc" in extra else free_port()
+    ports = ["--port", str(port)] + (["--grpc-port", str(grpc_port)] if grpc_port else [])
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_ALTERTABLE_API_KEY": KEY,
+        "OTEL_EXPORTER_ALTERTABLE_ENDPOINT": endpoint,
+        "NO_PROXY": "127.0.0.1",
+    }
+    process = subprocess.Popen(
+        [*CLI, "bridge", *ports, *extra],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    banner, last = "", "gRPC senders:" if grpc_port else "  senders:"
+    while last not in banner:
+        line = process.stdout.readline()
+        assert line, banner + (process.stderr.read() if process.stderr else "")
+        banner += line
+    assert banner.startswith(f"Altertable OTLP bridge listening on http://127.0.0.1:{port}")
+    if grpc_port:
+        assert f"OTLP/gRPC:     http://127.0.0.1:{grpc_port}" in banner
+    return process, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}" if grpc_port else ""

@@ -27,7 +27,16 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from support import KEY, ROOT, free_port, otlp_span_exporter, running_bridge, tagged_spans
+from support import (
+    CLI,
+    KEY,
+    ROOT,
+    free_port,
+    otlp_span_exporter,
+    running_bridge,
+    start_bridge_process,
+    tagged_spans,
+)
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
 from opentelemetry_exporter_altertable.receiver._faults import FaultInjector, FaultPlan
@@ -36,7 +45,6 @@ from opentelemetry_exporter_altertable.receiver._faults import FaultInjector, Fa
 pytestmark = pytest.mark.once
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
-CLI = [sys.executable, "-m", "opentelemetry_exporter_altertable"]
 
 
 class Clock:
@@ -82,28 +90,9 @@ def post(base: str, data: bytes, timeout: float = 10) -> requests.Response:
 @contextmanager
 def bridge_process(endpoint: str, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``altertable-otel bridge`` (HTTP only) on a free port, delivering to ``endpoint``."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "OTEL_EXPORTER_ALTERTABLE_API_KEY": KEY,
-        "OTEL_EXPORTER_ALTERTABLE_ENDPOINT": endpoint,
-        "NO_PROXY": "127.0.0.1",
-    }
-    process = subprocess.Popen(
-        [*CLI, "bridge", "--port", str(port), "--no-grpc", *extra],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process, base, _ = start_bridge_process(endpoint, "--no-grpc", *extra)
     try:
-        assert process.stdout is not None
-        first = process.stdout.readline()
-        if not first.startswith("Altertable OTLP bridge listening on"):
-            process.kill()
-            raise AssertionError(first + process.communicate(timeout=30)[1])
-        yield process, f"http://127.0.0.1:{port}"
+        yield process, base
     finally:
         if process.poll() is None:
             process.kill()

@@ -6,12 +6,10 @@ must stay within bounds, keep answering real senders, and leave its HTTP port un
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,12 +22,11 @@ import requests
 from faultserver import FaultServer
 from grpc_support import TRACES_METHOD, call, with_span_attributes
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from support import KEY, free_port, tagged_spans, wire_field
+from support import start_bridge_process, tagged_spans, wire_field
 
 # Real bridge processes under attack or outage: the main suite runs them once.
 pytestmark = pytest.mark.once
 
-REPO = Path(__file__).resolve().parent.parent
 MAX_IN_FLIGHT = 4
 #: Threads the bridge may add under any attack: its gRPC pool (in flight + 2 spare), gRPC's
 #: own few, and the HTTP front's per-connection threads for the checks made meanwhile.
@@ -55,31 +52,11 @@ class Running:
 
 @contextlib.contextmanager
 def bridge_process(api: FaultServer, *extra: str) -> Iterator[Running]:
-    port, grpc_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "OTEL_EXPORTER_ALTERTABLE_API_KEY": KEY,
-        "OTEL_EXPORTER_ALTERTABLE_ENDPOINT": api.endpoint,
-        "NO_PROXY": "127.0.0.1",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "opentelemetry_exporter_altertable", "bridge", "--port",
-         str(port), "--grpc-port", str(grpc_port), "--max-in-flight", str(MAX_IN_FLIGHT),
-         *extra],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    process, base, target = start_bridge_process(
+        api.endpoint, "--max-in-flight", str(MAX_IN_FLIGHT), *extra
+    )
     try:
-        assert process.stdout is not None
-        banner = ""
-        while "gRPC senders:" not in banner:
-            line = process.stdout.readline()
-            assert line, banner + (process.stderr.read() if process.stderr else "")
-            banner += line
-        running = Running(process, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}")
+        running = Running(process, base, target)
         # Warm up both fronts once, so the baseline includes what any first call creates.
         assert call(running.target, TRACES_METHOD, _small()).code is grpc.StatusCode.OK
         assert _http_ok(running)

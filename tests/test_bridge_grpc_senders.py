@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -31,12 +30,21 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
-from support import KEY, export_and_count, free_port, run_node_sender, tagged_spans
+from support import (
+    CLI,
+    KEY,
+    ROOT,
+    export_and_count,
+    free_port,
+    rotel_binary,
+    rotel_environment,
+    run_node_sender,
+    start_bridge_process,
+    tagged_spans,
+    wait_for_port,
+)
 
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
-
-REPO = Path(__file__).resolve().parent.parent
-CLI = (sys.executable, "-m", "opentelemetry_exporter_altertable")
 
 
 def test_the_opentelemetry_js_sdk_sends_otlp_grpc_through_the_bridge() -> None:
@@ -80,44 +88,13 @@ def test_the_js_sdk_over_grpc_with_the_bridge_token() -> None:
 # --------------------------------------------------------------------------- a real collector
 
 
-def _rotel_binary() -> str:
-    import rotel
-
-    path = Path(rotel.__file__).parent / "rotel-agent"
-    assert path.is_file(), "the rotel package ships its collector as rotel/rotel-agent"
-    return str(path)
-
-
-def _rotel_environment() -> dict[str, str]:
-    """The agent links the libpython of its wheel's interpreter (pyenv keeps it in LIBDIR)."""
-    env = dict(os.environ)
-    libdir = sysconfig.get_config_var("LIBDIR")
-    if libdir:
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p for p in (str(libdir), env.get("LD_LIBRARY_PATH", "")) if p
-        )
-    return env
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[str], seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        assert process.poll() is None, process.stdout.read() if process.stdout else ""
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, "the process did not start listening"
-            time.sleep(0.05)
-
-
 @pytest.mark.parametrize("compression", ["gzip", "none"])
 def test_sdk_to_a_collector_to_the_bridge_all_over_grpc(compression: str) -> None:
     with LocalReceiver() as receiver, running_fronts(receiver.endpoint, sync=True) as fronts:
         port = free_port()
         collector = subprocess.Popen(
             [
-                _rotel_binary(),
+                rotel_binary(),
                 "start",
                 "--otlp-grpc-endpoint",
                 f"127.0.0.1:{port}",
@@ -137,10 +114,10 @@ def test_sdk_to_a_collector_to_the_bridge_all_over_grpc(compression: str) -> Non
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=_rotel_environment(),
+            env=rotel_environment(),
         )
         try:
-            _wait_for_port(port, collector)
+            wait_for_port(port, collector)
             exporter = grpc_span_exporter(f"http://127.0.0.1:{port}")
             count, seqs = export_and_count(exporter, receiver, "Collected")
         finally:
@@ -186,32 +163,6 @@ def test_an_outage_is_ridden_out_by_the_senders_own_grpc_retries() -> None:
     assert answers[("/v1/traces", "OK")] >= 1
 
 
-def _start_bridge(endpoint: str, *extra: str) -> tuple[subprocess.Popen[str], str, str]:
-    port, grpc_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "OTEL_EXPORTER_ALTERTABLE_API_KEY": KEY,
-        "OTEL_EXPORTER_ALTERTABLE_ENDPOINT": endpoint,
-        "NO_PROXY": "127.0.0.1",
-    }
-    process = subprocess.Popen(
-        [*CLI, "bridge", "--port", str(port), "--grpc-port", str(grpc_port), *extra],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    banner = ""
-    while "gRPC senders:" not in banner:
-        line = process.stdout.readline()
-        assert line, banner + (process.stderr.read() if process.stderr else "")
-        banner += line
-    assert f"OTLP/gRPC:     http://127.0.0.1:{grpc_port}" in banner
-    return process, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
-
-
 @pytest.mark.parametrize("journal", ["journaled", "--no-journal"])
 def test_sigterm_with_calls_in_flight_on_both_ports_delivers_what_was_accepted(
     journal: str,
@@ -224,7 +175,7 @@ def test_sigterm_with_calls_in_flight_on_both_ports_delivers_what_was_accepted(
     with FaultServer() as api:
         release = threading.Event()
         api.add_rule(lambda request: (release.wait(15), None)[1], "/track")
-        process, base, target = _start_bridge(api.endpoint, "--timeout", "10", *flags)
+        process, base, target = start_bridge_process(api.endpoint, "--timeout", "10", *flags)
         body = encode_spans(tagged_spans(5, event="In Flight")).SerializeToString()
         results: list[Any] = []
 
@@ -279,7 +230,7 @@ def test_a_taken_grpc_port_stops_the_bridge_with_one_clear_line() -> None:
         done = subprocess.run(
             [*CLI, "bridge", "--port", str(free_port()), "--grpc-port", str(taken)],
             env={**os.environ, "OTEL_EXPORTER_ALTERTABLE_API_KEY": KEY},
-            cwd=REPO,
+            cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=30,
@@ -297,14 +248,14 @@ def test_the_bridge_defaults_to_grpc_on_4317_and_no_grpc_turns_it_off() -> None:
     args = build_parser().parse_args(["bridge"])
     assert (args.grpc_port, args.no_grpc, args.port) == (4317, False, 4318)
     with FaultServer() as api:
-        process, _, _ = _start_bridge(api.endpoint)
+        process, _, _ = start_bridge_process(api.endpoint)
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=20)
         port = free_port()
         quiet = subprocess.Popen(
             [*CLI, "bridge", "--port", str(port), "--no-grpc"],
             env={**os.environ, "OTEL_EXPORTER_ALTERTABLE_API_KEY": KEY},
-            cwd=REPO,
+            cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -508,7 +459,7 @@ def _signal_thread(pid: int, tid: int, signum: int) -> None:
 
 def test_sigterm_handed_to_a_grpc_thread_still_stops_the_bridge() -> None:
     with FaultServer() as api:
-        process, _, target = _start_bridge(api.endpoint)
+        process, _, target = start_bridge_process(api.endpoint)
         try:
             body = encode_spans(tagged_spans(1, event="Probe")).SerializeToString()
             assert call(target, TRACES_METHOD, body, timeout=10).code is grpc.StatusCode.OK

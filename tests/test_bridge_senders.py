@@ -6,12 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import sysconfig
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +18,22 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 from support import (
+    CLI,
     KEY,
     export_and_count,
     free_port,
     otlp_log_exporter,
     otlp_span_exporter,
+    rotel_binary,
+    rotel_environment,
     run_node_sender,
     running_bridge,
+    start_bridge_process,
     tagged_spans,
+    wait_for_port,
 )
 
 from opentelemetry_exporter_altertable.receiver import FaultPlan, LocalReceiver
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _events(receiver: LocalReceiver) -> list[tuple[Any, ...]]:
@@ -80,33 +79,12 @@ def test_the_opentelemetry_js_sdk_sends_otlp_json_through_the_bridge() -> None:
 
 
 
-def _rotel_binary() -> str:
-    import rotel
-
-    path = Path(rotel.__file__).parent / "rotel-agent"
-    assert path.is_file(), "the rotel package ships its collector as rotel/rotel-agent"
-    return str(path)
-
-
-def _rotel_environment() -> dict[str, str]:
-    """The agent links the libpython of the interpreter its wheel is for. A system Python
-    has it on the loader's path; pyenv's builds keep it in their own LIBDIR (found by
-    Python's RPATH, not by other binaries), so it is put on LD_LIBRARY_PATH."""
-    env = dict(os.environ)
-    libdir = sysconfig.get_config_var("LIBDIR")
-    if libdir:
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p for p in (str(libdir), env.get("LD_LIBRARY_PATH", "")) if p
-        )
-    return env
-
-
 def test_sdk_to_a_real_collector_to_the_bridge_all_events_arrive(tmp_path: Path) -> None:
     with LocalReceiver() as receiver, running_bridge(receiver.endpoint, sync=True) as bridge:
         port = free_port()
         collector = subprocess.Popen(
             [
-                _rotel_binary(),
+                rotel_binary(),
                 "start",
                 "--otlp-grpc-endpoint",
                 f"127.0.0.1:{free_port()}",
@@ -124,18 +102,10 @@ def test_sdk_to_a_real_collector_to_the_bridge_all_events_arrive(tmp_path: Path)
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=_rotel_environment(),
+            env=rotel_environment(),
         )
         try:
-            deadline = time.monotonic() + 20
-            while True:  # the collector is ready once its OTLP/HTTP port accepts connections
-                assert collector.poll() is None, collector.stdout.read() if collector.stdout else ""
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, "the collector did not start"
-                    time.sleep(0.05)
+            wait_for_port(port, collector)  # ready once its OTLP/HTTP port accepts
             exporter = otlp_span_exporter(f"http://127.0.0.1:{port}")
             count, seqs = export_and_count(exporter, receiver, "Collected")
         finally:
@@ -177,36 +147,11 @@ def test_altertable_down_for_a_while_the_senders_retries_deliver_everything() ->
     assert answers[("/v1/traces", "protobuf", 200)] >= 1
 
 
-def _start_bridge_process(endpoint: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    if "--no-grpc" not in extra and "--grpc-port" not in extra:  # never the default 4317
-        extra = (*extra, "--grpc-port", str(free_port()))
-    env = {
-        **os.environ,
-        "OTEL_EXPORTER_ALTERTABLE_API_KEY": KEY,
-        "OTEL_EXPORTER_ALTERTABLE_ENDPOINT": endpoint,
-        "NO_PROXY": "127.0.0.1",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "opentelemetry_exporter_altertable", "bridge", "--port",
-         str(port), *extra],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    assert process.stdout is not None
-    first = process.stdout.readline()
-    assert first.startswith("Altertable OTLP bridge listening on"), first + process.stderr.read()
-    return process, f"http://127.0.0.1:{port}"
-
-
 def test_sigterm_with_requests_in_flight_delivers_what_was_accepted() -> None:
     with FaultServer() as api:
         release = threading.Event()
         api.add_rule(lambda request: (release.wait(10), None)[1], "/track")
-        process, base = _start_bridge_process(api.endpoint, "--timeout", "10")
+        process, base, _ = start_bridge_process(api.endpoint, "--timeout", "10")
         body = encode_spans(tagged_spans(5, event="In Flight")).SerializeToString()
         statuses: list[int] = []
 
@@ -244,7 +189,7 @@ def test_sigterm_with_requests_in_flight_delivers_what_was_accepted() -> None:
 def test_after_sigterm_new_requests_are_refused_and_nothing_is_lost() -> None:
     with FaultServer() as api:
         api.set_default(retry_later(503))
-        process, base = _start_bridge_process(api.endpoint, "--timeout", "0.5", "--no-journal")
+        process, base, _ = start_bridge_process(api.endpoint, "--timeout", "0.5", "--no-journal")
         body = encode_spans(tagged_spans(2)).SerializeToString()
         answer = requests.post(
             f"{base}/v1/traces",
@@ -261,14 +206,13 @@ def test_after_sigterm_new_requests_are_refused_and_nothing_is_lost() -> None:
 def test_serve_accepts_otlp_into_its_own_store(tmp_path: Path) -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "opentelemetry_exporter_altertable", "serve", "--port", str(port),
-         "--db", ":memory:", "--no-otlp-ports"],
+        [*CLI, "serve", "--port", str(port), "--db", ":memory:", "--no-otlp-ports"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "NO_PROXY": "127.0.0.1"},
-    )  # fmt: skip
+    )
     try:
         assert process.stdout is not None
         banner = ""
