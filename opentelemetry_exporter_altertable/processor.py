@@ -426,6 +426,10 @@ class AltertableSpanProcessor(_AltertableProcessing, BatchSpanProcessor):
         self._setup(span_exporter)
 
     def on_end(self, span: ReadableSpan) -> None:
+        if not _sampled(span):
+            # BatchSpanProcessor ignores it (its own check, after ours): journaled here it would
+            # never be queued, yet salvaged and delivered at shutdown.
+            return
         try:
             wanted = span_has_analytics_data(span) or (
                 self._pageviews and span_is_page_view(span)
@@ -458,6 +462,16 @@ class AltertableSpanProcessor(_AltertableProcessing, BatchSpanProcessor):
         cast("Callable[[], None]", super().shutdown)()
         self._queue_drops.flush()
         self._close()
+
+
+def _sampled(span: ReadableSpan) -> bool:
+    """``BatchSpanProcessor``'s own test: only sampled spans are exported (a ``RECORD_ONLY``
+    sampler's spans end in every processor but are for in-process use only)."""
+    try:
+        context = span.context
+        return bool(context and context.trace_flags.sampled)
+    except Exception:  # never raise into ``span.end()``: let the SDK's processor decide
+        return True
 
 
 def _journal_span(journal: Journal, span: ReadableSpan, pageviews: bool) -> int:

@@ -24,6 +24,8 @@ from faultserver import FaultServer, hang
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from support import spooled_items
 
 from opentelemetry_exporter_altertable import (
     AltertableLogExporter,
@@ -622,3 +624,41 @@ def test_segments_rotate_and_retired_entries_leave_disk_and_recovery(
     assert _journals(spool) == []
     counts = _counts(receiver, "seg-")
     assert len(counts) == 320 and max(counts.values()) == 1
+
+
+class _RecordOnly(Sampler):
+    """Records every span but samples none (``RECORD_ONLY``): processors see them end."""
+
+    def should_sample(  # noqa: PLR0917 (the SDK's signature)
+        self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
+        attributes: Any = None, links: Any = None, trace_state: Any = None,
+    ) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_ONLY, attributes)  # the span keeps its attributes
+
+    def get_description(self) -> str:
+        return "RecordOnly"
+
+
+def test_unsampled_spans_are_neither_journaled_nor_delivered(
+    spool: Path, receiver: LocalReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A recorded but unsampled span is ignored as ``BatchSpanProcessor`` ignores it: no
+    journal entry, so no salvage at shutdown and no delivery later."""
+    caplog.set_level(logging.WARNING)
+    exporter = AltertableSpanExporter(api_key=KEY, endpoint=receiver.endpoint, spool_dir=spool)
+    processor = AltertableSpanProcessor(exporter, schedule_delay_millis=60_000)
+    provider = TracerProvider(sampler=_RecordOnly())
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    for i in range(3):
+        with tracer.start_as_current_span("s", attributes={"analytics.event": f"unsampled-{i}"}):
+            pass
+    journal = processor._keeper.journal
+    assert journal is not None and journal.outstanding == 0
+    provider.shutdown()
+    assert _journals(spool) == []
+    assert spooled_items(spool) == 0
+    assert not any("were not exported" in r.getMessage() for r in caplog.records)
+    replay = _replay(_env(receiver.endpoint, spool))
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert _counts(receiver, "unsampled-") == Counter()
