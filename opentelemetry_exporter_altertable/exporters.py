@@ -80,7 +80,7 @@ class _AltertableExporter:
         return self._core.config
 
     def _record_queue_drops(self, count: int) -> None:
-        """Called by ``AltertableSpanProcessor`` for the spans its full queue dropped."""
+        """Called by the Altertable processors for the records their full queue dropped."""
         self._core.record_queue_drops(count)
 
     def stats(self) -> dict[str, object]:

@@ -20,7 +20,8 @@ It takes the same arguments and ``OTEL_BSP_*`` environment variables as
 When the queue is full anyway (a burst of tagged spans faster than the API takes them), the
 SDK drops spans with one log line each and nothing else to show for it. This processor counts
 them into its exporter's ``stats()["queue_dropped"]`` and warns at most once a minute with the
-count, so a lost burst is a number an operator can see and size for (``OTEL_BSP_MAX_QUEUE_SIZE``).
+count, so a lost burst is a number an operator can see and size for (``OTEL_BSP_MAX_QUEUE_SIZE``);
+the log processor does the same for log records (``OTEL_BLRP_MAX_QUEUE_SIZE``).
 
 Nothing lost when a process dies: with a ``spool_dir`` on the exporter, each accepted record is
 written to this process's journal (see ``_journal``) before ``span.end()`` / the log call
@@ -78,10 +79,23 @@ WARN_INTERVAL = 60.0
 
 
 class _QueueDrops:
-    """Counts spans the queue dropped; warns at most once per ``interval`` with the count."""
+    """Counts records the queue dropped; warns at most once per ``interval`` with the count.
 
-    def __init__(self, exporter: SpanExporter, interval: float = WARN_INTERVAL) -> None:
+    ``processor``, ``records`` and ``settings`` name them in the warning (``OTEL_BSP`` for the
+    span processor, ``OTEL_BLRP`` for the log processor's variables).
+    """
+
+    def __init__(
+        self,
+        exporter: Any,
+        interval: float = WARN_INTERVAL,
+        *,
+        processor: str = "AltertableSpanProcessor",
+        records: str = "tagged span(s)",
+        settings: str = "OTEL_BSP",
+    ) -> None:
         self._record = getattr(exporter, "_record_queue_drops", None)
+        self._names = (processor, records, settings)
         self._interval = interval
         self._lock = threading.Lock()
         self._unreported = 0
@@ -114,11 +128,16 @@ class _QueueDrops:
             self._warn(pending)
 
     def _warn(self, count: int) -> None:
+        processor, records, settings = self._names
         logger.warning(
-            "AltertableSpanProcessor's queue was full: %d tagged span(s) dropped (%d in all); "
-            "raise OTEL_BSP_MAX_QUEUE_SIZE (and OTEL_BSP_MAX_EXPORT_BATCH_SIZE) for bursts",
+            "%s's queue was full: %d %s dropped (%d in all); "
+            "raise %s_MAX_QUEUE_SIZE (and %s_MAX_EXPORT_BATCH_SIZE) for bursts",
+            processor,
             count,
+            records,
             self.total,
+            settings,
+            settings,
         )
 
 
@@ -514,6 +533,14 @@ class AltertableLogRecordProcessor(_AltertableProcessing, BatchLogRecordProcesso
         keeper = self._keeper = _Keeper(exporter)
         target: Any = exporter if keeper.journal is None else _Retiring(exporter, keeper)
         BatchLogRecordProcessor.__init__(self, target, *args, **kwargs)
+        # Counted and warned about as the span processor's drops are (see _MirroredQueue).
+        self._queue_drops = _QueueDrops(
+            exporter,
+            processor="AltertableLogRecordProcessor",
+            records="tagged log record(s)",
+            settings="OTEL_BLRP",
+        )
+        keeper.on_drop = self._queue_drops.add
         self._setup(exporter)
 
     def on_emit(self, log_record: Any) -> None:
@@ -530,9 +557,6 @@ class AltertableLogRecordProcessor(_AltertableProcessing, BatchLogRecordProcesso
             return
         self._check_celery()
         keeper = self._keeper
-        if keeper.journal is None:
-            BatchLogRecordProcessor.on_emit(self, log_record)
-            return
         resource = getattr(log_record, "resource", None)
 
         def append(journal: Journal) -> int:
@@ -542,6 +566,7 @@ class AltertableLogRecordProcessor(_AltertableProcessing, BatchLogRecordProcesso
                 logger.warning("Could not journal a log record; it is still queued", exc_info=True)
                 return 0
 
+        # Through the keeper even without a journal: its queue counts the drops.
         keeper.queue(self, append, lambda: BatchLogRecordProcessor.on_emit(self, log_record))
 
     def _base_flush(self, timeout_millis: int) -> bool:
@@ -549,4 +574,5 @@ class AltertableLogRecordProcessor(_AltertableProcessing, BatchLogRecordProcesso
 
     def shutdown(self) -> None:
         cast("Callable[[BatchLogRecordProcessor], None]", BatchLogRecordProcessor.shutdown)(self)
+        self._queue_drops.flush()
         self._close()

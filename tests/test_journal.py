@@ -662,3 +662,35 @@ def test_unsampled_spans_are_neither_journaled_nor_delivered(
     replay = _replay(_env(receiver.endpoint, spool))
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert _counts(receiver, "unsampled-") == Counter()
+
+
+@pytest.mark.parametrize("journaled", [True, False], ids=["journal", "no-journal"])
+def test_log_records_the_full_queue_dropped_are_counted(spool: Path, journaled: bool) -> None:
+    """The log processor counts its queue's drops into ``queue_dropped`` as the span processor
+    does (with a journal or without): delivered + dropped == emitted, none lost unsaid."""
+    with FaultServer() as server:
+        server.script("/track", [hang(1.0)])  # the first export is held while the queue fills
+        exporter = AltertableLogExporter(
+            api_key=KEY, endpoint=server.endpoint, spool_dir=spool if journaled else None
+        )
+        processor = AltertableLogRecordProcessor(
+            exporter, max_queue_size=2, max_export_batch_size=1, schedule_delay_millis=60_000
+        )
+        provider = LoggerProvider()
+        provider.add_log_record_processor(processor)
+        logger = provider.get_logger("t")
+        logger.emit(body="first", attributes={"analytics.event": "logdrop-0"})
+        assert server.wait_for_requests(1)  # the worker is in the held export now
+        for i in range(1, 11):
+            logger.emit(body="burst", attributes={"analytics.event": f"logdrop-{i}"})
+        assert provider.force_flush(10_000)
+        journal = processor._keeper.journal
+        assert (journal is not None) == journaled
+        assert journal is None or journal.outstanding == 0
+        provider.shutdown()
+        delivered = Counter(item["event"] for item in server.accepted_items("/track"))
+    dropped = exporter.stats()["queue_dropped"]
+    assert dropped == 8  # 10 records into a queue of 2 while the export is held
+    assert max(delivered.values()) == 1
+    assert len(delivered) + dropped == 11
+    assert _journals(spool) == []
