@@ -44,6 +44,8 @@ __all__ = ["EXIT_BUDGET", "ExporterCore", "Outcome"]
 EXIT_BUDGET = 2.0
 #: Of that budget, what is kept for the exports cut short to spool what they owe.
 _EXIT_SPOOL_TIME = 0.3
+#: The errors of a run that did nothing at all (see :meth:`ExporterCore.refusal`).
+_REFUSALS = frozenset({"shutdown", "no-api-key"})
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,12 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def refused(self) -> bool:
+        """The run did nothing (``shutdown``, ``no-api-key``): its calls were neither sent, nor
+        kept, nor counted as dropped, so whoever still holds them must keep them."""
+        return self.error in _REFUSALS
 
 
 def merge_reports(into: DeliveryReport, other: DeliveryReport) -> None:
@@ -119,6 +127,8 @@ class ExporterCore:
         self._idle = threading.Condition()
         self._active = 0
         self._pid = os.getpid()
+        # Each thread's last run outcome: a processor's export learns what became of its records.
+        self._outcomes = threading.local()
         watch_interpreter_exit(self)
         if not self._config.api_key:
             _logger.error(
@@ -176,9 +186,24 @@ class ExporterCore:
 
     # ------------------------------------------------------------------ the run
 
+    def last_outcome(self) -> Outcome | None:
+        """The outcome of this thread's last :meth:`run` since the previous call, else ``None``.
+
+        The processors' journal retires an export's records by it: an exporter's ``export``
+        answers only success or failure, and a refused run's records are still owed.
+        """
+        outcome: Outcome | None = getattr(self._outcomes, "last", None)
+        self._outcomes.last = None
+        return outcome
+
     def run(self, count: int, build: Callable[[], Calls]) -> Outcome:
         """Map (``build``, from ``count`` records), send, spool; never raises but for a
         ``KeyboardInterrupt`` (or ``SystemExit``), re-raised once what it owed is kept."""
+        outcome = self._run(count, build)
+        self._outcomes.last = outcome
+        return outcome
+
+    def _run(self, count: int, build: Callable[[], Calls]) -> Outcome:
         refused = self.refusal()
         if refused is not None:
             if self._shutdown:

@@ -145,16 +145,23 @@ class _QueueDrops:
 class _Retiring:
     """The exporter as the SDK's batch processor sees it: each finished export retires its
     records from the journal (accepted, dropped and counted, or spooled: the exporter's
-    promise)."""
+    promise). An export the exporter refused (no API key, shut down) kept none of them: they
+    stay journaled, and the processor's shutdown spools them for the next exporter."""
 
     def __init__(self, exporter: Any, keeper: _Keeper) -> None:
         self._exporter = exporter
         self._keeper = keeper
 
     def export(self, batch: Sequence[Any]) -> Any:
-        seqs = self._keeper.take(len(batch))
+        keeper = self._keeper
+        seqs = keeper.take(len(batch))
+        core = keeper.core
+        if core is not None:
+            core.last_outcome()  # forget an earlier run's: only this export's counts
         result = self._exporter.export(batch)
-        self._keeper.retire(seqs)
+        outcome = core.last_outcome() if core is not None else None
+        if outcome is None or not outcome.refused:
+            keeper.retire(seqs)
         return result
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
@@ -246,11 +253,12 @@ class _Keeper:
         self._lock = threading.Lock()
         self.in_flight: collections.deque[int] = collections.deque()
         # The exporter's core (ours only: another exporter gets no journal).
-        self._core: ExporterCore | None = getattr(exporter, "_core", None)
+        core = getattr(exporter, "_core", None)
+        self.core: ExporterCore | None = core if isinstance(core, ExporterCore) else None
         self.journal: Journal | None = None
-        if isinstance(self._core, ExporterCore):
-            before_send = self._core.config.before_send is not None
-            self.journal = self._core.backlog.journal(before_send=before_send)
+        if self.core is not None:
+            before_send = self.core.config.before_send is not None
+            self.journal = self.core.backlog.journal(before_send=before_send)
 
     def _after_fork(self) -> None:
         # The SDK empties its queue in a forked child; the child's journal is its own.
@@ -317,9 +325,9 @@ class _Keeper:
     def close(self) -> None:
         """Spool what is still journaled (the queue could not export it), remove the journal."""
         journal = self.journal
-        if journal is None or self._core is None or self._pid != os.getpid():
+        if journal is None or self.core is None or self._pid != os.getpid():
             return
-        self._core.backlog.salvage(journal, self._core.calls_from_records)
+        self.core.backlog.salvage(journal, self.core.calls_from_records)
 
     def release_if_idle(self) -> None:
         """Remove the journal's files when nothing is outstanding (a process about to end)."""

@@ -694,3 +694,34 @@ def test_log_records_the_full_queue_dropped_are_counted(spool: Path, journaled: 
     assert max(delivered.values()) == 1
     assert len(delivered) + dropped == 11
     assert _journals(spool) == []
+
+
+@pytest.mark.parametrize("refusal", ["no-api-key", "shutdown"])
+def test_records_a_refused_export_did_not_keep_stay_journaled_and_are_spooled_at_shutdown(
+    spool: Path, receiver: LocalReceiver, refusal: str
+) -> None:
+    """An export the exporter refused (no key; the exporter shut down first) neither sent,
+    spooled nor counted its records: they stay journaled, the processor's shutdown spools
+    them, and the next exporter with a key (here ``altertable-otel replay``) delivers them."""
+    key = None if refusal == "no-api-key" else KEY
+    exporter = AltertableSpanExporter(api_key=key, endpoint=receiver.endpoint, spool_dir=spool)
+    processor = AltertableSpanProcessor(exporter, schedule_delay_millis=60_000)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    for i in range(3):
+        with tracer.start_as_current_span("s", attributes={"analytics.event": f"refused-{i}"}):
+            pass
+    if refusal == "shutdown":
+        exporter.shutdown()
+    journal = processor._keeper.journal
+    assert journal is not None
+    provider.force_flush(5000)  # the export runs, and is refused
+    assert journal.outstanding == 3
+    provider.shutdown()
+    assert _journals(spool) == []
+    assert spooled_items(spool) == 3
+    assert _counts(receiver, "refused-") == Counter()
+    replay = _replay(_env(receiver.endpoint, spool))
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert _counts(receiver, "refused-") == Counter({f"refused-{i}": 1 for i in range(3)})
