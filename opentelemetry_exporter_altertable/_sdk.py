@@ -113,6 +113,24 @@ def span_is_page_view(span: ReadableSpan) -> bool:
     return span.kind is SpanKind.SERVER and is_page_view(span_attributes(span), "server")
 
 
+def span_is_record(attrs: Attrs, kind: SpanKind, tagged_events: bool, pageviews: bool) -> bool:
+    """Whether a span is a record itself (its tagged events are records of their own).
+
+    It is when it is tagged; with ``pageviews``, also when it is an untagged server span that
+    served an HTML page and has no tagged event (such a span is its events' context, not a
+    page view). The live mapping and the processors' journal both decide by this, so a
+    journal recovered after a crash sends what the export would have sent.
+    """
+    if has_interest(attrs):
+        return True
+    return (
+        pageviews
+        and not tagged_events
+        and kind is SpanKind.SERVER
+        and is_page_view(attrs, "server")
+    )
+
+
 def records_from_spans(
     spans: Sequence[ReadableSpan], pageviews: bool = False
 ) -> tuple[list[Record], int]:
@@ -148,18 +166,13 @@ def records_from_spans(
             res_attrs = resource_attributes(resource)
             end = span.end_time or span.start_time or time.time_ns()
             records.append(Record.resource_only(res_attrs, end))
-        span_interesting = has_interest(attrs)
         tagged_events = [e for e in events if has_interest(_plain(e.attributes))] if events else ()
+        span_interesting = span_is_record(attrs, span.kind, bool(tagged_events), pageviews)
         if not span_interesting and not tagged_events:
-            if pageviews and span.kind is SpanKind.SERVER and is_page_view(attrs, "server"):
-                span_interesting = True  # a page view: the span itself is the record
-            else:
-                skipped += 1
-                if dropped and carries_identity(attrs):  # for the mapping's warning only
-                    records.append(
-                        Record(span.name, attrs, res_attrs, 0, dropped_attributes=dropped)
-                    )
-                continue
+            skipped += 1
+            if dropped and carries_identity(attrs):  # for the mapping's warning only
+                records.append(Record(span.name, attrs, res_attrs, 0, dropped_attributes=dropped))
+            continue
         ctx = span.context
         trace_id = ctx.trace_id if ctx is not None else 0
         span_id = ctx.span_id if ctx is not None else 0

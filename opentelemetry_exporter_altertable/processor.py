@@ -64,8 +64,8 @@ from ._sdk import (
     span_events,
     span_has_analytics_data,
     span_is_page_view,
+    span_is_record,
 )
-from ._web import is_page_view
 
 logger = logging.getLogger(__name__)
 
@@ -513,9 +513,8 @@ def _journal_span(journal: Journal, span: ReadableSpan, pageviews: bool) -> int:
             for e in span_events(span)
             if has_interest(plain := _plain(e.attributes))
         ]
-        is_record = has_interest(attrs) or (
-            pageviews and kind == "server" and is_page_view(attrs, "server")
-        )
+        # Decided as the live mapping decides (a page view only without tagged events).
+        is_record = span_is_record(attrs, kind_member, bool(events), pageviews)
         return journal.append_span(
             span,
             attrs,

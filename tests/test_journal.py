@@ -25,7 +25,7 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from support import spooled_items
+from support import ROOT, spooled_items
 
 from opentelemetry_exporter_altertable import (
     AltertableLogExporter,
@@ -106,8 +106,11 @@ def spool(tmp_path: Path) -> Path:
 
 
 def _env(endpoint: str, spool: Path, **extra: str) -> dict[str, str]:
+    # The children import the package under test, not whichever copy is installed.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return {
         **os.environ,
+        "PYTHONPATH": path,
         "OTEL_EXPORTER_ALTERTABLE_API_KEY": KEY,
         "OTEL_EXPORTER_ALTERTABLE_ENDPOINT": endpoint,
         "OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR": str(spool),
@@ -725,3 +728,59 @@ def test_records_a_refused_export_did_not_keep_stay_journaled_and_are_spooled_at
     replay = _replay(_env(receiver.endpoint, spool))
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert _counts(receiver, "refused-") == Counter({f"refused-{i}": 1 for i in range(3)})
+
+
+PAGE_CHILD = """
+import os, sys
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
+from opentelemetry_exporter_altertable import AltertableSpanExporter, AltertableSpanProcessor
+
+provider = TracerProvider()
+provider.add_span_processor(
+    AltertableSpanProcessor(AltertableSpanExporter(), schedule_delay_millis=60_000)
+)
+page = {
+    "http.request.method": "GET",
+    "http.response.status_code": 200,
+    "http.response.header.content-type": ("text/html; charset=utf-8",),
+    "url.scheme": "https",
+    "server.address": "shop.example",
+    "url.path": "/pricing",
+}
+tracer = provider.get_tracer("t")
+with tracer.start_as_current_span("GET /pricing", kind=SpanKind.SERVER, attributes=page) as span:
+    span.add_event("seen", {"analytics.event": "Pricing Seen", "user.id": "u1"})
+with tracer.start_as_current_span("GET /plain", kind=SpanKind.SERVER, attributes=page):
+    pass
+if sys.argv[1] == "kill":
+    os._exit(0)  # before any export: only the journal holds the spans
+provider.shutdown()
+"""
+
+
+def test_a_recovered_page_span_with_tagged_events_sends_what_the_live_export_sends(
+    tmp_path: Path,
+) -> None:
+    """The journal decides whether a span is a record (a page view) as the live mapping does:
+    a server HTML span with tagged events is their context, never a ``$pageview`` too."""
+    script = tmp_path / "page.py"
+    script.write_text(PAGE_CHILD)
+    events: dict[str, Counter[str]] = {}
+    for how in ("live", "kill"):
+        spool = tmp_path / f"spool-{how}"
+        with LocalReceiver() as receiver:
+            env = _env(receiver.endpoint, spool, OTEL_EXPORTER_ALTERTABLE_PAGEVIEWS="true")
+            run = subprocess.run(
+                [sys.executable, str(script), how],
+                env=env, capture_output=True, text=True, timeout=60, check=False,
+            )
+            assert run.returncode == 0, run.stderr
+            if how == "kill":
+                assert _counts(receiver, "") == Counter()
+                assert _journals(spool)
+                replay = _replay(env)
+                assert replay.returncode == 0, replay.stdout + replay.stderr
+            events[how] = _counts(receiver, "")
+    assert events["live"] == Counter({"Pricing Seen": 1, "$pageview": 1})  # the plain page
+    assert events["kill"] == events["live"]
