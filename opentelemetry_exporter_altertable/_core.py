@@ -380,7 +380,8 @@ class ExporterCore:
             return self._idle.wait_for(lambda: not self._active, deadline - time.monotonic())
 
     def _after_fork(self) -> None:
-        """In a forked child: fresh locks, connections and spool handle; counts carry over.
+        """In a forked child: fresh locks, connections and spool handle; counts carry over
+        (but drops the parent held back for its warning, which are the parent's to say).
 
         A lock another thread held at fork time would stay held in the child forever, and
         pooled sockets would be shared with the parent. Checked by pid on each run, so no
