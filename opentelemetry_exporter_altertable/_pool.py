@@ -10,7 +10,8 @@ everything else (chunks, deadline, retries, what an answer means) and talks to o
 - :class:`OwnSession`: a ``requests`` session the package builds, where only ``requests`` can
   go (a SOCKS proxy needs its adapter).
 - :class:`GivenSession`: a user's ``requests.Session``, used exactly as given: its hooks and
-  headers run, its environment is its own business, its requests are never cut short.
+  headers run, its environment is its own business, its requests are never cut short, and
+  its answer heads are not watched (:class:`HeadWatch` serves the package's own senders).
 
 What ``requests`` would read from the environment on every POST is read once, when a sender is
 made: proxies (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``, ``NO_PROXY``, credentials in
@@ -416,7 +417,14 @@ class GivenSession:
         return response.raw, response.status_code
 
     def abort(self) -> None:
-        """Nothing: a user's session is used as given, its requests end by the deadline."""
+        """Nothing: a user's session is used as given, and its requests are its own.
+
+        They do not all end by the export's deadline: ``requests`` applies the timeout to
+        each socket operation (connect, each send, each line of the answer's head), so a server
+        that drips its head can hold a request longer. Only the answer's body is read within
+        the deadline (:func:`._answers.read_stream`); :class:`HeadWatch` watches the package's
+        own senders alone.
+        """
 
     def close(self) -> None:
         """Nothing: the session is the user's to close."""

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import requests
 from faultserver import FaultServer
 from support import sample_spans, tagged_spans
 
@@ -92,6 +93,27 @@ def test_header_lines_dripped_do_not_hold_export_past_its_timeout() -> None:
         finally:
             exporter.shutdown()
     assert took < 2.0 + 1.5  # the timeout, plus a margin for a busy machine
+
+
+def test_a_session_you_pass_does_not_get_the_head_bound() -> None:
+    """What docs/settings.md and docs/delivery.md say: a ``requests.Session`` of your own is
+    used as given, its timeout bounds each read, so dripped header lines outlast the export's
+    timeout (the package's own pool cuts them, above)."""
+    with header_dripper(gap=0.3, lines=4) as endpoint, requests.Session() as session:
+        exporter = AltertableSpanExporter(
+            api_key="pk_test_deadline",
+            endpoint=endpoint,
+            timeout=0.5,
+            retry=RetryPolicy(total=0),
+            session=session,
+        )
+        try:
+            started = time.monotonic()
+            exporter.export(sample_spans(1))
+            took = time.monotonic() - started
+        finally:
+            exporter.shutdown()
+    assert took > 0.5 + 0.5  # four lines 0.3 s apart, each read within the 0.5 s timeout
 
 
 def test_time_spent_sending_the_body_is_part_of_the_deadline() -> None:
