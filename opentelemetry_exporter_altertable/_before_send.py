@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from ._config import BeforeSend
 from ._mapping import Calls, Payload
 from ._stats import Stats
+from ._text import clip
 from ._values import json_safe
 
 __all__ = ["apply_before_send"]
@@ -38,7 +39,7 @@ def apply_before_send(
                 stats.drop("before-send-error", 1)
                 warn_once(
                     "before-send-error",
-                    f"before_send raised {type(exc).__name__}: {str(exc)[:200]}; that call was "
+                    f"before_send raised {type(exc).__name__}: {clip(exc)}; that call was "
                     "dropped (counted as before-send-error; logged once)",
                 )
                 continue

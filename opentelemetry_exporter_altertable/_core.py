@@ -30,7 +30,7 @@ from ._before_send import apply_before_send
 from ._config import ExporterConfig, resolve_config
 from ._exit_watch import watch_interpreter_exit
 from ._identify_cache import IdentifyCache
-from ._mapping import Calls, MappingOptions, Record, map_records
+from ._mapping import Calls, MappingOptions, Record, identify_key, map_records
 from ._stats import DropReporter, Stats, self_metrics
 from ._transport import DeliveryReport, Transport
 from ._warn_once import WarnOnce
@@ -244,8 +244,9 @@ class ExporterCore:
     def _deliver(self, calls: Calls) -> Outcome:
         """Send (after replaying the spool) and keep what is owed."""
         deadline = time.monotonic() + self._config.timeout
+        identify_keys: list[str] = []
         if calls.identifies:
-            calls.identifies = self._identified.unseen(calls.identifies)
+            calls.identifies, identify_keys = self._identified.unseen(calls.identifies)
         self._stats.add("calls_built", len(calls))
         by_endpoint = calls.by_endpoint()
         try:
@@ -259,8 +260,8 @@ class ExporterCore:
         if not by_endpoint:
             return Outcome()
         report = self._send_all(by_endpoint, deadline)
-        if calls.identifies and "identify" not in report.pending and not report.rejected:
-            self._identified.remember(calls.identifies)
+        if identify_keys and "identify" not in report.pending and not report.rejected:
+            self._identified.remember(identify_keys)
         spooled = self._backlog.keep(report)
         if report.interrupted is not None:  # Ctrl-C mid-export: kept above, now re-raised
             raise report.interrupted
@@ -290,7 +291,7 @@ class ExporterCore:
                     self._config.before_send, calls, self._stats, self._warn_once.on_warning
                 )
             if calls.identifies:
-                calls.identifies = self._identified.unseen(calls.identifies)
+                calls.identifies, _ = self._identified.unseen(calls.identifies)
         except Exception:
             _logger.exception("Altertable: mapping failed unexpectedly")
             return "exception"
@@ -315,7 +316,7 @@ class ExporterCore:
             report = self._send_all(calls, deadline)
             identifies = calls.get("identify")
             if identifies and "identify" not in report.pending and not report.rejected:
-                self._identified.remember(identifies)
+                self._identified.remember(map(identify_key, identifies))
             if report.rejected:
                 self._drops.report(Counter(report.rejected), report.detail)
             return report
@@ -404,7 +405,8 @@ class ExporterCore:
             return self._idle.wait_for(lambda: not self._active, deadline - time.monotonic())
 
     def _after_fork(self) -> None:
-        """In a forked child: fresh locks, connections and spool handle; counts carry over.
+        """In a forked child: fresh locks, connections and spool handle; counts carry over
+        (but drops the parent held back for its warning, which are the parent's to say).
 
         A lock another thread held at fork time would stay held in the child forever, and
         pooled sockets would be shared with the parent. Checked by pid on each run, so no

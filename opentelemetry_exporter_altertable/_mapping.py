@@ -17,6 +17,7 @@ record.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,7 @@ __all__ = [
     "carries_identity",
     "format_timestamp",
     "has_interest",
+    "identify_key",
     "json_safe",
     "map_records",
     "resolve_environment",
@@ -287,7 +289,7 @@ class _Builder:
         self.calls = Calls()
         self._warn = options.on_warning
         self._resources: dict[int, _ResourceInfo] = {}
-        self._identify_keys: set[tuple[Any, ...]] = set()
+        self._identify_keys: set[str] = set()
         self._key_classes: dict[str, KeyClass] = {}
         self._exclude = options.properties_exclude
         self._planner = Planner(self._key_classes, self._exclude) if planned else None
@@ -370,10 +372,6 @@ class _Builder:
         traits: dict[str, Any],
         time_ns: int,
     ) -> None:
-        key = (resource.environment, distinct_id, anonymous_id, _freeze(traits))
-        if key in self._identify_keys:
-            return
-        self._identify_keys.add(key)
         payload: Payload = {
             "environment": resource.environment,
             "distinct_id": distinct_id,
@@ -382,6 +380,10 @@ class _Builder:
         }
         if anonymous_id is not None:
             payload["anonymous_id"] = anonymous_id
+        key = identify_key(payload)
+        if key in self._identify_keys:
+            return
+        self._identify_keys.add(key)
         self.calls.identifies.append(payload)
 
     def add(self, record: Record, res: _ResourceInfo) -> None:
@@ -600,13 +602,23 @@ def _scan_track(  # noqa: PLR0912  # the hot one-pass scan: a branch per key cla
     return properties, traits
 
 
-def _freeze(value: Any) -> Any:
-    """A hashable stand-in for a JSON-ready value (for deduplication keys)."""
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
-    return value
+def identify_key(payload: Mapping[str, Any]) -> str:
+    """What makes two identify payloads the same call (the timestamp aside): the one key
+    both the batch's deduplication and the exporter's cache of accepted identifies use.
+
+    Every field is taken whole, whatever a ``before_send`` hook left in it (lists and dicts
+    included), as canonical JSON: a string is always hashable, and JSON keeps apart what
+    Python equality merges (``true`` and ``1``, a dict and a list of its pairs). Payloads are
+    JSON-safe by construction (the mapping, then ``json_safe`` after the hook); ``repr`` is
+    only the last word for a value that is not.
+    """
+    get = payload.get
+    return json.dumps(
+        [get("environment"), get("distinct_id"), get("anonymous_id"), get("traits")],
+        sort_keys=True,
+        separators=(",", ":"),
+        default=repr,
+    )
 
 
 # --------------------------------------------------------------------------- entry points

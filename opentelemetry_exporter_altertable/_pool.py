@@ -10,7 +10,8 @@ everything else (chunks, deadline, retries, what an answer means) and talks to o
 - :class:`OwnSession`: a ``requests`` session the package builds, where only ``requests`` can
   go (a SOCKS proxy needs its adapter).
 - :class:`GivenSession`: a user's ``requests.Session``, used exactly as given: its hooks and
-  headers run, its environment is its own business, its requests are never cut short.
+  headers run, its environment is its own business, its requests are never cut short, and
+  its answer heads are not watched (:class:`HeadWatch` serves the package's own senders).
 
 What ``requests`` would read from the environment on every POST is read once, when a sender is
 made: proxies (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY``, ``NO_PROXY``, credentials in
@@ -104,16 +105,18 @@ def _shut(sock: socket.socket) -> None:
 
 
 class HeadWatch:
-    """One thread that keeps every answer head read on a sender's connections within its
-    request's timeout, as a whole rather than per read.
+    """One thread that keeps every request on a sender's connections, from its first byte
+    sent to the last line of its answer's head, within its request's timeout as a whole
+    rather than per socket operation.
 
-    The status line and each header line are separate reads, each with the socket's timeout:
-    a server sending one header line every half second would hold an export for as long as
-    it likes. A socket whose head has not arrived once the request's timeout (what is left of
-    the export's deadline, as the transport passes it) has run out is shut down; the read then
-    fails as a dropped connection would. The body's reads are bounded by
-    :func:`._answers.read_stream`. One thread for all requests (started on demand, gone
-    after a minute idle), because a timer per request costs a thread start per POST.
+    Each send of the body and each line of the head is a separate socket operation, each with
+    the socket's timeout: a server reading the body slowly, or sending one header line every
+    half second, would hold an export for as long as it likes. A socket whose head has not
+    arrived once the request's timeout (what is left of the export's deadline, as the
+    transport passes it) has run out is shut down; the send or read then fails as a dropped
+    connection would. The body's reads are bounded by :func:`._answers.read_stream`. One
+    thread for all requests (started on demand, gone after a minute idle), because a timer
+    per request costs a thread start per POST.
     """
 
     IDLE = 60.0
@@ -164,18 +167,44 @@ class HeadWatch:
 
 
 def answer_within_deadline(base: type[Any], watch: HeadWatch) -> type[Any]:
-    """``base`` (a urllib3 connection class) whose answer head arrives within the request's
-    timeout as a whole, kept so by ``watch``."""
+    """``base`` (a urllib3 connection class) whose request is sent and whose answer head
+    arrives within the request's timeout as a whole, kept so by ``watch``.
+
+    urllib3 sets the connection's ``timeout`` to the connect timeout just before sending:
+    with a total (:class:`urllib3.Timeout`, as :class:`OwnPool` passes it), that is what is
+    left of the request's time, so the watch ends where the request's deadline does.
+    """
 
     class DeadlineConnection(base):  # type: ignore[misc]
-        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-            budget = self.timeout  # the read timeout urllib3 set for this request
+        _watch_key: int | None = None
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            budget = self.timeout
+            if not isinstance(budget, (int, float)):
+                budget = None
+            if budget is not None and self.sock is None:
+                self.connect()  # what sending would do first: the socket must exist to watch it
             sock = self.sock
-            if not isinstance(budget, (int, float)) or sock is None:
-                budget = sock.gettimeout() if sock is not None else None
             if budget is None or sock is None:
-                return super().getresponse(*args, **kwargs)
+                super().request(*args, **kwargs)
+                return
             key = watch.watch(sock, float(budget))
+            try:
+                super().request(*args, **kwargs)
+            except BaseException:
+                watch.done(key)
+                raise
+            self._watch_key = key
+
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            key, self._watch_key = self._watch_key, None
+            if key is None:  # not watched since the request began: watch the head alone
+                budget, sock = self.timeout, self.sock
+                if not isinstance(budget, (int, float)) or sock is None:
+                    budget = sock.gettimeout() if sock is not None else None
+                if budget is None or sock is None:
+                    return super().getresponse(*args, **kwargs)
+                key = watch.watch(sock, float(budget))
             try:
                 return super().getresponse(*args, **kwargs)
             finally:
@@ -274,7 +303,7 @@ class OwnPool:
                 target,
                 body=body,
                 headers=headers,
-                timeout=timeout,
+                timeout=urllib3.Timeout(total=timeout),
                 retries=False,
                 redirect=False,
                 assert_same_host=False,
@@ -287,7 +316,7 @@ class OwnPool:
                 url,
                 body=body,
                 headers=headers,
-                timeout=timeout,
+                timeout=urllib3.Timeout(total=timeout),
                 retries=False,
                 redirect=False,
                 preload_content=False,
@@ -388,7 +417,14 @@ class GivenSession:
         return response.raw, response.status_code
 
     def abort(self) -> None:
-        """Nothing: a user's session is used as given, its requests end by the deadline."""
+        """Nothing: a user's session is used as given, and its requests are its own.
+
+        They do not all end by the export's deadline: ``requests`` applies the timeout to
+        each socket operation (connect, each send, each line of the answer's head), so a server
+        that drips its head can hold a request longer. Only the answer's body is read within
+        the deadline (:func:`._answers.read_stream`); :class:`HeadWatch` watches the package's
+        own senders alone.
+        """
 
     def close(self) -> None:
         """Nothing: the session is the user's to close."""

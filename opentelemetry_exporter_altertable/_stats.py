@@ -143,8 +143,12 @@ class DropReporter:
         )
 
     def reset_after_fork(self) -> None:
+        """In a forked child: a fresh lock, and nothing held back. What the parent held is
+        the parent's to say (its timer or shutdown does); the child would say it twice."""
         self._lock = threading.Lock()
         self._timer = None  # the parent's timer thread does not exist here
+        self._pending = Counter()
+        self._detail = ""
 
 
 class SelfMetrics:

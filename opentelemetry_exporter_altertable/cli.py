@@ -4,7 +4,9 @@
 ``bridge._cli``), ``replay`` (in ``_replay``) and ``check``, which sends one test event with
 the exporters' settings and explains the answer. Each subcommand is one
 ``add_<name>(subparsers)`` function that registers its arguments and its ``run`` function;
-``main`` only dispatches.
+``main`` only dispatches. Subcommands' modules are imported when the parser is built, not
+when this module is: and the receiver package loads its server, store and query engine only
+when ``serve`` or ``query`` runs, not for every command.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Any
 
 from . import environment_variables as ev
 from ._command import PROG, CommandError
-from .receiver._cli import add_query, add_serve
 from .version import __version__
 
 __all__ = ["PROG", "CommandError", "build_parser", "main"]
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    from .receiver._cli import add_query, add_serve  # here, not at import: see the module doc
+
     for add in (add_serve, add_query, _add_check, _add_bridge, _add_replay):
         add(subparsers)
     return parser

@@ -248,6 +248,23 @@ def test_query_streams_a_large_result(served: Served, capsys: pytest.CaptureFixt
     assert rows[-1] == [199999, "x" * 50]
 
 
+def test_the_command_line_loads_the_receiver_only_for_its_own_commands() -> None:
+    """``check``, ``replay`` and ``bridge`` build the same parser as ``serve``: building it
+    must not import the receiver's server, store and query engine (about 35 ms each run)."""
+    script = (
+        "import sys\n"
+        "from opentelemetry_exporter_altertable.cli import build_parser\n"
+        "build_parser().parse_args(['check'])\n"
+        "print(sorted(m for m in sys.modules if '.receiver.' in m))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = done.stdout.strip()
+    for heavy in ("_local", "_store", "_app", "_query", "_server", "_validation"):
+        assert f"receiver.{heavy}'" not in loaded, loaded
+
+
 def test_no_command_prints_help() -> None:
     assert main([]) == 2
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import requests
-from faultserver import FaultServer
+from faultserver import FaultServer, bad_request
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from otel_builders import finished_spans
@@ -133,6 +133,44 @@ def test_forked_child_exports_on_its_own_connections(given_session: bool) -> Non
         assert child_connections.isdisjoint(parent_connections)
         # The parent's pooled connection survived the child: it never had to reconnect.
         assert len(parent_connections) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_a_forked_child_does_not_repeat_the_parents_held_back_drops(tmp_path: Path) -> None:
+    """Drops the parent holds back for its next warning are the parent's to say: the child
+    warns about its own drops only (it used to say the parent's again)."""
+    said = tmp_path / "child-said.txt"
+    with FaultServer() as server:
+        server.set_default(bad_request(), "/track")  # every track refused for good: dropped
+        exporter = AltertableSpanExporter(
+            api_key="pk_test_fork", endpoint=server.endpoint, timeout=5, retry=NO_RETRY
+        )
+        try:
+            exporter.export(_spans("parent-0"))  # said at once
+            exporter.export(_spans("parent-1", "parent-2"))  # held back for the interval
+            pid = os.fork()
+            if pid == 0:  # the child: one drop of its own, then shutdown says what it holds
+                code = 3
+                try:
+                    lines: list[str] = []
+                    handler = logging.Handler()
+                    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+                    logging.getLogger("opentelemetry_exporter_altertable").addHandler(handler)
+                    exporter.export(_spans("child-0"))
+                    exporter.shutdown()
+                    said.write_text("\n".join(line for line in lines if "dropped" in line))
+                    code = 0
+                except BaseException:
+                    code = 2
+                finally:
+                    os._exit(code)
+            assert _wait_for_child(pid, CHILD_TIMEOUT) == 0
+        finally:
+            exporter.shutdown()
+    [line] = said.read_text().splitlines()
+    assert line.startswith("Altertable exporter dropped 1 call(s) (1 invalid-event)"), line
+    assert "child-0" in line
 
 
 # ---------------------------------------------------------------------------- spool

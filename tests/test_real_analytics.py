@@ -191,6 +191,36 @@ def test_before_send_scrubs_drops_and_survives_a_broken_hook(
     assert len(hook_lines) == 1, hook_lines  # logged once
 
 
+class Unprintable(Exception):
+    """An exception whose message cannot be built: ``str()`` of it raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+def test_a_hook_exception_that_cannot_be_printed_drops_only_its_call(
+    receiver: LocalReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    def hook(endpoint: str, payload: dict[str, Any]) -> Any:
+        if endpoint == "track" and payload["event"] == "Boom":
+            raise Unprintable
+        return payload
+
+    exporter = exporter_for(receiver, before_send=hook)
+    spans = [
+        finished_span("a", {"analytics.event": "Order Placed", "user.id": "u1"}),
+        finished_span("b", {"analytics.event": "Boom", "user.id": "u1"}),
+        finished_span("c", {"analytics.event": "Order Shipped", "user.id": "u1"}),
+    ]
+    with caplog.at_level(logging.WARNING):
+        assert exporter.export(spans).name == "SUCCESS"
+    exporter.shutdown()
+    assert [e for e, _, _ in stored(receiver)] == ["Order Placed", "Order Shipped"]
+    assert exporter.stats()["dropped_by_reason"] == {"before-send-error": 1}
+    [line] = [r.getMessage() for r in caplog.records if "before_send" in r.getMessage()]
+    assert "Unprintable" in line
+
+
 def test_before_send_is_argument_only_and_must_be_callable() -> None:
     with pytest.raises(ValueError, match="before_send"):
         AltertableSpanExporter(api_key=KEY, before_send="not callable")  # type: ignore[arg-type]
