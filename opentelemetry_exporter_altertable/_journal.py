@@ -22,7 +22,10 @@ shrinks back to its header. A torn or damaged line (a process
 killed mid-append, a full disk) is skipped, never fatal. A live journal holds a POSIX record
 lock (``lockf``) on each of its files: the kernel drops it when the process dies, so a
 recoverer tells a dead journal from a live one by the lock, not by the pid (pids are reused,
-and every container's first process is pid 1). Two recoverers exclude each other the same way.
+and every container's first process is pid 1). Two recoverers in different processes exclude
+each other the same way; two threads of one process (a span and a log exporter, the bridge's
+keeper) cannot, since the lock is the process's, so recovery also takes a lock of the process
+per directory (see :func:`recover_directory`).
 A file of another format version is left alone and reported.
 """
 
@@ -67,6 +70,10 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 #: that owns them (a POSIX lock does not exclude its own process). Inherited tokens of a
 #: parent are told apart by the pid.
 _OWN_TOKENS: dict[str, int] = {}
+
+#: One recovery at a time per directory in a process, keyed by (pid, directory's device and
+#: inode): a forked child's key differs, so a lock a parent's thread held at the fork is moot.
+_RECOVERING: dict[tuple[int, int, int], threading.Lock] = {}
 
 
 def _dumps(value: Any) -> bytes:
@@ -585,9 +592,30 @@ def recover_directory(
     returns True (a crash in between sends them again: at least once, never lost).
 
     Never raises for disk trouble: a file that cannot be read or locked is left for later.
+    While another thread of this process recovers the same directory this returns an empty
+    :class:`Scan` at once: the journals are that thread's to take (a POSIX lock would not keep
+    the two apart, and would let both send the same journal).
     """
-    scan = Scan()
     base = Path(os.fspath(directory))
+    try:
+        st = os.stat(base)
+    except OSError:
+        return Scan()
+    # setdefault is atomic: two threads get the same lock, with no lock around the dict.
+    lock = _RECOVERING.setdefault((os.getpid(), st.st_dev, st.st_ino), threading.Lock())
+    if not lock.acquire(blocking=False):
+        return Scan()
+    try:
+        return _recover_locked(base, keep, may_send_scrubbed)
+    finally:
+        lock.release()
+
+
+def _recover_locked(
+    base: Path, keep: Callable[[list[Recovered]], bool], may_send_scrubbed: bool
+) -> Scan:
+    """:func:`recover_directory`, with this process's recovery lock on ``base`` held."""
+    scan = Scan()
     try:
         names = os.listdir(base)
     except OSError:

@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -84,6 +85,10 @@ elif how == "forks":
             os.waitpid(children.pop(0), 0)
     for pid in children:
         os.waitpid(pid, 0)
+    os._exit(0)
+elif how == "exit":  # past every exit hook, as Celery and multiprocessing children leave
+    for i in range(n):
+        end(f"{prefix}{i}")
     os._exit(0)
 else:
     for i in range(n):
@@ -399,6 +404,37 @@ def test_two_replayers_at_once_deliver_each_record_once(
     counts = _counts(receiver, "pair-")
     assert len(counts) == 160
     assert max(counts.values()) == 1
+
+
+def test_two_threads_recovering_at_once_take_each_dead_journal_once(
+    tmp_path: Path, spool: Path, receiver: LocalReceiver
+) -> None:
+    """POSIX record locks belong to a process: two threads of one (a span and a log exporter
+    looking for dead journals at the same moment) must not both take the same journal."""
+    env = _env(receiver.endpoint, spool)
+    assert _child(tmp_path, env, "exit", "threads-", 50).returncode == 0
+    assert len(_journals(spool)) == 1
+    kept: list[Any] = []
+    start = threading.Barrier(2)
+
+    def keep(recs: list[Any]) -> bool:
+        kept.extend(recs)
+        time.sleep(0.3)  # a slow spool: the other thread has every chance to look meanwhile
+        return True
+
+    def recover() -> None:
+        start.wait(10)
+        recover_directory(spool, keep, may_send_scrubbed=False)
+
+    threads = [threading.Thread(target=recover) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    ids = Counter(r.attrs["analytics.event"] for rec in kept for r in rec.records if r.name)
+    assert set(ids) == {f"threads-{i}" for i in range(50)}
+    assert max(ids.values()) == 1
+    assert _journals(spool) == []
 
 
 def test_sigkill_in_the_middle_of_a_replay(
