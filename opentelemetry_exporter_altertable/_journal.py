@@ -283,15 +283,18 @@ class Journal:
                 self.unjournaled,
             )
 
-    def _resource_id(self, segment: _Segment, resource: object, attrs: Attrs) -> tuple[int, bytes]:
-        """The resource's id in ``segment``, and its line when the segment has not seen it."""
+    def _resource_id(self, segment: _Segment, resource: object, attrs: Attrs) -> int:
+        """The resource's id in ``segment``, writing its line first when the segment has not
+        seen it. Registered only once the line is on disk: if the write fails (a full disk),
+        the next entry writes it again instead of naming a resource the file does not hold."""
         known = segment.resources.get(id(resource))
         if known is not None and known[0] is resource:
-            return known[1], b""
+            return known[1]
         self._resource_ids += 1
         rid = self._resource_ids
+        self._write(segment, _line(b"R", rid, _dumps(dict(attrs))))
         segment.resources[id(resource)] = (resource, rid)
-        return rid, _line(b"R", rid, _dumps(dict(attrs)))
+        return rid
 
     def append_span(
         self,
@@ -339,9 +342,7 @@ class Journal:
         payload = _dumps(entry)
 
         def body_of(segment: _Segment) -> bytes:
-            rid, line = self._resource_id(segment, resource, resource_attrs)
-            if line:
-                self._write(segment, line)
+            rid = self._resource_id(segment, resource, resource_attrs)
             return b"%d %s" % (rid, payload)
 
         return self._append(kind, body_of)

@@ -334,6 +334,56 @@ def test_append_calls_is_durable_and_recovered(spool: Path) -> None:
     assert _journals(spool) == []
 
 
+_RESOURCE_WRITE_FAILS = """
+import os, resource, signal, sys
+from types import SimpleNamespace
+from opentelemetry_exporter_altertable._journal import Journal
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+journal = Journal(sys.argv[1], max_bytes=1 << 20)
+res = {"service.name": "svc", "service.version": "1.2.3"}
+
+
+def log(uid):
+    record = SimpleNamespace(
+        event_name=uid, body=None, timestamp=1, observed_timestamp=1, trace_id=0, span_id=0
+    )
+    return journal.append_log(record, res, res, {"analytics.event": uid})
+
+
+with journal.lock:
+    assert journal.append_calls({"track": [{"event": "first"}]})  # the segment is open
+    (path,) = [s.path for s in journal._segments]
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size, limits[1]))
+    assert log("res-lost") == 0  # its resource line could not be written: not journaled
+    resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+    assert log("res-kept")
+os._exit(0)
+"""
+
+
+def test_a_resource_line_that_could_not_be_written_is_written_with_the_next_entry(
+    spool: Path,
+) -> None:
+    """A failed write of a resource's line must not leave later entries naming a resource
+    the file does not hold (they would be recovered without service.name or $release)."""
+    spool.mkdir(mode=0o700)
+    child = subprocess.run(
+        [sys.executable, "-c", _RESOURCE_WRITE_FAILS, str(spool)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    kept: list[Any] = []
+    scan = recover_directory(spool, lambda recs: kept.extend(recs) or True, may_send_scrubbed=False)
+    assert scan.recovered == 1
+    (rec,) = kept
+    assert rec.calls == {"track": [{"event": "first"}]}
+    (record,) = [r for r in rec.records if r.name]
+    assert record.name == "res-kept"
+    assert record.resource == {"service.name": "svc", "service.version": "1.2.3"}
+
+
 # ------------------------------------------------------------------ dead processes
 
 
