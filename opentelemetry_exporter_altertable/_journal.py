@@ -46,10 +46,14 @@ from pathlib import Path
 from typing import Any
 
 from ._mapping import EMPTY, Attrs, Record
+from ._spool import _pid_alive
 from ._text import LIMIT, clip
 from ._values import json_safe
 
-try:  # POSIX record locks; elsewhere a journal is judged by its pid alone
+# POSIX record locks; elsewhere a journal is judged by its pid alone, through the spool's
+# check, which never signals there (os.kill(pid, 0) ends a process on Windows) and so counts
+# any other process's journal as alive: left for that process's own shutdown to salvage.
+try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
@@ -763,13 +767,3 @@ def _header_meta(data: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return meta if isinstance(meta, dict) else {}
-
-
-def _pid_alive(pid: int) -> bool:  # pragma: no cover - only where POSIX locks are missing
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True

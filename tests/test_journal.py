@@ -25,12 +25,14 @@ from faultserver import FaultServer, hang
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.trace import TracerProvider
+from support import dead_pid
 
 from opentelemetry_exporter_altertable import (
     AltertableLogExporter,
     AltertableLogRecordProcessor,
     AltertableSpanExporter,
     AltertableSpanProcessor,
+    _journal,
 )
 from opentelemetry_exporter_altertable._journal import Journal, recover_directory
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
@@ -382,6 +384,23 @@ def test_a_resource_line_that_could_not_be_written_is_written_with_the_next_entr
     (record,) = [r for r in rec.records if r.name]
     assert record.name == "res-kept"
     assert record.resource == {"service.name": "svc", "service.version": "1.2.3"}
+
+
+def test_without_posix_locks_recovery_never_signals_the_journals_pid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where there are no record locks (Windows) a journal is judged by its pid, and there
+    ``os.kill(pid, 0)`` would end the process that has the pid, not probe it: the journal's
+    check is the spool's, which never signals off POSIX and counts the pid as alive."""
+    signalled: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: signalled.append((pid, sig)))
+    monkeypatch.setattr(os, "name", "nt")  # only around the call: pathlib reads it too
+    try:
+        alive = _journal._pid_alive(dead_pid())
+    finally:
+        monkeypatch.undo()
+    assert signalled == []
+    assert alive is True
 
 
 # ------------------------------------------------------------------ dead processes
