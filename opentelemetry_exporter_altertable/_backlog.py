@@ -89,14 +89,17 @@ class Backlog:
         """Re-send spooled calls, oldest first, while the API accepts them.
 
         Now and then it first looks for journals of processes that died meanwhile (pool
-        children, recycled workers), so a long-running parent delivers what they left.
+        children, recycled workers), so a long-running parent delivers what they left. That
+        look keeps ``deadline`` too: journals it has no time for are left to the next export.
         """
         if (
             self._recovery is not None
             and not transport.exiting
             and time.monotonic() - self._recovered_at >= RECOVER_INTERVAL
         ):
-            self.recover(*self._recovery)
+            scan = self.recover(*self._recovery, deadline=deadline)
+            if scan is not None and scan.deferred:
+                self.recover_soon()  # cut short: the next export goes on where this one stopped
         if self._spool is None or not self._may_have_files or transport.exiting:
             return  # at exit, the little time left is for this export's own calls
         try:
@@ -182,6 +185,11 @@ class Backlog:
         if self._spool is not None:
             self._open()
 
+    def recover_soon(self) -> None:
+        """Have the next :meth:`replay` look for dead processes' journals (within its export's
+        deadline) rather than wait out :data:`RECOVER_INTERVAL`."""
+        self._recovered_at = float("-inf")
+
     # ------------------------------------------------------------------ journals
 
     def journal(self, *, before_send: bool) -> Journal | None:
@@ -196,11 +204,14 @@ class Backlog:
             prepare_dir=spool._ensure_dir,
         )
 
-    def recover(self, to_calls: ToCalls, before_send: bool) -> Scan | None:
+    def recover(
+        self, to_calls: ToCalls, before_send: bool, *, deadline: float | None = None
+    ) -> Scan | None:
         """Spool what the journals of dead processes hold; one log line per process.
 
         Only an exporter with a ``before_send`` hook recovers journals written by one: the hook
-        may scrub personal data, and a recoverer without it would send them unscrubbed.
+        may scrub personal data, and a recoverer without it would send them unscrubbed. With a
+        ``deadline`` (an export's) no journal is taken past it; the rest stay on disk.
         """
         spool = self._spool
         self._recovery = (to_calls, before_send)
@@ -212,6 +223,7 @@ class Backlog:
                 spool.directory,
                 lambda recs: self._keep_recovered(spool, recs, to_calls, salvaged=False),
                 may_send_scrubbed=before_send,
+                deadline=deadline,
             )
         except ValueError as exc:  # the spool directory became unsafe to use
             self._disable(exc)

@@ -577,10 +577,14 @@ class Scan:
     """Journals written by an exporter with ``before_send``: left for an exporter with one."""
     not_kept: int = 0
     """Journals whose records ``keep`` could not take (a full or failing spool)."""
+    deferred: int = 0
+    """Journals not looked at: the caller's deadline came first (a later pass takes them)."""
 
     @property
     def remaining(self) -> int:
-        return self.alive + self.other_version + self.needs_before_send + self.not_kept
+        return (
+            self.alive + self.other_version + self.needs_before_send + self.not_kept + self.deferred
+        )
 
 
 #: Dead journals recovered together (one ``keep`` call: few spool parcels, few requests).
@@ -592,9 +596,13 @@ def recover_directory(
     keep: Callable[[list[Recovered]], bool],
     *,
     may_send_scrubbed: bool,
+    deadline: float | None = None,
 ) -> Scan:
     """Hand dead processes' journals to ``keep``, a batch at a time; delete them once ``keep``
     returns True (a crash in between sends them again: at least once, never lost).
+
+    With a ``deadline`` (``time.monotonic()``; an export's), no journal is taken once it has
+    passed: the batch taken so far is kept, the rest counted as ``deferred`` and left on disk.
 
     Never raises for disk trouble: a file that cannot be read or locked is left for later.
     While another thread of this process recovers the same directory this returns an empty
@@ -611,13 +619,16 @@ def recover_directory(
     if not lock.acquire(blocking=False):
         return Scan()
     try:
-        return _recover_locked(base, keep, may_send_scrubbed)
+        return _recover_locked(base, keep, may_send_scrubbed, deadline)
     finally:
         lock.release()
 
 
 def _recover_locked(
-    base: Path, keep: Callable[[list[Recovered]], bool], may_send_scrubbed: bool
+    base: Path,
+    keep: Callable[[list[Recovered]], bool],
+    may_send_scrubbed: bool,
+    deadline: float | None,
 ) -> Scan:
     """:func:`recover_directory`, with this process's recovery lock on ``base`` held."""
     scan = Scan()
@@ -637,9 +648,13 @@ def _recover_locked(
     me = os.getpid()
     batch: list[tuple[Recovered, list[tuple[Path, int]]]] = []
     try:
-        for (pid, token), files in sorted(groups.items()):
-            if _OWN_TOKENS.get(token) == me:
-                continue
+        others = [
+            (key, files) for key, files in sorted(groups.items()) if _OWN_TOKENS.get(key[1]) != me
+        ]
+        for index, ((pid, _token), files) in enumerate(others):
+            if deadline is not None and time.monotonic() >= deadline:
+                scan.deferred += len(others) - index
+                break
             names_in_order = [name for _, name in sorted(files)]
             found = _take_one(base, pid, names_in_order, may_send_scrubbed, scan)
             if found is not None:

@@ -25,13 +25,14 @@ from faultserver import FaultServer, hang
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.trace import TracerProvider
-from support import dead_pid
+from support import dead_pid, refusing_endpoint, spooled_calls
 
 from opentelemetry_exporter_altertable import (
     AltertableLogExporter,
     AltertableLogRecordProcessor,
     AltertableSpanExporter,
     AltertableSpanProcessor,
+    _backlog,
     _journal,
 )
 from opentelemetry_exporter_altertable._journal import Journal, recover_directory
@@ -727,3 +728,108 @@ def test_segments_rotate_and_retired_entries_leave_disk_and_recovery(
     assert _journals(spool) == []
     counts = _counts(receiver, "seg-")
     assert len(counts) == 320 and max(counts.values()) == 1
+
+
+# ------------------------------------------------------------------ recovery within a deadline
+
+#: A process that leaves ``journals`` dead journals of ``per`` tagged log records each.
+_MANY_JOURNALS = """
+import os, sys
+from types import SimpleNamespace
+from opentelemetry_exporter_altertable._journal import Journal
+
+directory, prefix, journals, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+res = {"service.name": "svc"}
+os.makedirs(directory, mode=0o700, exist_ok=True)
+for j in range(journals):
+    journal = Journal(directory, max_bytes=1 << 24)
+    with journal.lock:
+        for i in range(per):
+            uid = f"{prefix}{j}-{i}"
+            record = SimpleNamespace(
+                event_name=uid, body=None, timestamp=1, observed_timestamp=1, trace_id=0, span_id=0
+            )
+            assert journal.append_log(record, res, res, {"analytics.event": uid})
+    journal.close()  # outstanding entries: the files stay, as a dead process leaves them
+os._exit(0)
+"""
+JOURNALS, PER_JOURNAL = 1000, 40  # about 1.5 s of recovery, far past the export's deadline
+EXPORT_TIMEOUT, MARGIN = 0.25, 0.5
+
+
+def _leave_journals(spool: Path, prefix: str) -> None:
+    subprocess.run(
+        [sys.executable, "-c", _MANY_JOURNALS, str(spool), prefix, str(JOURNALS), str(PER_JOURNAL)],
+        check=True, timeout=120,
+    )
+
+
+def _each_once(events: Counter[str], prefix: str) -> None:
+    assert set(events) == {f"{prefix}{j}-{i}" for j in range(JOURNALS) for i in range(PER_JOURNAL)}
+    assert max(events.values()) == 1
+
+
+def test_recovery_in_an_export_keeps_the_exports_deadline(
+    spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many dead journals: an export takes what it has time for, the next ones the rest,
+    each record once."""
+    with refusing_endpoint() as endpoint:
+        exporter = AltertableSpanExporter(
+            api_key=KEY, endpoint=endpoint, spool_dir=spool, timeout=EXPORT_TIMEOUT
+        )
+        try:
+            _leave_journals(spool, "late-")
+            monkeypatch.setattr(_backlog, "RECOVER_INTERVAL", 0.0)  # this export looks
+            started = time.monotonic()
+            exporter.export([])
+            assert time.monotonic() - started < EXPORT_TIMEOUT + MARGIN
+            assert _journals(spool)  # the rest waits for the next exports
+            for _ in range(200):
+                if not _journals(spool):
+                    break
+                started = time.monotonic()
+                exporter.export([])
+                assert time.monotonic() - started < EXPORT_TIMEOUT + MARGIN
+            assert _journals(spool) == []
+        finally:
+            exporter.shutdown()
+    events = Counter(call["event"] for call in spooled_calls(spool)["track"])
+    _each_once(events, "late-")
+
+
+_FORKED_EXPORT = """
+import os, subprocess, sys, time
+from opentelemetry_exporter_altertable import AltertableSpanExporter
+
+spool, endpoint, timeout, maker = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+exporter = AltertableSpanExporter(api_key="k", endpoint=endpoint, spool_dir=spool, timeout=timeout)
+subprocess.run([sys.executable, "-c", maker, spool, *sys.argv[5:]], check=True)
+pid = os.fork()
+if pid == 0:  # a pool child's first export looks for dead journals, within its deadline
+    started = time.monotonic()
+    exporter.export([])
+    print(time.monotonic() - started, flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_the_first_export_after_a_fork_recovers_within_its_deadline(spool: Path) -> None:
+    with refusing_endpoint() as endpoint:
+        run = subprocess.run(
+            [
+                sys.executable, "-c", _FORKED_EXPORT, str(spool), endpoint, str(EXPORT_TIMEOUT),
+                _MANY_JOURNALS, "forked-", str(JOURNALS), str(PER_JOURNAL),
+            ],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout) < EXPORT_TIMEOUT + MARGIN
+    assert _journals(spool)  # the rest waits for a later export (here: the look below)
+    kept: list[Any] = []
+    scan = recover_directory(spool, lambda recs: kept.extend(recs) or True, may_send_scrubbed=False)
+    assert scan.remaining == 0
+    events = Counter(call["event"] for call in spooled_calls(spool).get("track", []))
+    events.update(r.name for rec in kept for r in rec.records if r.name)
+    _each_once(events, "forked-")
