@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from . import environment_variables as ev
 from ._answers import CONFIG_ERRORS
@@ -245,14 +246,9 @@ class Backlog:
     def _keep_recovered(
         self, spool: Spool, recs: list[Recovered], to_calls: ToCalls, *, salvaged: bool
     ) -> bool:
-        calls: dict[str, list[dict[str, object]]] = {}
-        for rec in recs:
-            mapped = to_calls(rec.records).by_endpoint() if rec.records else {}
-            for source in (mapped, rec.calls):
-                for endpoint, items in source.items():
-                    calls.setdefault(endpoint, []).extend(items)
+        calls = recovered_calls(recs, to_calls)
         total = sum(len(items) for items in calls.values())
-        for parcel in _parcels(calls, RECOVERED_PER_PARCEL):
+        for parcel in parcels(calls, RECOVERED_PER_PARCEL):
             if not spool.put(parcel, reason="retryable"):
                 return False  # the journal stays: whoever comes next tries again
         self._may_have_files = self._may_have_files or total > 0
@@ -274,14 +270,25 @@ class Backlog:
         return True
 
 
-def _parcels(
-    calls: dict[str, list[dict[str, object]]], size: int
-) -> Iterable[dict[str, list[dict[str, object]]]]:
-    for endpoint in ("identify", "alias", "track"):
+def recovered_calls(recs: Sequence[Recovered], to_calls: ToCalls) -> dict[str, list[Any]]:
+    """What recovered journals owe, by endpoint: each one's records mapped by ``to_calls``
+    (the recovering exporter's settings and ``before_send``), then the calls it held mapped
+    already. The spool and the bridge's journal both keep exactly this."""
+    calls: dict[str, list[Any]] = {}
+    for rec in recs:
+        mapped = to_calls(rec.records).by_endpoint() if rec.records else {}
+        for source in (mapped, rec.calls):
+            for endpoint, items in source.items():
+                calls.setdefault(endpoint, []).extend(items)
+    return calls
+
+
+def parcels(calls: Mapping[str, list[Any]], size: int) -> Iterator[dict[str, list[Any]]]:
+    """``calls`` in parcels of at most ``size``, one endpoint each: identifies, then aliases,
+    then tracks (the order an export sends them in), then any other endpoint."""
+    order = ["identify", "alias", "track"]
+    order += [endpoint for endpoint in calls if endpoint not in order]
+    for endpoint in order:
         items = calls.get(endpoint, [])
         for start in range(0, len(items), size):
             yield {endpoint: items[start : start + size]}
-    for endpoint, items in calls.items():
-        if endpoint not in ("identify", "alias", "track"):
-            for start in range(0, len(items), size):
-                yield {endpoint: items[start : start + size]}
