@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from . import environment_variables as ev
 from ._answers import CONFIG_ERRORS
@@ -89,14 +90,17 @@ class Backlog:
         """Re-send spooled calls, oldest first, while the API accepts them.
 
         Now and then it first looks for journals of processes that died meanwhile (pool
-        children, recycled workers), so a long-running parent delivers what they left.
+        children, recycled workers), so a long-running parent delivers what they left. That
+        look keeps ``deadline`` too: journals it has no time for are left to the next export.
         """
         if (
             self._recovery is not None
             and not transport.exiting
             and time.monotonic() - self._recovered_at >= RECOVER_INTERVAL
         ):
-            self.recover(*self._recovery)
+            scan = self.recover(*self._recovery, deadline=deadline)
+            if scan is not None and scan.deferred:
+                self.recover_soon()  # cut short: the next export goes on where this one stopped
         if self._spool is None or not self._may_have_files or transport.exiting:
             return  # at exit, the little time left is for this export's own calls
         try:
@@ -182,6 +186,11 @@ class Backlog:
         if self._spool is not None:
             self._open()
 
+    def recover_soon(self) -> None:
+        """Have the next :meth:`replay` look for dead processes' journals (within its export's
+        deadline) rather than wait out :data:`RECOVER_INTERVAL`."""
+        self._recovered_at = float("-inf")
+
     # ------------------------------------------------------------------ journals
 
     def journal(self, *, before_send: bool) -> Journal | None:
@@ -196,11 +205,14 @@ class Backlog:
             prepare_dir=spool._ensure_dir,
         )
 
-    def recover(self, to_calls: ToCalls, before_send: bool) -> Scan | None:
+    def recover(
+        self, to_calls: ToCalls, before_send: bool, *, deadline: float | None = None
+    ) -> Scan | None:
         """Spool what the journals of dead processes hold; one log line per process.
 
         Only an exporter with a ``before_send`` hook recovers journals written by one: the hook
-        may scrub personal data, and a recoverer without it would send them unscrubbed.
+        may scrub personal data, and a recoverer without it would send them unscrubbed. With a
+        ``deadline`` (an export's) no journal is taken past it; the rest stay on disk.
         """
         spool = self._spool
         self._recovery = (to_calls, before_send)
@@ -212,6 +224,7 @@ class Backlog:
                 spool.directory,
                 lambda recs: self._keep_recovered(spool, recs, to_calls, salvaged=False),
                 may_send_scrubbed=before_send,
+                deadline=deadline,
             )
         except ValueError as exc:  # the spool directory became unsafe to use
             self._disable(exc)
@@ -233,14 +246,9 @@ class Backlog:
     def _keep_recovered(
         self, spool: Spool, recs: list[Recovered], to_calls: ToCalls, *, salvaged: bool
     ) -> bool:
-        calls: dict[str, list[dict[str, object]]] = {}
-        for rec in recs:
-            mapped = to_calls(rec.records).by_endpoint() if rec.records else {}
-            for source in (mapped, rec.calls):
-                for endpoint, items in source.items():
-                    calls.setdefault(endpoint, []).extend(items)
+        calls = recovered_calls(recs, to_calls)
         total = sum(len(items) for items in calls.values())
-        for parcel in _parcels(calls, RECOVERED_PER_PARCEL):
+        for parcel in parcels(calls, RECOVERED_PER_PARCEL):
             if not spool.put(parcel, reason="retryable"):
                 return False  # the journal stays: whoever comes next tries again
         self._may_have_files = self._may_have_files or total > 0
@@ -262,14 +270,25 @@ class Backlog:
         return True
 
 
-def _parcels(
-    calls: dict[str, list[dict[str, object]]], size: int
-) -> Iterable[dict[str, list[dict[str, object]]]]:
-    for endpoint in ("identify", "alias", "track"):
+def recovered_calls(recs: Sequence[Recovered], to_calls: ToCalls) -> dict[str, list[Any]]:
+    """What recovered journals owe, by endpoint: each one's records mapped by ``to_calls``
+    (the recovering exporter's settings and ``before_send``), then the calls it held mapped
+    already. The spool and the bridge's journal both keep exactly this."""
+    calls: dict[str, list[Any]] = {}
+    for rec in recs:
+        mapped = to_calls(rec.records).by_endpoint() if rec.records else {}
+        for source in (mapped, rec.calls):
+            for endpoint, items in source.items():
+                calls.setdefault(endpoint, []).extend(items)
+    return calls
+
+
+def parcels(calls: Mapping[str, list[Any]], size: int) -> Iterator[dict[str, list[Any]]]:
+    """``calls`` in parcels of at most ``size``, one endpoint each: identifies, then aliases,
+    then tracks (the order an export sends them in), then any other endpoint."""
+    order = ["identify", "alias", "track"]
+    order += [endpoint for endpoint in calls if endpoint not in order]
+    for endpoint in order:
         items = calls.get(endpoint, [])
         for start in range(0, len(items), size):
             yield {endpoint: items[start : start + size]}
-    for endpoint, items in calls.items():
-        if endpoint not in ("identify", "alias", "track"):
-            for start in range(0, len(items), size):
-                yield {endpoint: items[start : start + size]}

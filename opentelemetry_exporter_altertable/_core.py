@@ -421,7 +421,8 @@ class ExporterCore:
         self._warn_once.reset_after_fork()
         self._backlog.after_fork()
         if self._recovers:
-            self._recover_journals()
+            # Not here: this runs inside an export, and recovery keeps the export's deadline.
+            self._backlog.recover_soon()
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
         """Stop: interrupt backoff waits at once, let the runs under way spool what they owe."""

@@ -22,7 +22,10 @@ shrinks back to its header. A torn or damaged line (a process
 killed mid-append, a full disk) is skipped, never fatal. A live journal holds a POSIX record
 lock (``lockf``) on each of its files: the kernel drops it when the process dies, so a
 recoverer tells a dead journal from a live one by the lock, not by the pid (pids are reused,
-and every container's first process is pid 1). Two recoverers exclude each other the same way.
+and every container's first process is pid 1). Two recoverers in different processes exclude
+each other the same way; two threads of one process (a span and a log exporter, the bridge's
+keeper) cannot, since the lock is the process's, so recovery also takes a lock of the process
+per directory (see :func:`recover_directory`).
 A file of another format version is left alone and reported.
 """
 
@@ -43,10 +46,14 @@ from pathlib import Path
 from typing import Any
 
 from ._mapping import EMPTY, Attrs, Record
+from ._spool import _pid_alive
 from ._text import LIMIT, clip
 from ._values import json_safe
 
-try:  # POSIX record locks; elsewhere a journal is judged by its pid alone
+# POSIX record locks; elsewhere a journal is judged by its pid alone, through the spool's
+# check, which never signals there (os.kill(pid, 0) ends a process on Windows) and so counts
+# any other process's journal as alive: left for that process's own shutdown to salvage.
+try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
@@ -67,6 +74,10 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 #: that owns them (a POSIX lock does not exclude its own process). Inherited tokens of a
 #: parent are told apart by the pid.
 _OWN_TOKENS: dict[str, int] = {}
+
+#: One recovery at a time per directory in a process, keyed by (pid, directory's device and
+#: inode): a forked child's key differs, so a lock a parent's thread held at the fork is moot.
+_RECOVERING: dict[tuple[int, int, int], threading.Lock] = {}
 
 
 def _dumps(value: Any) -> bytes:
@@ -276,15 +287,18 @@ class Journal:
                 self.unjournaled,
             )
 
-    def _resource_id(self, segment: _Segment, resource: object, attrs: Attrs) -> tuple[int, bytes]:
-        """The resource's id in ``segment``, and its line when the segment has not seen it."""
+    def _resource_id(self, segment: _Segment, resource: object, attrs: Attrs) -> int:
+        """The resource's id in ``segment``, writing its line first when the segment has not
+        seen it. Registered only once the line is on disk: if the write fails (a full disk),
+        the next entry writes it again instead of naming a resource the file does not hold."""
         known = segment.resources.get(id(resource))
         if known is not None and known[0] is resource:
-            return known[1], b""
+            return known[1]
         self._resource_ids += 1
         rid = self._resource_ids
+        self._write(segment, _line(b"R", rid, _dumps(dict(attrs))))
         segment.resources[id(resource)] = (resource, rid)
-        return rid, _line(b"R", rid, _dumps(dict(attrs)))
+        return rid
 
     def append_span(
         self,
@@ -332,9 +346,7 @@ class Journal:
         payload = _dumps(entry)
 
         def body_of(segment: _Segment) -> bytes:
-            rid, line = self._resource_id(segment, resource, resource_attrs)
-            if line:
-                self._write(segment, line)
+            rid = self._resource_id(segment, resource, resource_attrs)
             return b"%d %s" % (rid, payload)
 
         return self._append(kind, body_of)
@@ -565,10 +577,14 @@ class Scan:
     """Journals written by an exporter with ``before_send``: left for an exporter with one."""
     not_kept: int = 0
     """Journals whose records ``keep`` could not take (a full or failing spool)."""
+    deferred: int = 0
+    """Journals not looked at: the caller's deadline came first (a later pass takes them)."""
 
     @property
     def remaining(self) -> int:
-        return self.alive + self.other_version + self.needs_before_send + self.not_kept
+        return (
+            self.alive + self.other_version + self.needs_before_send + self.not_kept + self.deferred
+        )
 
 
 #: Dead journals recovered together (one ``keep`` call: few spool parcels, few requests).
@@ -580,14 +596,42 @@ def recover_directory(
     keep: Callable[[list[Recovered]], bool],
     *,
     may_send_scrubbed: bool,
+    deadline: float | None = None,
 ) -> Scan:
     """Hand dead processes' journals to ``keep``, a batch at a time; delete them once ``keep``
     returns True (a crash in between sends them again: at least once, never lost).
 
+    With a ``deadline`` (``time.monotonic()``; an export's), no journal is taken once it has
+    passed: the batch taken so far is kept, the rest counted as ``deferred`` and left on disk.
+
     Never raises for disk trouble: a file that cannot be read or locked is left for later.
+    While another thread of this process recovers the same directory this returns an empty
+    :class:`Scan` at once: the journals are that thread's to take (a POSIX lock would not keep
+    the two apart, and would let both send the same journal).
     """
-    scan = Scan()
     base = Path(os.fspath(directory))
+    try:
+        st = os.stat(base)
+    except OSError:
+        return Scan()
+    # setdefault is atomic: two threads get the same lock, with no lock around the dict.
+    lock = _RECOVERING.setdefault((os.getpid(), st.st_dev, st.st_ino), threading.Lock())
+    if not lock.acquire(blocking=False):
+        return Scan()
+    try:
+        return _recover_locked(base, keep, may_send_scrubbed, deadline)
+    finally:
+        lock.release()
+
+
+def _recover_locked(
+    base: Path,
+    keep: Callable[[list[Recovered]], bool],
+    may_send_scrubbed: bool,
+    deadline: float | None,
+) -> Scan:
+    """:func:`recover_directory`, with this process's recovery lock on ``base`` held."""
+    scan = Scan()
     try:
         names = os.listdir(base)
     except OSError:
@@ -604,9 +648,13 @@ def recover_directory(
     me = os.getpid()
     batch: list[tuple[Recovered, list[tuple[Path, int]]]] = []
     try:
-        for (pid, token), files in sorted(groups.items()):
-            if _OWN_TOKENS.get(token) == me:
-                continue
+        others = [
+            (key, files) for key, files in sorted(groups.items()) if _OWN_TOKENS.get(key[1]) != me
+        ]
+        for index, ((pid, _token), files) in enumerate(others):
+            if deadline is not None and time.monotonic() >= deadline:
+                scan.deferred += len(others) - index
+                break
             names_in_order = [name for _, name in sorted(files)]
             found = _take_one(base, pid, names_in_order, may_send_scrubbed, scan)
             if found is not None:
@@ -734,13 +782,3 @@ def _header_meta(data: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return meta if isinstance(meta, dict) else {}
-
-
-def _pid_alive(pid: int) -> bool:  # pragma: no cover - only where POSIX locks are missing
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True

@@ -104,12 +104,20 @@ def package_records(caplog: pytest.LogCaptureFixture, level: int) -> list[loggin
 
 def spooled_items(directory: Path) -> int:
     """Items waiting in the spool at ``directory`` (read without taking them)."""
+    return sum(len(items) for items in spooled_calls(directory).values())
+
+
+def spooled_calls(directory: Path) -> dict[str, list[dict[str, Any]]]:
+    """The calls waiting in the spool at ``directory``, by endpoint (read without taking them)."""
     spool = Spool(directory)
     claims = []
+    calls: dict[str, list[dict[str, Any]]] = {}
     try:
         while (claim := spool.claim()) is not None:
             claims.append(claim)
-        return sum(claim.items for claim in claims)
+            for endpoint, items in claim.calls.items():
+                calls.setdefault(endpoint, []).extend(items)
+        return calls
     finally:
         for claim in claims:
             claim.release()

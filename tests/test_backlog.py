@@ -26,9 +26,13 @@ from opentelemetry_exporter_altertable import AltertableSpanExporter
 from opentelemetry_exporter_altertable._backlog import (
     REPLAY_FILES_PER_EXPORT,
     Backlog,
+    parcels,
+    recovered_calls,
     spool_reason,
 )
 from opentelemetry_exporter_altertable._config import ExporterConfig
+from opentelemetry_exporter_altertable._journal import Recovered
+from opentelemetry_exporter_altertable._mapping import Calls, Record
 from opentelemetry_exporter_altertable._spool import Spool
 from opentelemetry_exporter_altertable._stats import DropReporter, Stats
 from opentelemetry_exporter_altertable._transport import DeliveryReport, Transport
@@ -618,3 +622,41 @@ def test_a_failing_re_spool_keeps_the_original_file(
 )  # fmt: skip
 def test_calls_owed_for_a_setting_are_spooled_as_auth_parcels(reason: str, kept_as: str) -> None:
     assert spool_reason(reason) == kept_as
+
+
+def test_recovered_calls_go_out_in_parcels_identifies_first() -> None:
+    """One definition for the spool and the bridge: mapped records, then already-mapped calls,
+    merged by endpoint, then parcels of at most ``size``, identifies, aliases, tracks, then any
+    other endpoint."""
+    mapped_from: list[list[Record]] = []
+
+    def to_calls(records: list[Record]) -> Calls:
+        mapped_from.append(records)
+        return Calls(tracks=[{"event": r.name} for r in records])
+
+    first = Recovered(1, 1, False, records=[Record("r-0", {}, {}, 0)])
+    first.calls = {"page": [{"p": 0}], "track": [{"event": "c-0"}]}
+    second = Recovered(2, 1, False)  # calls only: nothing to map
+    second.calls = {"alias": [{"a": 0}], "identify": [{"i": n} for n in range(3)]}
+    calls = recovered_calls([first, second], to_calls)
+    assert mapped_from == [first.records]
+    assert calls == {
+        "track": [{"event": "r-0"}, {"event": "c-0"}],
+        "page": [{"p": 0}],
+        "alias": [{"a": 0}],
+        "identify": [{"i": 0}, {"i": 1}, {"i": 2}],
+    }
+    assert list(parcels(calls, 2)) == [
+        {"identify": [{"i": 0}, {"i": 1}]},
+        {"identify": [{"i": 2}]},
+        {"alias": [{"a": 0}]},
+        {"track": [{"event": "r-0"}, {"event": "c-0"}]},
+        {"page": [{"p": 0}]},
+    ]
+
+
+def test_the_bridge_recovers_with_the_backlogs_parcels() -> None:
+    from opentelemetry_exporter_altertable.bridge import _acknowledged
+
+    assert _acknowledged.parcels is parcels
+    assert _acknowledged.recovered_calls is recovered_calls

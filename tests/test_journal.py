@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -25,13 +26,15 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from support import ROOT, spooled_items
+from support import ROOT, dead_pid, refusing_endpoint, spooled_calls, spooled_items
 
 from opentelemetry_exporter_altertable import (
     AltertableLogExporter,
     AltertableLogRecordProcessor,
     AltertableSpanExporter,
     AltertableSpanProcessor,
+    _backlog,
+    _journal,
 )
 from opentelemetry_exporter_altertable._journal import Journal, recover_directory
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
@@ -86,6 +89,10 @@ elif how == "forks":
             os.waitpid(children.pop(0), 0)
     for pid in children:
         os.waitpid(pid, 0)
+    os._exit(0)
+elif how == "exit":  # past every exit hook, as Celery and multiprocessing children leave
+    for i in range(n):
+        end(f"{prefix}{i}")
     os._exit(0)
 else:
     for i in range(n):
@@ -334,6 +341,73 @@ def test_append_calls_is_durable_and_recovered(spool: Path) -> None:
     assert _journals(spool) == []
 
 
+_RESOURCE_WRITE_FAILS = """
+import os, resource, signal, sys
+from types import SimpleNamespace
+from opentelemetry_exporter_altertable._journal import Journal
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+journal = Journal(sys.argv[1], max_bytes=1 << 20)
+res = {"service.name": "svc", "service.version": "1.2.3"}
+
+
+def log(uid):
+    record = SimpleNamespace(
+        event_name=uid, body=None, timestamp=1, observed_timestamp=1, trace_id=0, span_id=0
+    )
+    return journal.append_log(record, res, res, {"analytics.event": uid})
+
+
+with journal.lock:
+    assert journal.append_calls({"track": [{"event": "first"}]})  # the segment is open
+    (path,) = [s.path for s in journal._segments]
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size, limits[1]))
+    assert log("res-lost") == 0  # its resource line could not be written: not journaled
+    resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+    assert log("res-kept")
+os._exit(0)
+"""
+
+
+def test_a_resource_line_that_could_not_be_written_is_written_with_the_next_entry(
+    spool: Path,
+) -> None:
+    """A failed write of a resource's line must not leave later entries naming a resource
+    the file does not hold (they would be recovered without service.name or $release)."""
+    spool.mkdir(mode=0o700)
+    child = subprocess.run(
+        [sys.executable, "-c", _RESOURCE_WRITE_FAILS, str(spool)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    kept: list[Any] = []
+    scan = recover_directory(spool, lambda recs: kept.extend(recs) or True, may_send_scrubbed=False)
+    assert scan.recovered == 1
+    (rec,) = kept
+    assert rec.calls == {"track": [{"event": "first"}]}
+    (record,) = [r for r in rec.records if r.name]
+    assert record.name == "res-kept"
+    assert record.resource == {"service.name": "svc", "service.version": "1.2.3"}
+
+
+def test_without_posix_locks_recovery_never_signals_the_journals_pid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where there are no record locks (Windows) a journal is judged by its pid, and there
+    ``os.kill(pid, 0)`` would end the process that has the pid, not probe it: the journal's
+    check is the spool's, which never signals off POSIX and counts the pid as alive."""
+    signalled: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: signalled.append((pid, sig)))
+    monkeypatch.setattr(os, "name", "nt")  # only around the call: pathlib reads it too
+    try:
+        alive = _journal._pid_alive(dead_pid())
+    finally:
+        monkeypatch.undo()
+    assert signalled == []
+    assert alive is True
+
+
 # ------------------------------------------------------------------ dead processes
 
 
@@ -404,6 +478,37 @@ def test_two_replayers_at_once_deliver_each_record_once(
     counts = _counts(receiver, "pair-")
     assert len(counts) == 160
     assert max(counts.values()) == 1
+
+
+def test_two_threads_recovering_at_once_take_each_dead_journal_once(
+    tmp_path: Path, spool: Path, receiver: LocalReceiver
+) -> None:
+    """POSIX record locks belong to a process: two threads of one (a span and a log exporter
+    looking for dead journals at the same moment) must not both take the same journal."""
+    env = _env(receiver.endpoint, spool)
+    assert _child(tmp_path, env, "exit", "threads-", 50).returncode == 0
+    assert len(_journals(spool)) == 1
+    kept: list[Any] = []
+    start = threading.Barrier(2)
+
+    def keep(recs: list[Any]) -> bool:
+        kept.extend(recs)
+        time.sleep(0.3)  # a slow spool: the other thread has every chance to look meanwhile
+        return True
+
+    def recover() -> None:
+        start.wait(10)
+        recover_directory(spool, keep, may_send_scrubbed=False)
+
+    threads = [threading.Thread(target=recover) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    ids = Counter(r.attrs["analytics.event"] for rec in kept for r in rec.records if r.name)
+    assert set(ids) == {f"threads-{i}" for i in range(50)}
+    assert max(ids.values()) == 1
+    assert _journals(spool) == []
 
 
 def test_sigkill_in_the_middle_of_a_replay(
@@ -784,3 +889,108 @@ def test_a_recovered_page_span_with_tagged_events_sends_what_the_live_export_sen
             events[how] = _counts(receiver, "")
     assert events["live"] == Counter({"Pricing Seen": 1, "$pageview": 1})  # the plain page
     assert events["kill"] == events["live"]
+
+
+# ------------------------------------------------------------------ recovery within a deadline
+
+#: A process that leaves ``journals`` dead journals of ``per`` tagged log records each.
+_MANY_JOURNALS = """
+import os, sys
+from types import SimpleNamespace
+from opentelemetry_exporter_altertable._journal import Journal
+
+directory, prefix, journals, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+res = {"service.name": "svc"}
+os.makedirs(directory, mode=0o700, exist_ok=True)
+for j in range(journals):
+    journal = Journal(directory, max_bytes=1 << 24)
+    with journal.lock:
+        for i in range(per):
+            uid = f"{prefix}{j}-{i}"
+            record = SimpleNamespace(
+                event_name=uid, body=None, timestamp=1, observed_timestamp=1, trace_id=0, span_id=0
+            )
+            assert journal.append_log(record, res, res, {"analytics.event": uid})
+    journal.close()  # outstanding entries: the files stay, as a dead process leaves them
+os._exit(0)
+"""
+JOURNALS, PER_JOURNAL = 1000, 40  # about 1.5 s of recovery, far past the export's deadline
+EXPORT_TIMEOUT, MARGIN = 0.25, 0.5
+
+
+def _leave_journals(spool: Path, prefix: str) -> None:
+    subprocess.run(
+        [sys.executable, "-c", _MANY_JOURNALS, str(spool), prefix, str(JOURNALS), str(PER_JOURNAL)],
+        check=True, timeout=120,
+    )
+
+
+def _each_once(events: Counter[str], prefix: str) -> None:
+    assert set(events) == {f"{prefix}{j}-{i}" for j in range(JOURNALS) for i in range(PER_JOURNAL)}
+    assert max(events.values()) == 1
+
+
+def test_recovery_in_an_export_keeps_the_exports_deadline(
+    spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many dead journals: an export takes what it has time for, the next ones the rest,
+    each record once."""
+    with refusing_endpoint() as endpoint:
+        exporter = AltertableSpanExporter(
+            api_key=KEY, endpoint=endpoint, spool_dir=spool, timeout=EXPORT_TIMEOUT
+        )
+        try:
+            _leave_journals(spool, "late-")
+            monkeypatch.setattr(_backlog, "RECOVER_INTERVAL", 0.0)  # this export looks
+            started = time.monotonic()
+            exporter.export([])
+            assert time.monotonic() - started < EXPORT_TIMEOUT + MARGIN
+            assert _journals(spool)  # the rest waits for the next exports
+            for _ in range(200):
+                if not _journals(spool):
+                    break
+                started = time.monotonic()
+                exporter.export([])
+                assert time.monotonic() - started < EXPORT_TIMEOUT + MARGIN
+            assert _journals(spool) == []
+        finally:
+            exporter.shutdown()
+    events = Counter(call["event"] for call in spooled_calls(spool)["track"])
+    _each_once(events, "late-")
+
+
+_FORKED_EXPORT = """
+import os, subprocess, sys, time
+from opentelemetry_exporter_altertable import AltertableSpanExporter
+
+spool, endpoint, timeout, maker = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+exporter = AltertableSpanExporter(api_key="k", endpoint=endpoint, spool_dir=spool, timeout=timeout)
+subprocess.run([sys.executable, "-c", maker, spool, *sys.argv[5:]], check=True)
+pid = os.fork()
+if pid == 0:  # a pool child's first export looks for dead journals, within its deadline
+    started = time.monotonic()
+    exporter.export([])
+    print(time.monotonic() - started, flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_the_first_export_after_a_fork_recovers_within_its_deadline(spool: Path) -> None:
+    with refusing_endpoint() as endpoint:
+        run = subprocess.run(
+            [
+                sys.executable, "-c", _FORKED_EXPORT, str(spool), endpoint, str(EXPORT_TIMEOUT),
+                _MANY_JOURNALS, "forked-", str(JOURNALS), str(PER_JOURNAL),
+            ],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout) < EXPORT_TIMEOUT + MARGIN
+    assert _journals(spool)  # the rest waits for a later export (here: the look below)
+    kept: list[Any] = []
+    scan = recover_directory(spool, lambda recs: kept.extend(recs) or True, may_send_scrubbed=False)
+    assert scan.remaining == 0
+    events = Counter(call["event"] for call in spooled_calls(spool).get("track", []))
+    events.update(r.name for rec in kept for r in rec.records if r.name)
+    _each_once(events, "forked-")

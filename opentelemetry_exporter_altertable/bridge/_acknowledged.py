@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._answers import CONFIG_ERRORS
-from .._backlog import RECOVERED_PER_PARCEL
+from .._backlog import RECOVERED_PER_PARCEL, parcels, recovered_calls
 from .._core import ExporterCore
 from .._journal import Journal, Recovered, processes_named, recover_directory
 from .._mapping import Calls
@@ -241,19 +241,14 @@ class Acknowledged:
     def _keep_recovered(self, recs: list[Recovered]) -> bool:
         """Journal what dead processes left (as calls), then deliver it; False (the dead
         journals stay on disk for a later look) when this journal cannot take it all."""
-        calls: Payloads = {}
-        for rec in recs:
-            mapped = self._core.calls_from_records(rec.records).by_endpoint() if rec.records else {}
-            for source in (mapped, rec.calls):
-                for endpoint, items in source.items():
-                    calls.setdefault(endpoint, []).extend(items)
+        calls = recovered_calls(recs, self._core.calls_from_records)
         total = sum(len(items) for items in calls.values())
         if len(json.dumps(calls, default=str)) > self.journal.free_bytes:
             self._cannot_recover(recs, total)
             return False  # no partial copies: it is taken whole once there is room
         entries: list[_Entry] = []
         with self.journal.lock:
-            for parcel in _parcels(calls, RECOVERED_PER_PARCEL):
+            for parcel in parcels(calls, RECOVERED_PER_PARCEL):
                 seq = self.journal.append_calls(parcel, sync=self._sync, warn=False)
                 if not seq:
                     break
@@ -299,13 +294,3 @@ class Acknowledged:
     def close(self) -> None:
         """Release the journal: files holding undelivered calls stay for the next bridge."""
         self.journal.close()
-
-
-def _parcels(calls: Payloads, size: int) -> Iterable[Payloads]:
-    """Calls in parcels of at most ``size``: identifies, then aliases, then tracks."""
-    order = ["identify", "alias", "track"]
-    order += [endpoint for endpoint in calls if endpoint not in order]
-    for endpoint in order:
-        items = calls.get(endpoint, [])
-        for start in range(0, len(items), size):
-            yield {endpoint: items[start : start + size]}
