@@ -145,9 +145,9 @@ class Bridge:
         """What a request may hold (bytes, records, elements); the front ends read it too."""
         self.max_body_bytes = bounds.max_body_bytes
         self.retry_after = retry_after
-        self._options = MappingOptions(
-            environment=delivery.config.environment, on_warning=delivery.on_warning
-        )
+        # The core's own options, never a copy built from some of the settings: a setting
+        # left out (pageviews, properties_exclude) would make the bridge map otherwise.
+        self._options: MappingOptions = delivery.options
         self._answers: Counter[tuple[str, str, int]] = Counter()
         self._answers_lock = threading.Lock()
 
@@ -201,7 +201,9 @@ class Bridge:
             return error(415, f"use {PROTOBUF} or {JSON}")
         try:
             body = inflate(raw, headers.get("content-encoding", ""), self.max_body_bytes)
-            decoded = decode(path, body, not protobuf, self.bounds)
+            decoded = decode(
+                path, body, not protobuf, self.bounds, pageviews=self._options.pageviews
+            )
         except BodyTooLarge:
             return error(413, f"body exceeds {self.max_body_bytes} bytes", protobuf)
         except TooManyElements as exc:
