@@ -146,7 +146,7 @@ class _Handler(KeepAliveHandler):
         if allow:
             lines.append(f"Allow: {allow}")
         lines.extend(f"{name}: {value}" for name, value in answer.headers)
-        if self.close_connection:
+        if self.closing():
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         _logger.debug("%s %s -> %d", self.command, loggable_target(self.path), answer.status)
