@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from .._http_server import OTHER_ROUTE, ListenerBounds
+from .._http_server import OTHER_ROUTE, ListenerBounds, is_loopback_host
 from .._mapping import MappingOptions, map_records
 from ._decode import LOGS, TRACES, Decoded, TooManyElements, UndecodableBody, decode
 from ._delivery import Delivery, Outcome
@@ -167,6 +167,16 @@ class Bridge:
     @property
     def token_required(self) -> bool:
         return self._token is not None
+
+    def check_host(self, host: str) -> None:
+        """Refuse (``ValueError``) to be heard on ``host`` when other machines could reach it
+        and no token is set: anyone could then write into the Altertable project. Every
+        front end calls it before it binds, so none can forget the rule."""
+        if self._token is None and not is_loopback_host(host):
+            raise ValueError(
+                f"host {host[:100]!r} is reachable from other machines: give a token "
+                "(--token, or $ALTERTABLE_BRIDGE_TOKEN) or listen on 127.0.0.1"
+            )
 
     def authorized(self, headers: Mapping[str, str]) -> bool:
         """``Authorization: Bearer <token>`` when a token is set (``headers`` in lower case)."""

@@ -254,6 +254,8 @@ def _start_grpc(bridge: Any, args: argparse.Namespace, fail: Callable[[str], Exc
     )
     try:
         return grpc_server.start()
+    except ValueError as exc:  # beyond loopback without a token (the HTTP front says it first)
+        raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(
             f"cannot listen for OTLP/gRPC on {args.host}:{args.grpc_port}: {exc.strerror or exc} "

@@ -262,10 +262,12 @@ class GrpcBridgeServer:
         ]
 
     def start(self) -> GrpcBridgeServer:
-        """Bind and serve; ``OSError`` when the address cannot be bound (a taken port)."""
+        """Bind and serve; ``OSError`` when the address cannot be bound (a taken port),
+        ``ValueError`` beyond loopback without a token (as the HTTP front)."""
         with self._lock:
             if self._server is not None:
                 raise RuntimeError("the gRPC bridge is already running")
+            self.bridge.check_host(self.host)
             pool = ThreadPoolExecutor(
                 max_workers=self.max_in_flight + _SPARE_THREADS,
                 thread_name_prefix="altertable-bridge-grpc",

@@ -243,11 +243,7 @@ class BridgeServer:
         with self._lock:
             if self._server is not None:
                 raise RuntimeError("the bridge is already running")
-            if not self.bridge.token_required and not is_loopback_host(self.host):
-                raise ValueError(
-                    f"host {self.host!r} is reachable from other machines: give a token "
-                    "(--token, or $ALTERTABLE_BRIDGE_TOKEN) or listen on 127.0.0.1"
-                )
+            self.bridge.check_host(self.host)
             server = _Server(
                 (self.host, self.port),
                 self.bridge,
