@@ -215,6 +215,15 @@ class _DeadlineSocketReader(io.RawIOBase):
         return count
 
 
+def _announces_body(headers: Any) -> bool:
+    """True when a request's head says a body follows: any ``Transfer-Encoding``, or a
+    ``Content-Length`` that is not zero (an unreadable one included)."""
+    if headers.get("Transfer-Encoding", "").strip():
+        return True
+    length = headers.get("Content-Length")
+    return length is not None and length.strip() != "0"
+
+
 def parse_chunk_size(line: bytes) -> int:
     """The size on a chunk-size line: plain hexadecimal digits only (``-1``, ``+5``, ``0x5``
     and blanks inside are refused), extensions after ``;`` ignored."""
@@ -248,7 +257,10 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
 
     Answers go out in one write; with Nagle's algorithm on, a keep-alive client's delayed ACK
     would still cost about 40 ms per request. Bodies are read with :meth:`read_body` (or
-    skipped with :meth:`discard_body`), both within the request's deadline.
+    skipped with :meth:`discard_body`), both within the request's deadline. A request that
+    announced a body (``Content-Length`` or ``Transfer-Encoding``) which was neither read nor
+    discarded closes its connection after the answer: read as the next request, that body
+    would be a request smuggled past any proxy in front (a GET with a body, say).
     """
 
     protocol_version = "HTTP/1.1"
@@ -268,10 +280,27 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         self._reader.deadline = None  # idle until the next request's first byte
+        self._body_unread = False
         try:
             super().handle_one_request()
         finally:
             self._give_back()
+            if self._body_unread:  # whatever the handler did: never parse a body as a request
+                self.close_connection = True
+
+    _body_unread = False
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._body_unread = ok and _announces_body(self.headers)
+        return ok
+
+    def closing(self) -> bool:
+        """Whether the connection closes after this answer (its ``Connection: close``): asked
+        for, or a body announced and left unread. A handler calls it as it writes the head."""
+        if self._body_unread:
+            self.close_connection = True
+        return bool(self.close_connection)
 
     _held = 0
 
@@ -311,7 +340,9 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
         the request is answered: a slow sender holds what it sent, not what it announced.
         """
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked(limit)
+            body = self._read_chunked(limit)
+            self._body_unread = False
+            return body
         length_header = self.headers.get("Content-Length")
         if length_header is None:
             return b""
@@ -329,10 +360,12 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
             raise BodyError(413, f"body exceeds {limit} bytes")
         try:
-            return bytes(self._read_counted(length))
+            body = bytes(self._read_counted(length))
         except BodyError:
             self.close_connection = True
             raise
+        self._body_unread = False
+        return body
 
     def _read_counted(self, length: int) -> bytearray:
         """``length`` bytes, each 64 KiB taken from the budget before it is read."""
@@ -356,11 +389,11 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
             length = -1
         if chunked or not 0 <= length <= limit * 4:
             self.close_connection = True
-        elif length:
-            try:
-                self._drain(length)
-            except (OSError, RequestTimeout):
-                self.close_connection = True
+            return
+        try:
+            self._drain(length)
+        except (OSError, RequestTimeout):
+            self.close_connection = True
 
     def _drain(self, length: int) -> None:
         remaining = length
@@ -370,6 +403,7 @@ class KeepAliveHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             remaining -= len(chunk)
+        self._body_unread = False  # every announced byte is read
 
     def _read_chunked(self, limit: int) -> bytes:
         body = bytearray()

@@ -208,6 +208,22 @@ def dead_pid() -> int:
     return proc.pid
 
 
+def dead_journal(directory: Path, count: int) -> None:
+    """A process journals ``count`` track calls (``seq`` 0..count-1) and dies unretired."""
+    code = (
+        "import os, sys\n"
+        "from opentelemetry_exporter_altertable._journal import Journal\n"
+        "j = Journal(sys.argv[1], max_bytes=1 << 24, meta={'before_send': False})\n"
+        "with j.lock:\n"
+        "    assert j.append_calls({'track': [{'event': 'Left', 'distinct_id': 'u', "
+        "'environment': 'production', 'properties': {'seq': n, 'pad': 'x' * 200}} "
+        "for n in range(int(sys.argv[2]))]})\n"
+        "os._exit(0)\n"
+    )
+    directory.mkdir(mode=0o700, exist_ok=True)
+    subprocess.run([sys.executable, "-c", code, str(directory), str(count)], check=True, timeout=60)
+
+
 # ---------------------------------------------------------------------------- the bridge
 
 #: The key the bridge tests' bridges use.

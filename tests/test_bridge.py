@@ -11,9 +11,14 @@ from typing import Any
 import pytest
 from faultserver import FaultServer
 from opentelemetry.sdk._logs.export import LogRecordExportResult
-from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from support import (
     KEY,
+    RESOURCE,
     otlp_log_exporter,
     otlp_span_exporter,
     running_bridge,
@@ -83,6 +88,55 @@ def test_rows_from_the_sdk_otlp_exporters_match_the_in_process_path() -> None:
         assert stored_rows(bridged) == expected
         assert stored_identities(bridged) == stored_identities(direct)
         assert {row[6] for row in expected} == {"staging"}
+
+
+def _page_view_span() -> ReadableSpan:
+    """A server span that served an HTML page and carries no analytics data."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource(RESOURCE), shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        span = provider.get_tracer("tests.bridge").start_span(
+            "GET /pricing",
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": "GET",
+                "http.response.status_code": 200,
+                "http.response.header.content-type": ("text/html; charset=utf-8",),
+                "url.scheme": "https",
+                "server.address": "shop.example",
+                "url.path": "/pricing",
+                "http.route": "/pricing",
+                "user.id": "user-page",
+            },
+        )
+        span.end()
+        return list(exporter.get_finished_spans())
+    finally:
+        provider.shutdown()
+
+
+def test_the_bridge_maps_with_every_mapping_setting_of_the_exporters() -> None:
+    """``pageviews`` and ``properties_exclude`` reach the bridge's mapping, as in-process."""
+    settings: dict[str, Any] = {"pageviews": True, "properties_exclude": "seq,ratio"}
+    spans = sample_spans(1) + _page_view_span()
+    with FaultServer() as direct, FaultServer() as bridged:
+        exporter = AltertableSpanExporter(api_key=KEY, endpoint=direct.endpoint, **settings)
+        try:
+            assert exporter.export(spans) is SpanExportResult.SUCCESS
+        finally:
+            exporter.shutdown()
+        with running_bridge(bridged.endpoint, **settings) as bridge:
+            otlp = otlp_span_exporter(bridge.endpoint)
+            assert otlp.export(spans) is SpanExportResult.SUCCESS
+            otlp.shutdown()
+        expected, got = _payloads(direct), _payloads(bridged)
+    tracks = got["/track"]
+    assert "$pageview" in [t["event"] for t in tracks]
+    cart = next(t for t in tracks if t["event"] == "Cart Viewed")
+    assert "seq" not in cart["properties"] and "ratio" not in cart["properties"]
+    assert "flag" in cart["properties"]  # only the excluded names are left out
+    assert got == expected
 
 
 @pytest.mark.parametrize("compression", ["gzip", None])

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from support import (
     CLI,
     KEY,
     ROOT,
+    dead_journal,
     free_port,
     otlp_span_exporter,
     running_bridge,
@@ -346,25 +346,9 @@ def test_grpc_ok_once_journaled_and_unavailable_when_the_journal_is_full(tmp_pat
     assert set(seqs) == {n * 100 + i for n in ok for i in range(100)}
 
 
-def _dead_journal(directory: Path, count: int) -> None:
-    """A process journals ``count`` track calls (``seq`` 0..count-1) and dies unretired."""
-    code = (
-        "import os, sys\n"
-        "from opentelemetry_exporter_altertable._journal import Journal\n"
-        "j = Journal(sys.argv[1], max_bytes=1 << 24, meta={'before_send': False})\n"
-        "with j.lock:\n"
-        "    assert j.append_calls({'track': [{'event': 'Left', 'distinct_id': 'u', "
-        "'environment': 'production', 'properties': {'seq': n, 'pad': 'x' * 200}} "
-        "for n in range(int(sys.argv[2]))]})\n"
-        "os._exit(0)\n"
-    )
-    directory.mkdir(mode=0o700, exist_ok=True)
-    subprocess.run([sys.executable, "-c", code, str(directory), str(count)], check=True, timeout=60)
-
-
 def test_a_dead_journal_too_big_for_the_bridge_s_room_waits_whole_on_disk(tmp_path: Path) -> None:
     journal = tmp_path / "journal"
-    _dead_journal(journal, 1000)  # about 300 KB of calls
+    dead_journal(journal, 1000)  # about 300 KB of calls
     with LocalReceiver() as receiver:
         with running_bridge(
             receiver.endpoint, spool_dir=str(journal), spool_max_bytes=64 * 1024

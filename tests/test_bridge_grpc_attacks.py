@@ -22,7 +22,10 @@ import requests
 from faultserver import FaultServer
 from grpc_support import TRACES_METHOD, call, with_span_attributes
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from support import start_bridge_process, tagged_spans, wire_field
+from support import bridge_options, start_bridge_process, tagged_spans, wire_field
+
+from opentelemetry_exporter_altertable._http_server import ListenerBounds
+from opentelemetry_exporter_altertable.bridge import GrpcBridgeServer, create_bridge
 
 # Real bridge processes under attack or outage: the main suite runs them once.
 pytestmark = pytest.mark.once
@@ -285,3 +288,69 @@ def test_deep_anyvalue_nesting_is_invalid_argument_and_shallow_nesting_arrives()
     for _ in range(20):
         value = value["k"]
     assert value == "leaf"
+
+
+def _answer_pings(sock: socket.socket) -> None:
+    """Acknowledge the server's SETTINGS and PINGs, as a live client does: the connection
+    is never dead by keepalive's measure."""
+    buffered = b""
+    with contextlib.suppress(OSError):
+        while data := sock.recv(65536):
+            buffered += data
+            while len(buffered) >= 9:
+                length, kind, flags = int.from_bytes(buffered[:3], "big"), buffered[3], buffered[4]
+                if len(buffered) < 9 + length:
+                    break
+                payload, buffered = buffered[9 : 9 + length], buffered[9 + length :]
+                if kind in (0x4, 0x6) and not flags & 0x1:  # SETTINGS or PING, not an ACK
+                    sock.sendall(_h2_frame(kind, 0x1, 0, payload if kind == 0x6 else b""))
+
+
+def _partial_call(target: str) -> socket.socket:
+    """A connection with one Export call whose message announces 100 bytes, sends 10, and
+    then stalls (the connection stays alive)."""
+    host, port = target.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    headers = _hpack([
+        (":method", "POST"), (":scheme", "http"), (":path", TRACES_METHOD),
+        (":authority", target), ("content-type", "application/grpc"), ("te", "trailers"),
+    ])  # fmt: skip
+    partial = b"\x00" + struct.pack(">I", 100) + b"x" * 10
+    sock.sendall(
+        PREFACE
+        + _h2_frame(0x4, 0, 0)
+        + _h2_frame(0x1, 0x4, 1, headers)
+        + _h2_frame(0x0, 0, 1, partial)
+    )
+    threading.Thread(target=_answer_pings, args=(sock,), daemon=True).start()
+    return sock
+
+
+def test_calls_stalled_mid_message_are_cut_and_honest_calls_get_through() -> None:
+    """Each stalled call holds one of the gRPC pool's threads while it lives: more of them
+    than the pool has threads would starve every honest call for ever. Connections end a
+    grace after the request deadline, so an honest call gets through within that bound."""
+    deadline, timeout = 1.0, 0.5
+    with FaultServer() as api:
+        bridge = create_bridge(
+            **bridge_options(
+                api.endpoint, timeout=timeout, bounds=ListenerBounds(request_deadline=deadline)
+            )
+        )
+        server = GrpcBridgeServer(bridge, port=0, max_in_flight=2).start()
+        stalled: list[socket.socket] = []
+        try:
+            # More than the pool's 2 + 2 threads, fewer than the 8 calls gRPC may hold.
+            stalled = [_partial_call(server.target) for _ in range(6)]
+            started = time.monotonic()
+            time.sleep(0.2)  # every thread taken before the honest call comes
+            # Asked to go away after the deadline (+10% jitter), cut a grace later.
+            bound = deadline * 1.1 + deadline + timeout + 1.0
+            reply = call(server.target, TRACES_METHOD, _small(), timeout=bound + 5.0)
+            elapsed = time.monotonic() - started
+        finally:
+            for sock in stalled:
+                sock.close()
+            server.stop(grace=1)
+    assert reply.code is grpc.StatusCode.OK, (reply.code, elapsed)
+    assert elapsed < bound + 3.0  # a margin for a loaded machine; without the bound: never

@@ -34,6 +34,7 @@ from support import (
     CLI,
     KEY,
     ROOT,
+    dead_journal,
     export_and_count,
     free_port,
     rotel_binary,
@@ -473,3 +474,38 @@ def test_sigterm_handed_to_a_grpc_thread_still_stops_the_bridge() -> None:
                 process.communicate()
     assert process.returncode == 0, err
     assert "Bridge stopped." in out
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+
+def test_serve_ignores_the_bridge_s_token_and_the_application_s_spool(tmp_path: Path) -> None:
+    # A developer's shell set for the bridge and for a real application: serve must still take
+    # OTLP from SDKs left at their defaults (no token), and must not pull the application's
+    # dead journals (owed to production) into its local store.
+    spool = tmp_path / "spool"
+    dead_journal(spool, 5)
+    before = _snapshot(spool)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),  # this checkout's package, whatever is installed
+        "ALTERTABLE_BRIDGE_TOKEN": "bridge-only-token",
+        "OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR": str(spool),
+    }
+    grpc_port, http_port = free_port(), free_port()
+    flags = ("--otlp-grpc-port", str(grpc_port), "--otlp-http-port", str(http_port))
+    with _serve(*flags, env=env) as (endpoint, _):
+        from support import otlp_span_exporter
+
+        for base, event in ((endpoint, "Own Port"), (f"http://127.0.0.1:{http_port}", "HTTP")):
+            exporter = otlp_span_exporter(base)
+            assert exporter.export(tagged_spans(1, event=event)) is SpanExportResult.SUCCESS
+            exporter.shutdown()
+        grpc_exporter = grpc_span_exporter(f"http://127.0.0.1:{grpc_port}")
+        assert grpc_exporter.export(tagged_spans(1, event="gRPC")) is SpanExportResult.SUCCESS
+        grpc_exporter.shutdown()
+        time.sleep(0.5)  # what a recovery would have delivered by now
+        events = _events(endpoint)
+    assert events == ["HTTP", "Own Port", "gRPC"]  # and no "Left" from the dead journal
+    assert _snapshot(spool) == before

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -353,3 +354,51 @@ def test_values_nested_in_arrays_and_kvlists_are_counted() -> None:
     assert decode("/v1/traces", request(400), False, bounds).items == 1
     with pytest.raises(TooManyElements):
         decode("/v1/traces", request(600), False, bounds)
+
+
+# -- request framing --------------------------------------------------------------------------
+
+
+def _until_closed(sock: socket.socket, wait: float) -> tuple[bytes, bool]:
+    """Everything the server sends, and whether it closed the connection within ``wait``."""
+    sock.settimeout(wait)
+    received = b""
+    try:
+        while data := sock.recv(65536):
+            received += data
+    except TimeoutError:
+        return received, False
+    except ConnectionResetError:
+        pass
+    return received, True
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("front", ["bridge", "serve"])
+def test_a_get_with_an_unread_body_is_answered_once_and_its_connection_closed(
+    front: str, framing: str, sink: LocalReceiver
+) -> None:
+    """A GET's body is never read: parsed as the next request, it would be smuggled past a
+    proxy that saw one request. One answer, then the connection closes."""
+    inner = b"GET /smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    if framing == "chunked":
+        header, body = "Transfer-Encoding: chunked", b"%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner)
+    else:
+        header, body = f"Content-Length: {len(inner)}", inner
+    with ExitStack() as stack:
+        if front == "bridge":
+            port, path = (
+                port_of(stack.enter_context(running_bridge(sink.endpoint)).endpoint),
+                "/v1/traces",
+            )
+        else:
+            port, path = port_of(sink.endpoint), "/"
+        with connect(port) as sock:
+            sock.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{header}\r\n\r\n".encode() + body
+            )
+            received, closed = _until_closed(sock, 3.0)
+    answers = re.findall(rb"HTTP/1\.1 \d{3} ", received)  # a second may follow a body's end
+    assert len(answers) == 1, answers
+    assert closed
+    assert b"connection: close" in received.lower()

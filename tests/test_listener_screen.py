@@ -15,7 +15,7 @@ import requests
 from listener_support import connect, post, post_head, read_answer, status_of, tagged_spans_request
 from support import KEY, running_bridge
 
-from opentelemetry_exporter_altertable.bridge import BridgeServer, create_bridge
+from opentelemetry_exporter_altertable.bridge import BridgeServer, GrpcBridgeServer, create_bridge
 from opentelemetry_exporter_altertable.bridge._cli import add_otlp_routes
 from opentelemetry_exporter_altertable.cli import build_parser
 from opentelemetry_exporter_altertable.receiver import LocalReceiver
@@ -99,6 +99,17 @@ def test_a_listed_origin_may_send() -> None:
 def test_the_bridge_beyond_loopback_does_not_start_without_a_token() -> None:
     bridge = create_bridge(api_key=KEY, endpoint="http://127.0.0.1:9")
     server = BridgeServer(bridge, host="0.0.0.0", port=0)
+    try:
+        with pytest.raises(ValueError, match="token"):
+            server.start()
+    finally:
+        server.stop()
+        bridge.delivery.shutdown()
+
+
+def test_the_grpc_bridge_beyond_loopback_does_not_start_without_a_token() -> None:
+    bridge = create_bridge(api_key=KEY, endpoint="http://127.0.0.1:9")
+    server = GrpcBridgeServer(bridge, host="0.0.0.0", port=0)
     try:
         with pytest.raises(ValueError, match="token"):
             server.start()

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from .._http_server import OTHER_ROUTE, ListenerBounds
+from .._http_server import OTHER_ROUTE, ListenerBounds, is_loopback_host
 from .._mapping import MappingOptions, map_records
 from ._decode import LOGS, TRACES, Decoded, TooManyElements, UndecodableBody, decode
 from ._delivery import Delivery, Outcome
@@ -145,9 +145,9 @@ class Bridge:
         """What a request may hold (bytes, records, elements); the front ends read it too."""
         self.max_body_bytes = bounds.max_body_bytes
         self.retry_after = retry_after
-        self._options = MappingOptions(
-            environment=delivery.config.environment, on_warning=delivery.on_warning
-        )
+        # The core's own options, never a copy built from some of the settings: a setting
+        # left out (pageviews, properties_exclude) would make the bridge map otherwise.
+        self._options: MappingOptions = delivery.options
         self._answers: Counter[tuple[str, str, int]] = Counter()
         self._answers_lock = threading.Lock()
 
@@ -167,6 +167,16 @@ class Bridge:
     @property
     def token_required(self) -> bool:
         return self._token is not None
+
+    def check_host(self, host: str) -> None:
+        """Refuse (``ValueError``) to be heard on ``host`` when other machines could reach it
+        and no token is set: anyone could then write into the Altertable project. Every
+        front end calls it before it binds, so none can forget the rule."""
+        if self._token is None and not is_loopback_host(host):
+            raise ValueError(
+                f"host {host[:100]!r} is reachable from other machines: give a token "
+                "(--token, or $ALTERTABLE_BRIDGE_TOKEN) or listen on 127.0.0.1"
+            )
 
     def authorized(self, headers: Mapping[str, str]) -> bool:
         """``Authorization: Bearer <token>`` when a token is set (``headers`` in lower case)."""
@@ -201,7 +211,9 @@ class Bridge:
             return error(415, f"use {PROTOBUF} or {JSON}")
         try:
             body = inflate(raw, headers.get("content-encoding", ""), self.max_body_bytes)
-            decoded = decode(path, body, not protobuf, self.bounds)
+            decoded = decode(
+                path, body, not protobuf, self.bounds, pageviews=self._options.pageviews
+            )
         except BodyTooLarge:
             return error(413, f"body exceeds {self.max_body_bytes} bytes", protobuf)
         except TooManyElements as exc:

@@ -21,6 +21,7 @@ from .._secrets import secret_argument
 
 if TYPE_CHECKING:
     from ..receiver import LocalReceiver
+    from ._app import Bridge
 
 _INSTALL_HINT = "pip install 'opentelemetry-exporter-altertable[otlp]'"
 #: Exporter settings as flags: (flag, keyword, type, the variable it overrides).
@@ -253,6 +254,8 @@ def _start_grpc(bridge: Any, args: argparse.Namespace, fail: Callable[[str], Exc
     )
     try:
         return grpc_server.start()
+    except ValueError as exc:  # beyond loopback without a token (the HTTP front says it first)
+        raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(
             f"cannot listen for OTLP/gRPC on {args.host}:{args.grpc_port}: {exc.strerror or exc} "
@@ -260,14 +263,15 @@ def _start_grpc(bridge: Any, args: argparse.Namespace, fail: Callable[[str], Exc
         ) from None
 
 
-def stop_both(http_server: Any, grpc_server: Any) -> None:
+def stop_both(http_server: Any, grpc_server: Any, *, shutdown_delivery: bool = True) -> None:
     """Stop an HTTP and a gRPC front sharing one bridge, then its delivery, once.
 
     The fronts stop together (each refuses new work at once and finishes what it took), so
-    neither waits for the other's senders; the delivery stops only after both.
+    neither waits for the other's senders; the delivery stops only after both, and only when
+    ``shutdown_delivery`` (not when its bridge also serves elsewhere and is stopped there).
     """
     if grpc_server is None:
-        http_server.stop()
+        http_server.stop(shutdown_delivery=shutdown_delivery)
         return
     grpc_stopping = threading.Thread(
         target=grpc_server.stop, kwargs={"shutdown_delivery": False}, daemon=True
@@ -275,7 +279,8 @@ def stop_both(http_server: Any, grpc_server: Any) -> None:
     grpc_stopping.start()
     http_server.stop(shutdown_delivery=False)
     grpc_stopping.join()
-    http_server.bridge.delivery.shutdown(timeout_millis=1000)
+    if shutdown_delivery:
+        http_server.bridge.delivery.shutdown(timeout_millis=1000)
 
 
 def _on_stop_signals(stop: threading.Event) -> dict[int, Any]:
@@ -297,24 +302,50 @@ def _log_to_stderr() -> logging.Handler:
     return handler
 
 
-def add_otlp_routes(receiver: LocalReceiver, api_key: str) -> Callable[[], None] | None:
+def serve_bridge(receiver: LocalReceiver, api_key: str) -> Bridge | None:
+    """``serve``'s one OTLP bridge, delivering to the receiver's own ingestion endpoints (over
+    loopback, so the receiver's validation applies as for any client); ``None`` without the
+    ``otlp`` extra.
+
+    Built from ``serve``'s own settings alone, whatever the environment holds for the
+    ``bridge`` command or an application: no bearer token (``ALTERTABLE_BRIDGE_TOKEN`` would
+    answer 401 to every SDK left at its defaults), no spool (``""``: not
+    ``OTEL_EXPORTER_ALTERTABLE_SPOOL_DIR``) and so no journal and no recovery of dead
+    processes' journals (a real application's, which belong to production, not to a local
+    store). Requests are delivered before they are answered.
+    """
+    try:
+        from ._factory import create_bridge
+    except ImportError:
+        return None
+    return create_bridge(
+        api_key=api_key, endpoint=receiver.endpoint, token="", spool_dir="", journal=False
+    )
+
+
+def add_otlp_routes(
+    receiver: LocalReceiver, api_key: str, bridge: Bridge | None = None
+) -> Callable[[], None] | None:
     """Let the local receiver take ``/v1/traces`` and ``/v1/logs`` into its own store.
 
-    A bridge delivering to the receiver's own ingestion endpoints (over loopback, so the
-    receiver's validation applies as for any client). Returns the function that stops it, or
-    ``None`` when the ``otlp`` extra is not installed.
+    Through ``bridge`` (by default a new :func:`serve_bridge`). Returns the function that
+    stops its delivery, or ``None`` when the ``otlp`` extra is not installed.
     """
     try:
         from ._decode import LOGS, TRACES
-        from ._factory import create_bridge
     except ImportError:
         return None
     from ..receiver._app import Request, Response
 
-    bridge = create_bridge(api_key=api_key, endpoint=receiver.endpoint, token=None, journal=False)
+    if bridge is None:
+        bridge = serve_bridge(receiver, api_key)
+        if bridge is None:
+            return None
+
+    routed = bridge
 
     def handle(request: Request) -> Response:
-        answer = bridge.handle(request.path, request.headers, request.body)
+        answer = routed.handle(request.path, request.headers, request.body)
         return Response(
             answer.status,
             answer.body,
@@ -324,7 +355,7 @@ def add_otlp_routes(receiver: LocalReceiver, api_key: str) -> Callable[[], None]
 
     for path in (TRACES, LOGS):
         receiver.route("POST", path, handle)
-    return bridge.delivery.shutdown
+    return routed.delivery.shutdown
 
 
 # --------------------------------------------------------------------------- serve's OTLP ports
@@ -359,7 +390,8 @@ class OtlpPorts:
     """The standard OTLP ports ``serve`` listens on, into the receiver's own store.
 
     ``lines`` are the banner's lines; ``listening`` says, per protocol, the address that hears
-    OTLP (``None`` when the port could not be had); ``stop()`` stops both and their delivery.
+    OTLP (``None`` when the port could not be had); ``stop()`` stops both, and their delivery
+    when the ports built their own bridge (a bridge given to them is its owner's to stop).
     """
 
     def __init__(self) -> None:
@@ -368,6 +400,7 @@ class OtlpPorts:
         self._http: Any = None
         self._grpc: Any = None
         self._bridge: Any = None
+        self._owns_bridge = True
 
     def describe(self) -> dict[str, Any]:
         """What the receiver's page shows: the ports that hear OTLP, by protocol."""
@@ -376,17 +409,22 @@ class OtlpPorts:
     def stop(self) -> None:
         if self._bridge is None:
             return
+        own = self._owns_bridge
         if self._http is not None:
-            stop_both(self._http, self._grpc)
+            stop_both(self._http, self._grpc, shutdown_delivery=own)
         elif self._grpc is not None:
-            self._grpc.stop()
-        else:
+            self._grpc.stop(shutdown_delivery=own)
+        elif own:
             self._bridge.delivery.shutdown()
         self._bridge = None
 
 
-def open_otlp_ports(receiver: LocalReceiver, api_key: str, args: argparse.Namespace) -> OtlpPorts:
-    """Listen on the standard OTLP ports (``--otlp-grpc-port``, ``--otlp-http-port``).
+def open_otlp_ports(
+    receiver: LocalReceiver, api_key: str, args: argparse.Namespace, bridge: Bridge | None = None
+) -> OtlpPorts:
+    """Listen on the standard OTLP ports (``--otlp-grpc-port``, ``--otlp-http-port``), through
+    ``bridge`` (``serve``'s one bridge, also behind its own OTLP routes; by default a new
+    :func:`serve_bridge`, which the ports then stop).
 
     Never fails: a port already taken (a local Collector, another receiver) is one banner line.
     Only on loopback: OTLP senders carry no Altertable key, so beyond loopback these ports
@@ -404,12 +442,15 @@ def open_otlp_ports(receiver: LocalReceiver, api_key: str, args: argparse.Namesp
         )
         return ports
     try:
-        from ._factory import create_bridge
         from ._grpc import GrpcBridgeServer
         from ._server import BridgeServer
     except ImportError:
         return ports  # the receiver's banner already says how to install the otlp extra
-    bridge = create_bridge(api_key=api_key, endpoint=receiver.endpoint, token=None, journal=False)
+    ports._owns_bridge = bridge is None
+    if bridge is None:
+        bridge = serve_bridge(receiver, api_key)
+        if bridge is None:
+            return ports
     ports._bridge = bridge
     fronts = (
         ("gRPC", GrpcBridgeServer, args.otlp_grpc_port, STANDARD_GRPC_PORT),

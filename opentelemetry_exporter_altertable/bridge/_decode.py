@@ -28,6 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from .._http_server import ListenerBounds
 from .._mapping import EMPTY, Attrs, Record, has_interest
+from .._web import is_page_view
 from ._elements import TooManyElements, check_json, check_json_records, check_protobuf
 
 TRACES = "/v1/traces"
@@ -103,8 +104,12 @@ def _id(raw: bytes) -> int:
 # --------------------------------------------------------------------------- readers
 
 
-def read_traces(request: ExportTraceServiceRequest) -> Decoded:
-    """Spans and their tagged events as records, in the in-process reader's order."""
+def read_traces(request: ExportTraceServiceRequest, pageviews: bool = False) -> Decoded:
+    """Spans and their tagged events as records, in the in-process reader's order.
+
+    With ``pageviews``, an untagged server span that served an HTML page is a record too, as
+    in the in-process reader (``_sdk.records_from_spans``): skipped here, the mapping's
+    ``pageviews`` option would never see it."""
     records: list[Record] = []
     skipped = items = analytics = 0
     for resource_spans in request.resource_spans:
@@ -123,11 +128,14 @@ def read_traces(request: ExportTraceServiceRequest) -> Decoded:
                     event_attrs = _attrs(event.attributes) if event.attributes else EMPTY
                     if has_interest(event_attrs):
                         tagged.append((event, event_attrs))
-                if not span_interesting and not tagged:
-                    skipped += 1
-                    continue
-                trace_id, span_id = _id(span.trace_id), _id(span.span_id)
                 kind = _SPAN_KINDS.get(span.kind, "internal")
+                if not span_interesting and not tagged:
+                    if pageviews and kind == "server" and is_page_view(attrs, kind):
+                        span_interesting = True  # a page view: the span itself is the record
+                    else:
+                        skipped += 1
+                        continue
+                trace_id, span_id = _id(span.trace_id), _id(span.span_id)
                 for event, event_attrs in tagged:
                     analytics += 1
                     records.append(
@@ -246,10 +254,18 @@ def parse(path: str, body: bytes, is_json: bool, bounds: ListenerBounds | None =
     return message
 
 
-def decode(path: str, body: bytes, is_json: bool, bounds: ListenerBounds | None = None) -> Decoded:
-    """Parse and read a ``/v1/traces`` or ``/v1/logs`` body within ``bounds``."""
+def decode(
+    path: str,
+    body: bytes,
+    is_json: bool,
+    bounds: ListenerBounds | None = None,
+    *,
+    pageviews: bool = False,
+) -> Decoded:
+    """Parse and read a ``/v1/traces`` or ``/v1/logs`` body within ``bounds``; ``pageviews``
+    keeps the page-view spans the mapping option of that name turns into ``$pageview``."""
     message = parse(path, body, is_json, bounds)
     if isinstance(message, ExportTraceServiceRequest):
-        return read_traces(message)
+        return read_traces(message, pageviews)
     assert isinstance(message, ExportLogsServiceRequest)
     return read_logs(message)

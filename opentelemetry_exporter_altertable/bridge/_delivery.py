@@ -72,6 +72,10 @@ class Delivery:
         self.config = self._core.config
         self.on_warning = self._core.on_warning
         """The once-per-key warning hook, for the bridge's mapping."""
+        self.options = self._core.options
+        """The core's mapping options (environment, warnings, ``pageviews``,
+        ``properties_exclude``): the bridge maps with exactly these, so a request maps as the
+        in-process exporters and the bridge's own journal recovery map it."""
         self.acknowledged: Acknowledged | None = None
         """The journal and its delivery threads; ``None`` when delivery is synchronous."""
         kept = self._core.backlog.journal(before_send=False) if journal else None

@@ -20,8 +20,10 @@ decoded and delivered at once (more get UNAVAILABLE with ``RetryInfo`` at once),
 pool of threads runs them, gRPC holds at most ``max_pending`` calls in all (it refuses the rest
 with RESOURCE_EXHAUSTED), an HTTP/2 connection carries at most ``max_streams`` calls at a
 time, and connections that sit idle, never finish their handshake or stop answering
-keepalive pings are closed. Browsers cannot call a gRPC service (its content type needs a CORS
-preflight nobody answers here), so no ``Origin`` or ``Host`` screening is needed.
+keepalive pings are closed; every connection is asked to go away after the request deadline
+and cut a grace later, so a call stalled mid-message cannot hold a thread for ever. Browsers
+cannot call a gRPC service (its content type needs a CORS preflight nobody answers here), so no
+``Origin`` or ``Host`` screening is needed.
 """
 
 from __future__ import annotations
@@ -217,8 +219,25 @@ class GrpcBridgeServer:
 
     # -- lifecycle
 
+    def _connection_age(self) -> tuple[int, int]:
+        """``grpc.max_connection_age_ms`` and its grace, from the HTTP front's deadline.
+
+        gRPC reads a unary call's message on a pool thread, with no deadline of its own: a
+        call that sends its headers and part of its message, then stalls, holds that thread
+        for as long as its connection lives, and a connection with an open call is never
+        idle (and its peer may answer pings). So every connection ends: after the request
+        deadline it is asked to go away (a sender's next call opens a new one), and a call
+        still open a grace later is cut, its thread freed. The grace is what a call begun
+        just before that needs: the deadline to arrive, the delivery's timeout (and a
+        second) to be answered.
+        """
+        deadline = self.bridge.bounds.request_deadline
+        grace = deadline + self.bridge.delivery.config.timeout + 1.0
+        return max(1000, int(deadline * 1000)), max(1000, int(grace * 1000))
+
     def _options(self) -> list[tuple[str, Any]]:
         idle_ms = max(1000, int(self.idle_timeout * 1000))
+        age_ms, age_grace_ms = self._connection_age()
         return [
             # A taken port is an error, never a second listener sharing it (Linux's default
             # for gRPC): two bridges on one port would split a sender's calls between them.
@@ -230,6 +249,9 @@ class GrpcBridgeServer:
             # Connections: idle ones closed, a handshake that never ends cut, a peer that
             # stops answering pings dropped (its calls cancelled, their threads freed).
             ("grpc.max_connection_idle_ms", idle_ms),
+            # A call that stalls mid-message is cut with its connection (see _connection_age).
+            ("grpc.max_connection_age_ms", age_ms),
+            ("grpc.max_connection_age_grace_ms", age_grace_ms),
             ("grpc.server_handshake_timeout_ms", 10_000),
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
@@ -240,10 +262,12 @@ class GrpcBridgeServer:
         ]
 
     def start(self) -> GrpcBridgeServer:
-        """Bind and serve; ``OSError`` when the address cannot be bound (a taken port)."""
+        """Bind and serve; ``OSError`` when the address cannot be bound (a taken port),
+        ``ValueError`` beyond loopback without a token (as the HTTP front)."""
         with self._lock:
             if self._server is not None:
                 raise RuntimeError("the gRPC bridge is already running")
+            self.bridge.check_host(self.host)
             pool = ThreadPoolExecutor(
                 max_workers=self.max_in_flight + _SPARE_THREADS,
                 thread_name_prefix="altertable-bridge-grpc",

@@ -146,7 +146,7 @@ class _Handler(KeepAliveHandler):
         if allow:
             lines.append(f"Allow: {allow}")
         lines.extend(f"{name}: {value}" for name, value in answer.headers)
-        if self.close_connection:
+        if self.closing():
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         _logger.debug("%s %s -> %d", self.command, loggable_target(self.path), answer.status)
@@ -243,11 +243,7 @@ class BridgeServer:
         with self._lock:
             if self._server is not None:
                 raise RuntimeError("the bridge is already running")
-            if not self.bridge.token_required and not is_loopback_host(self.host):
-                raise ValueError(
-                    f"host {self.host!r} is reachable from other machines: give a token "
-                    "(--token, or $ALTERTABLE_BRIDGE_TOKEN) or listen on 127.0.0.1"
-                )
+            self.bridge.check_host(self.host)
             server = _Server(
                 (self.host, self.port),
                 self.bridge,

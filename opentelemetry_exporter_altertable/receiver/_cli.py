@@ -156,10 +156,13 @@ def _serve(args: argparse.Namespace) -> int:  # noqa: PLR0915  # the serve comma
         ) from None
     except Exception as exc:  # DuckDB refusing the file, typically a lock held elsewhere
         raise CommandError(f"cannot open {db_path}: {_first_line(exc)}") from None
-    from ..bridge._cli import add_otlp_page_route, add_otlp_routes, open_otlp_ports
+    from ..bridge._cli import add_otlp_page_route, add_otlp_routes, open_otlp_ports, serve_bridge
 
-    stop_otlp = add_otlp_routes(receiver, (args.api_keys or ["local"])[0])
-    otlp_ports = open_otlp_ports(receiver, (args.api_keys or ["local"])[0], args)
+    # One bridge behind the OTLP routes and the standard ports, stopped after both.
+    api_key = (args.api_keys or ["local"])[0]
+    bridge = serve_bridge(receiver, api_key)
+    stop_otlp = None if bridge is None else add_otlp_routes(receiver, api_key, bridge)
+    otlp_ports = open_otlp_ports(receiver, api_key, args, bridge)
     add_otlp_page_route(receiver, otlp_ports, stop_otlp is not None)
 
     stop = threading.Event()

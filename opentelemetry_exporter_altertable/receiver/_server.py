@@ -159,7 +159,7 @@ class _Handler(KeepAliveHandler):
         else:
             lines.append("Transfer-Encoding: chunked")
         lines.extend(f"{name}: {value}" for name, value in response.headers)
-        if self.close_connection:
+        if self.closing():
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         # Counted and logged before the write, so a client that has its answer sees them.
